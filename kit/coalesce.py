@@ -1,0 +1,52 @@
+"""Merge pieces that arrive faster than a time window into one event, in order, losing nothing."""
+
+from __future__ import annotations
+
+
+class Coalescer:
+    """A throttle for text: at most one event per window, the first piece after a quiet spell at once.
+
+    The caller owns the clock: it passes `now` in and asks for `deadline()` to know when to call
+    `flush()` if no new piece arrives. A window of 0 turns coalescing off (one event per piece).
+
+    >>> c = Coalescer(window_s=0.05, max_chars=100)
+    >>> c.add("a", now=1.0), c.add("b", now=1.01), c.add("c", now=1.02), c.deadline()
+    ('a', None, None, 1.05)
+    >>> c.flush()
+    'bc'
+    """
+
+    def __init__(self, window_s: float, max_chars: int) -> None:
+        if window_s < 0:
+            raise ValueError(f"the coalescing window must be 0 or more seconds, not {window_s}")
+        if max_chars < 1:
+            raise ValueError(f"max_chars must be at least 1, not {max_chars}")
+        self.window_s = window_s
+        self.max_chars = max_chars
+        self._pending: list[str] = []
+        self._pending_chars = 0
+        self._last_flush = float("-inf")
+
+    def add(self, piece: str, now: float) -> str | None:
+        """Buffer a piece; return the text of an event if one is due now."""
+        self._pending.append(piece)
+        self._pending_chars += len(piece)
+        if self._pending_chars >= self.max_chars or now >= self._last_flush + self.window_s:
+            self._last_flush = now
+            return self.flush()
+        return None
+
+    def deadline(self) -> float | None:
+        """The time by which the buffered text must go out, or None when nothing is buffered."""
+        return self._last_flush + self.window_s if self._pending else None
+
+    def flush(self, now: float | None = None) -> str | None:
+        """Return all buffered text as one event (None when empty) and start a new window."""
+        if now is not None:
+            self._last_flush = now
+        if not self._pending:
+            return None
+        text = "".join(self._pending)
+        self._pending.clear()
+        self._pending_chars = 0
+        return text

@@ -1,0 +1,135 @@
+"""Run a source in a producer thread behind a bounded queue, so the response can write while it blocks."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+class CancelToken:
+    """Tells a running source that nobody is listening any more; sources may poll it or wait on it."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to `timeout` seconds, waking early on cancel; True when cancelled."""
+        return self._event.wait(timeout)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The source ran to its end."""
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The source raised; the exception travels to the consumer, which decides what the client sees."""
+
+    error: BaseException
+
+
+class Timeout:
+    """No item arrived within the consumer's timeout."""
+
+
+TIMEOUT = Timeout()
+
+_live_lock = threading.Lock()
+_live_producers: set[threading.Thread] = set()
+
+
+def live_producers() -> int:
+    """How many producer threads are running now (tests use it to prove none outlives its request)."""
+    with _live_lock:
+        return len(_live_producers)
+
+
+class Pump:
+    """A producer thread that iterates `pieces` into a bounded queue until the end, an error or cancel.
+
+    Backpressure: when the consumer stops reading for `stall_timeout_s` (a client that reads nothing),
+    the producer cancels itself instead of buffering without bound.
+    """
+
+    def __init__(
+        self,
+        pieces: Iterable[str],
+        cancel: CancelToken,
+        *,
+        queue_size: int = 256,
+        stall_timeout_s: float = 30.0,
+        poll_s: float = 0.05,
+    ) -> None:
+        self.cancel = cancel
+        self._pieces = pieces
+        self._queue: queue.Queue[str | Finished | Failed] = queue.Queue(maxsize=queue_size)
+        self._stall_timeout_s = stall_timeout_s
+        self._poll_s = poll_s
+        self._thread = threading.Thread(target=self._produce, name="kit-pump", daemon=True)
+
+    def start(self) -> Pump:
+        with _live_lock:
+            _live_producers.add(self._thread)
+        self._thread.start()
+        return self
+
+    def get(self, timeout: float) -> str | Finished | Failed | Timeout:
+        """The next item, or TIMEOUT when none came within `timeout` seconds."""
+        try:
+            return self._queue.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            return TIMEOUT
+
+    def close(self, join_timeout_s: float = 0.0) -> None:
+        """Cancel the source and let the producer thread finish; safe to call more than once."""
+        self.cancel.cancel()
+        if join_timeout_s > 0:
+            self._thread.join(join_timeout_s)
+
+    def _put(self, item: str | Finished | Failed) -> bool:
+        stalled_since = time.monotonic()
+        while not self.cancel.cancelled:
+            try:
+                self._queue.put(item, timeout=self._poll_s)
+                return True
+            except queue.Full:
+                if time.monotonic() - stalled_since > self._stall_timeout_s:
+                    log.warning("client read nothing for %.0f s; cancelling the source", self._stall_timeout_s)
+                    self.cancel.cancel()
+        return False
+
+    def _produce(self) -> None:
+        iterator = iter(())
+        try:
+            iterator = iter(self._pieces)
+            for piece in iterator:
+                if not self._put(piece):
+                    break
+            else:
+                self._put(Finished())
+        except Exception as error:
+            self._put(Failed(error))
+        finally:
+            # Closing the generator here, in the thread that ran it, runs the source's `finally` blocks.
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("closing the source failed")
+            with _live_lock:
+                _live_producers.discard(self._thread)

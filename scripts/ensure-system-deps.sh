@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The browser and proxy tests need Debian's chromium and nginx. Install them when missing and allowed;
+# otherwise say exactly what to install.
+set -euo pipefail
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+  echo "installing ${missing[*]} with apt-get"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  exit 0
+fi
+echo "error: the tests need ${missing[*]}. Install them, e.g.: sudo apt-get install ${missing[*]}" >&2
+exit 1
