@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 from kit.chat_request import parse_chat_request
 from kit.disconnect import client_gone_probe
 from kit.errors import ChatError
+from kit.observe import observers_for
 from kit.origins import OriginPolicy
 from kit.page import CONTENT_SECURITY_POLICY, render_page
 from kit.pump import CancelToken
@@ -77,7 +78,9 @@ def create_app(
         # Called here, not in the stream, so that a failure to start still gets a proper HTTP status.
         items = start(messages, cancel)
         pump = start_pump(items, cancel, settings)
-        events = sse_events(pump, settings, client_gone=client_gone_probe(request.environ))
+        events = sse_events(
+            pump, settings, client_gone=client_gone_probe(request.environ), observers=observers_for(app, messages)
+        )
         return Response(stream_with_context(events), headers=STREAM_HEADERS)
 
     @app.post("/chat")

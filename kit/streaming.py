@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from kit.coalesce import Coalescer
 from kit.errors import ChatError
 from kit.granularity import splitter
+from kit.observe import EndReason, StreamObserver, WriteKind
 from kit.pump import CancelToken, Failed, Pump, Timeout
 from kit.sources import texts
 from kit.sse import HEARTBEAT, error_event, text_event
@@ -57,19 +58,47 @@ def public_message(error: BaseException) -> str:
     return error.message if isinstance(error, ChatError) else INTERRUPTED
 
 
+class _Watchers:
+    """Fans stream notifications out to observers; free when there are none."""
+
+    def __init__(self, observers: list[StreamObserver]) -> None:
+        self.observers = observers
+
+    def piece(self, chars: int) -> None:
+        if self.observers:
+            at = time.perf_counter()
+            for observer in self.observers:
+                observer.piece(chars, at)
+
+    def wrote(self, kind: WriteKind, data: str) -> str:
+        if self.observers:
+            at, nbytes = time.perf_counter(), len(data.encode())
+            for observer in self.observers:
+                observer.write(kind, nbytes, at)
+        return data
+
+    def end(self, reason: EndReason) -> None:
+        at = time.perf_counter()
+        for observer in self.observers:
+            observer.end(reason, at)
+
+
 def sse_events(
     pump: Pump,
     settings: StreamSettings,
     *,
     client_gone: Callable[[], bool] = lambda: False,
     clock: Callable[[], float] = time.monotonic,
+    observers: list[StreamObserver] | None = None,
 ) -> Iterator[str]:
     """Yield SSE text for a running pump until its source ends, fails, or the client leaves.
 
     Closing this generator (the server does so when a write fails) cancels the source.
     """
+    watch = _Watchers(observers or [])
     coalescer = Coalescer(settings.coalesce_ms / 1000, settings.max_event_chars)
     last_write = clock()
+    reason: EndReason = "client_gone"  # unless the loop reaches the end of the source
     try:
         while True:
             now = clock()
@@ -80,30 +109,37 @@ def sse_events(
             item = pump.get(wake_at - now)
             now = clock()
             if isinstance(item, str):
+                watch.piece(len(item))
                 text = coalescer.add(item, now)
                 if text is not None:
                     last_write = now
-                    yield text_event(text)
+                    yield watch.wrote("text", text_event(text))
                 continue
             if isinstance(item, Timeout):
                 deadline = coalescer.deadline()
                 if deadline is not None and now >= deadline:
                     last_write = now
-                    yield text_event(coalescer.flush(now) or "")
+                    yield watch.wrote("text", text_event(coalescer.flush(now) or ""))
                 elif client_gone():
                     log.info("client disconnected; cancelling the source")
                     return
+                elif pump.cancel.cancelled:
+                    return  # cancelled from elsewhere: a stalled client, or the server shutting down
                 elif now - last_write >= settings.heartbeat_s:
                     last_write = now
-                    yield HEARTBEAT
+                    yield watch.wrote("heartbeat", HEARTBEAT)
                 continue
             pending = coalescer.flush(now)
             if pending is not None:
-                yield text_event(pending)
+                yield watch.wrote("text", text_event(pending))
             if isinstance(item, Failed):
+                reason = "failed"
                 log.error("source failed mid-stream", exc_info=item.error)
                 # Nothing may follow the error: any later message would make Deep Chat clear its bubble.
-                yield error_event(public_message(item.error))
-            return  # Finished or Failed: the stream ends here
+                yield watch.wrote("error", error_event(public_message(item.error)))
+            else:
+                reason = "finished"
+            return
     finally:
         pump.close()
+        watch.end(reason)
