@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -42,10 +43,13 @@ class ScriptedSource:
             if self.silence_before_s and cancel.wait(self.silence_before_s):
                 self.cancelled += 1
                 return
+            start = time.monotonic()
             for index, piece in enumerate(self.pieces):
                 if self.fail_after is not None and index == self.fail_after:
                     raise ScriptedFailure(f"scripted failure after {index} pieces")
-                if index and self.delay_s and cancel.wait(self.delay_s):
+                # An absolute schedule: sleep overheads do not add up, so the rate is the one asked for.
+                wait = start + index * self.delay_s - time.monotonic()
+                if wait > 0 and cancel.wait(wait):
                     self.cancelled += 1
                     return
                 yield piece
