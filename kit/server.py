@@ -2,22 +2,73 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import socket
 import threading
+import time
 from types import TracebackType
+from typing import Any
 
 from flask import Flask
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, ThreadedWSGIServer
 
 
 class PortInUse(OSError):
     """The port is taken; the message says how to pick another."""
 
 
-def bind(app: Flask, host: str, port: int) -> BaseWSGIServer:
+class _TrackingServer(ThreadedWSGIServer):
+    """werkzeug's threaded server, remembering its open connections so that stop() can end them.
+
+    Without this, stopping a server leaves open streams (and idle keep-alive connections) running in
+    their daemon threads until the client goes away: a notebook that re-runs a cell would pile them up.
+    """
+
+    daemon_threads = True  # open streams must not keep the process alive
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
+        self._open: dict[socket.socket, threading.Thread] = {}
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        thread = threading.Thread(
+            target=self._serve_connection, args=(request, client_address), name="kit-connection", daemon=True
+        )
+        # Registered before it starts, so a connection accepted just before stop() is not missed.
+        with self._lock:
+            self._open[request] = thread
+        thread.start()
+
+    def _serve_connection(self, request: Any, client_address: Any) -> None:
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            with self._lock:
+                self._open.pop(request, None)
+
+    def close_connections(self, timeout_s: float) -> int:
+        """End every open connection and wait up to `timeout_s` for their threads; returns how many are left.
+
+        A shut-down socket makes a stream's next write fail and its idle disconnect probe fire, so the
+        stream cancels its source within one probe interval.
+        """
+        with self._lock:
+            open_now = dict(self._open)
+        for sock in open_now:
+            with contextlib.suppress(OSError):  # already closed by its own thread
+                sock.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + timeout_s
+        for thread in open_now.values():
+            thread.join(max(deadline - time.monotonic(), 0.0))
+        return sum(thread.is_alive() for thread in open_now.values())
+
+
+def bind(app: Flask, host: str, port: int) -> _TrackingServer:
     """Create a threaded werkzeug server listening on host:port (0 picks a free port)."""
     try:
-        return make_server(host, port, app, threaded=True)
+        return _TrackingServer(host, port, app)
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
             raise PortInUse(
@@ -41,8 +92,6 @@ class BackgroundServer:
         self._server = bind(app, host, port)
         self.host = host
         self.port: int = self._server.socket.getsockname()[1]
-        # Open streams must not keep the process alive, nor make stop() wait for them.
-        self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name=f"kit-server-{self.port}")
         self._thread.daemon = True
         self._thread.start()
@@ -52,12 +101,14 @@ class BackgroundServer:
         """The base URL, ending with a slash."""
         return f"http://{self.host}:{self.port}/"
 
-    def stop(self) -> None:
-        """Stop accepting requests, close the listening socket, and wait for the serving thread."""
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop accepting requests, close the listening socket, end open streams and connections, and
+        wait (up to `timeout_s`) for their threads."""
         if self._thread.is_alive():
             self._server.shutdown()
             self._thread.join()
         self._server.server_close()
+        self._server.close_connections(timeout_s)
 
     def __enter__(self) -> BackgroundServer:
         return self
