@@ -57,6 +57,7 @@ def create_app(
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.config["KIT_SETTINGS"] = settings
+    app.config["KIT_TITLE"] = title  # kit.notebook.serve names a server after it
 
     def start(messages: list[Message], cancel: CancelToken) -> Iterable[Any]:
         return call_source(source, with_system_prompt(messages, system_prompt), cancel)
