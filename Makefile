@@ -36,4 +36,4 @@ test: setup system-deps lint
 	$(PY) -m pytest
 
 bench: setup system-deps
-	$(PY) bench/run_all.py
+	$(PY) -m bench.run_all

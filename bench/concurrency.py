@@ -1,0 +1,69 @@
+"""Streams held against memory: open many idle streams (alive on heartbeats) and read the server's RSS."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from kit.client import chat_body
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (gunicorn's workers), in MB."""
+    total_kb, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except FileNotFoundError:
+            continue
+        total_kb += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        pending.extend(int(child) for child in children)
+    return total_kb / 1024
+
+
+async def _hold(client: httpx.AsyncClient, url: str, opened: asyncio.Event, counter: list[int],
+                target: int, release: asyncio.Event) -> bool:
+    async with client.stream("POST", url, json=chat_body("hold")) as response:
+        ok = response.status_code == 200
+        counter[0] += 1
+        if counter[0] >= target:
+            opened.set()
+        await release.wait()
+        return ok
+
+
+async def _measure(url: str, pid: int, levels: tuple[int, ...]) -> list[dict[str, float]]:
+    rows = []
+    limits = httpx.Limits(max_connections=max(levels) + 10, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        for level in levels:
+            opened, release, counter = asyncio.Event(), asyncio.Event(), [0]
+            tasks = [asyncio.create_task(_hold(client, url, opened, counter, level, release))
+                     for _ in range(level)]
+            if level:
+                await asyncio.wait_for(opened.wait(), timeout=60)
+            await asyncio.sleep(1.0)  # let the server settle: threads started, first heartbeats out
+            rows.append({"streams": level, "rss_mb": tree_rss_mb(pid)})
+            release.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.sleep(1.0)
+    return rows
+
+
+def held_streams_memory(url: str, pid: int, levels: tuple[int, ...] = (0, 50, 100, 200)) -> dict[str, Any]:
+    """RSS at each number of open streams, and the marginal MB per stream (least squares slope)."""
+    started = time.perf_counter()
+    rows = asyncio.run(_measure(url, pid, levels))
+    xs, ys = [r["streams"] for r in rows], [r["rss_mb"] for r in rows]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mean_x) ** 2 for x in xs)
+    return {"rows": rows, "mb_per_stream": slope, "seconds": time.perf_counter() - started}

@@ -1,0 +1,92 @@
+"""Shared measuring tools for the benchmarks: a target server process, raw stream reads, statistics."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from kit.client import chat_body
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    url: str  # base URL, no trailing slash
+    pid: int
+
+
+@contextmanager
+def server_process(module: str, *args: str) -> Iterator[ServerProcess]:
+    """Run `python -m module args` (which prints its port first) and yield its URL and pid."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        yield ServerProcess(f"http://127.0.0.1:{port}", process.pid)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@dataclass(frozen=True)
+class RawRead:
+    """A whole stream read as bytes, with the arrival time of every chunk (perf_counter)."""
+
+    started: float
+    chunks: list[tuple[float, bytes]]
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(chunk for _, chunk in self.chunks)
+
+    def events(self) -> list[dict[str, object]]:
+        lines = self.body.decode().split("\n")
+        return [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+
+    def timed_texts(self) -> list[tuple[float, str]]:
+        """(arrival time, text) for each event, parsed after the clock stopped."""
+        out, buffer = [], b""
+        for at, chunk in self.chunks:
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n\n")
+            for block in complete:
+                for line in block.decode().split("\n"):
+                    if line.startswith("data: "):
+                        out.append((at, str(json.loads(line[6:]).get("text", ""))))
+        return out
+
+
+def read_raw(url: str, client: httpx.Client, text: str = "go") -> RawRead:
+    """POST a chat and read the response as fast as possible, without parsing while the clock runs."""
+    started = time.perf_counter()
+    chunks: list[tuple[float, bytes]] = []
+    with client.stream("POST", url, json=chat_body(text)) as response:
+        response.raise_for_status()
+        for chunk in response.iter_raw():
+            chunks.append((time.perf_counter(), chunk))
+    return RawRead(started, chunks)
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """Median with its spread: min, max and, for larger samples, p99."""
+    ordered = sorted(values)
+    return {
+        "median": statistics.median(ordered),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "p99": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))],
+        "n": len(ordered),
+    }

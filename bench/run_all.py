@@ -1,0 +1,56 @@
+"""`make bench`: every benchmark in one run; prints the table and writes docs/benchmarks.{md,json,png}."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import browser, concurrency, pipeline, report
+from bench.measure import ROOT, server_process
+
+DOCS = ROOT / "docs"
+
+
+def model_figures() -> dict[str, Any]:
+    """Run the model benchmark in its own process (it loads the model) and read its JSON."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run([sys.executable, "-m", "bench.bench_model", "--json", out.name], cwd=ROOT, check=True)
+        return json.loads(Path(out.name).read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (medians and spreads over them)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for trying the script out")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    started = time.perf_counter()
+    results: dict[str, Any] = {"runs": args.runs}
+    chars = 20_000 if args.quick else 100_000
+    results["pipeline"] = pipeline.run(runs=args.runs, chars=chars, duration_s=1.5 if args.quick else 4.0)
+    results["browser"] = browser.run(runs=args.runs, chars=4_000 if args.quick else 20_000)
+    results["model"] = model_figures()
+    with server_process("bench.targets", "--chars", "1000") as server:
+        development = concurrency.held_streams_memory(f"{server.url}/idle/chat-stream", server.pid)
+    results["concurrency"] = {"development": development}
+    results["seconds"] = time.perf_counter() - started
+    DOCS.mkdir(exist_ok=True)
+    table = report.markdown(results)
+    (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=1))
+    (DOCS / "benchmarks.md").write_text(
+        f"# Benchmark results\n\nReproduce with `make bench` ({results['seconds']:.0f} s on this 2-core machine; "
+        f"{args.runs} runs per figure).\n\n{table}\n![benchmarks](benchmarks.png)\n")
+    report.plots(results, DOCS)
+    print(table)
+    print(f"total {results['seconds']:.0f} s; written to {DOCS.relative_to(ROOT)}/")
+
+
+if __name__ == "__main__":
+    main()
