@@ -9,6 +9,7 @@ from kit import create_app
 from kit.browser import chromium_page
 from kit.fakes import ScriptedSource
 from kit.server import BackgroundServer
+from kit.streaming import StreamSettings
 
 # Installed before the page's scripts: time the last byte of the stream, observe long tasks, and time
 # the frame at which the last AI bubble first shows the whole reply.
@@ -82,7 +83,7 @@ def one_run(coalesce_ms: float, chars: int, chars_per_s: float) -> dict[str, flo
 
 
 def run(runs: int = 3, chars: int = 20_000, chars_per_s: float = 2_000.0,
-        windows: tuple[float, ...] = (0.0, 25.0)) -> dict[str, Any]:
+        windows: tuple[float, ...] = (0.0, StreamSettings.coalesce_ms)) -> dict[str, Any]:
     """Median and spread of each figure, per coalescing window (0 = one event per character)."""
     results: dict[str, Any] = {"chars": chars, "chars_per_s": chars_per_s, "runs": runs, "windows": {}}
     for window in windows:
