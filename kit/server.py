@@ -18,6 +18,14 @@ class PortInUse(OSError):
     """The port is taken; the message says how to pick another."""
 
 
+class _BindFailed(Exception):
+    """Carries a bind error past werkzeug, which would print it and call sys.exit(1)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _TrackingServer(ThreadedWSGIServer):
     """werkzeug's threaded server, remembering its open connections so that stop() can end them.
 
@@ -31,6 +39,14 @@ class _TrackingServer(ThreadedWSGIServer):
         super().__init__(*args, **kwargs)
         self._lock = threading.Lock()
         self._open: dict[socket.socket, threading.Thread] = {}
+
+    def server_bind(self) -> None:
+        try:
+            super().server_bind()
+        except OSError as error:
+            # werkzeug answers an OSError here with sys.exit(1), which would end the caller (or show a bare
+            # SystemExit in a notebook); any other exception passes through, and its socket is still closed.
+            raise _BindFailed(error) from error
 
     def process_request(self, request: Any, client_address: Any) -> None:
         thread = threading.Thread(
@@ -69,13 +85,14 @@ def bind(app: Flask, host: str, port: int) -> _TrackingServer:
     """Create a threaded werkzeug server listening on host:port (0 picks a free port)."""
     try:
         return _TrackingServer(host, port, app)
-    except OSError as error:
+    except _BindFailed as failed:
+        error = failed.error
         if error.errno == errno.EADDRINUSE:
             raise PortInUse(
                 f"port {port} on {host} is already in use: stop the other server, or pass --port 0 "
                 "(any free port) or another number"
             ) from error
-        raise
+        raise error from None
 
 
 class BackgroundServer:
@@ -92,7 +109,10 @@ class BackgroundServer:
         self._server = bind(app, host, port)
         self.host = host
         self.port: int = self._server.socket.getsockname()[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"kit-server-{self.port}")
+        # A short poll interval makes stop() take milliseconds, not up to half a second (the default).
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"kit-server-{self.port}"
+        )
         self._thread.daemon = True
         self._thread.start()
 
