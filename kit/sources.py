@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import inspect
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from kit.pump import CancelToken
@@ -18,6 +19,16 @@ class Streamable(Protocol):
     """Anything with LangChain's `.stream(input)`: a Runnable, a chain, a chat model."""
 
     def stream(self, input: Any, *args: Any, **kwargs: Any) -> Iterator[Any]: ...
+
+
+@dataclass(frozen=True)
+class Role:
+    """A marker a source may yield between text pieces: the text after it goes into a new Deep Chat
+    bubble of this role (Deep Chat starts a new bubble when an event names another role), e.g. "steps"
+    for a chain's intermediate steps, then "ai" for its answer.
+    """
+
+    name: str
 
 
 Source = Callable[..., Iterable[Any]] | Streamable | str
@@ -108,9 +119,9 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def texts(items: Iterable[Any]) -> Iterator[str]:
-    """Normalise items to non-empty text; bytes are decoded incrementally, so a token that ends inside
-    a UTF-8 sequence is joined with the next one instead of becoming U+FFFD.
+def texts(items: Iterable[Any]) -> Iterator[str | Role]:
+    """Normalise items to non-empty text (Role markers pass as they are); bytes are decoded incrementally,
+    so a token that ends inside a UTF-8 sequence is joined with the next one instead of becoming U+FFFD.
 
     >>> list(texts([b"caf\\xc3", b"\\xa9", "", " ok"]))
     ['caf', 'é', ' ok']
@@ -119,6 +130,9 @@ def texts(items: Iterable[Any]) -> Iterator[str]:
     iterator = iter(items)
     try:
         for item in iterator:
+            if isinstance(item, Role):
+                yield item
+                continue
             text = decoder.decode(item) if isinstance(item, bytes | bytearray) else to_text(item)
             if text:
                 yield text

