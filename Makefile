@@ -34,6 +34,8 @@ lint: setup
 
 test: setup system-deps lint
 	$(PY) -m pytest
+	# Every tutorial, run and compared with its committed outputs (ports and timings sanitized).
+	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks/
 
 bench: setup system-deps
 	$(PY) -m bench.run_all

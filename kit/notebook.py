@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import html
+import logging
 import threading
 import time
 from typing import Any
@@ -55,6 +56,14 @@ class Server(BackgroundServer):
         return f"<Server {self.name!r} {state} at {self.url}>"
 
 
+def _quiet_request_log() -> None:
+    # werkzeug writes a line per request to stderr unless its logger has a level; in a notebook those lines
+    # land in whichever cell happens to run. A level someone set on purpose is kept.
+    logger = logging.getLogger("werkzeug")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
+
+
 def _wait_until_answering(url: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     # trust_env=False: an HTTP proxy configured for the outside world must not intercept loopback.
@@ -84,6 +93,7 @@ def serve(
     ...     httpx.get(server.url + "healthz").json()
     {'status': 'ok'}
     """
+    _quiet_request_log()
     name = name or str(app.config.get("KIT_TITLE") or app.name)
     with _lock:
         previous = _running.pop(name, None)
