@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -11,11 +12,13 @@ from werkzeug.exceptions import HTTPException
 
 from kit.chat_request import parse_chat_request
 from kit.disconnect import client_gone_probe
+from kit.doctor import PROBE_HEADER, probe_plan, probe_script
 from kit.errors import ChatError
 from kit.observe import observers_for
 from kit.origins import OriginPolicy
 from kit.page import CONTENT_SECURITY_POLICY, render_page
 from kit.pump import CancelToken
+from kit.sanitize import neutralize_text
 from kit.sources import Message, Source, call_source, check_source, texts, with_system_prompt
 from kit.sse import STREAM_HEADERS
 from kit.streaming import StreamSettings, public_message, sse_events, start_pump
@@ -36,6 +39,8 @@ def create_app(
     allowed_origins: Sequence[str] = (),
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     stall_timeout_s: float = StreamSettings.stall_timeout_s,
+    neutralize_links: bool = StreamSettings.neutralize_links,
+    doctor_probe: bool = True,
     title: str = "Deep Chat streaming kit",
 ) -> Flask:
     """Build the app: `GET /` (the Deep Chat page), `POST /chat-stream` (SSE), `POST /chat` (one JSON
@@ -52,7 +57,10 @@ def create_app(
         max_event_chars=max_event_chars,
         heartbeat_s=heartbeat_s,
         stall_timeout_s=stall_timeout_s,
+        neutralize_links=neutralize_links,
     )
+    # The doctor's probe bypasses the source, so it is cut as sent: its timing is what gets measured.
+    probe_settings = dataclasses.replace(settings, granularity="chunk")
     origins = OriginPolicy(allowed_origins)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
@@ -76,9 +84,12 @@ def create_app(
     def chat_stream() -> Response:
         messages = parse_chat_request(request)
         cancel = CancelToken()
-        # Called here, not in the stream, so that a failure to start still gets a proper HTTP status.
-        items = start(messages, cancel)
-        pump = start_pump(items, cancel, settings)
+        plan = probe_plan(request.headers.get(PROBE_HEADER)) if doctor_probe else None
+        if plan is not None:  # `python -m kit doctor`: a bounded, known script instead of the model
+            pump = start_pump(probe_script(plan, settings.heartbeat_s, cancel), cancel, probe_settings)
+        else:
+            # Called here, not in the stream, so that a failure to start still gets a proper HTTP status.
+            pump = start_pump(start(messages, cancel), cancel, settings)
         events = sse_events(
             pump, settings, client_gone=client_gone_probe(request.environ), observers=observers_for(app, messages)
         )
@@ -92,7 +103,7 @@ def create_app(
             text = "".join(texts(start(messages, cancel)))
         finally:
             cancel.cancel()
-        return jsonify(text=text)
+        return jsonify(text=neutralize_text(text) if neutralize_links else text)
 
     @app.before_request
     def check_origin() -> Response | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from kit.errors import ChatError
 from kit.granularity import splitter
 from kit.observe import EndReason, StreamObserver, WriteKind
 from kit.pump import CancelToken, Failed, Pump, Timeout
+from kit.sanitize import neutralize_links
 from kit.sources import texts
 from kit.sse import HEARTBEAT, error_event, text_event
 
@@ -19,6 +21,8 @@ log = logging.getLogger(__name__)
 
 # What the client sees when the source fails after streaming began; the traceback goes to the log.
 INTERRUPTED = "The reply was interrupted by a server error. Please try again."
+# What the client sees when the server process stops while its reply is streaming.
+STOPPING = "The server is restarting and had to end this reply. Please send your message again."
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class StreamSettings:
     disconnect_poll_s: float = 0.25
     queue_size: int = 256
     stall_timeout_s: float = 30.0
+    # Model output is untrusted: `javascript:` and similar link schemes are rewritten (kit.sanitize).
+    neutralize_links: bool = True
 
     def __post_init__(self) -> None:
         splitter(self.granularity)  # raises ValueError naming the valid choices
@@ -50,9 +56,30 @@ class StreamSettings:
 
 
 def start_pump(items: Iterable[object], cancel: CancelToken, settings: StreamSettings) -> Pump:
-    """Start the producer thread on normalised, re-cut text pieces."""
-    pieces = splitter(settings.granularity)(texts(items))
+    """Start the producer thread on normalised, sanitised, re-cut text pieces."""
+    text = texts(items)
+    pieces = splitter(settings.granularity)(neutralize_links(text) if settings.neutralize_links else text)
     return Pump(pieces, cancel, queue_size=settings.queue_size, stall_timeout_s=settings.stall_timeout_s).start()
+
+
+_open_lock = threading.Lock()
+_open_streams: set[CancelToken] = set()
+_stopped_streams: set[CancelToken] = set()  # ended by end_open_streams: they owe the client an error event
+
+
+def end_open_streams() -> int:
+    """End every stream this process is serving, each with a final "restarting" error event.
+
+    For a server that is shutting down (kit.production calls it when a gunicorn worker is told to
+    stop): instead of waiting out long replies, clients learn at once and can send again. Returns how
+    many streams were ended.
+    """
+    with _open_lock:
+        tokens = list(_open_streams)
+        _stopped_streams.update(tokens)
+    for token in tokens:
+        token.cancel()
+    return len(tokens)
 
 
 def public_message(error: BaseException) -> str:
@@ -98,6 +125,8 @@ def sse_events(
     Closing this generator (the server does so when a write fails) cancels the source.
     """
     watch = _Watchers(observers or [])
+    with _open_lock:
+        _open_streams.add(pump.cancel)
     coalescer = Coalescer(settings.coalesce_ms / 1000, settings.max_event_chars)
     last_write = clock()
     reason: EndReason = "client_gone"  # unless the loop reaches the end of the source
@@ -126,7 +155,14 @@ def sse_events(
                     log.info("client disconnected; cancelling the source")
                     return
                 elif pump.cancel.cancelled:
-                    return  # cancelled from elsewhere: a stalled client, or the server shutting down
+                    # Cancelled from elsewhere: a stalled client (nobody reads an error), or the server stopping.
+                    if pump.cancel in _stopped_streams:
+                        reason = "failed"
+                        pending = coalescer.flush(now)
+                        if pending is not None:
+                            yield watch.wrote("text", text_event(pending))
+                        yield watch.wrote("error", error_event(STOPPING))
+                    return
                 elif now - last_write >= settings.heartbeat_s:
                     last_write = now
                     yield watch.wrote("heartbeat", HEARTBEAT)
@@ -143,5 +179,8 @@ def sse_events(
                 reason = "finished"
             return
     finally:
+        with _open_lock:
+            _open_streams.discard(pump.cancel)
+            _stopped_streams.discard(pump.cancel)
         pump.close()
         watch.end(reason)
