@@ -1,4 +1,4 @@
-"""Command line: `python -m kit serve --demo word|char ...`."""
+"""Command line: `python -m kit serve --demo word|char|chain ...`."""
 
 from __future__ import annotations
 
@@ -13,11 +13,15 @@ from kit.app import create_app
 from kit.demo import demo_source
 from kit.server import PortInUse, bind, serve_forever
 
-DEMOS = ("word", "char")
+DEMOS = ("word", "char", "chain")
 
 
 def build_demo_app(demo: str, delay_ms: float) -> Flask:
     """The app behind `serve --demo NAME`."""
+    if demo == "chain":  # a LangChain chain on the embedded model; LangChain is imported for this demo only
+        from kit.chains import demo_chain
+
+        return create_app(demo_chain(), title="Deep Chat kit: chain demo")
     return create_app(demo_source(demo, delay_ms), granularity=demo, title=f"Deep Chat kit: {demo} demo")
 
 
