@@ -1,4 +1,4 @@
-"""Command line: `python -m kit serve --demo word|char|chain ...`."""
+"""Command line: `python -m kit serve --demo word|char|chain [--prod] ...` and `python -m kit doctor URL`."""
 
 from __future__ import annotations
 
@@ -33,11 +33,48 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
     serve.add_argument("--delay-ms", type=float, default=40.0, help="pause between pieces (default: 40)")
+    prod = serve.add_argument_group("production (gunicorn)")
+    prod.add_argument("--prod", action="store_true", help="run under gunicorn: several workers, threads or gevent")
+    prod.add_argument("--workers", type=int, default=2, help="worker processes (default: 2; use 1 for --demo chain)")
+    prod.add_argument(
+        "--worker-class", choices=("threads", "gevent"), default="threads",
+        help="threads: for the embedded model (default); gevent: for many idle streams",
+    )
+    prod.add_argument("--threads", type=int, default=32, help="threads per worker = open streams (default: 32)")
+    prod.add_argument("--app", help="serve your own app instead of a demo: MODULE:VARIABLE or MODULE:FACTORY(ARGS)")
+    doctor = commands.add_parser("doctor", help="check that streaming works through a proxy, a hub or a tunnel")
+    doctor.add_argument("url", help="the kit's base URL (or its chat-stream URL) as users reach it")
+    doctor.add_argument("--silence", type=float, default=8.0, help="seconds of silence in the probe (default: 8)")
     return parser
+
+
+def _serve_prod(args: argparse.Namespace) -> int:
+    from kit.production import gunicorn_command, run
+
+    app = args.app or f"kit.production:demo_app({args.demo!r}, {args.delay_ms!r})"
+    run(
+        gunicorn_command(
+            app, host=args.host, port=args.port, workers=args.workers, worker_class=args.worker_class,
+            threads=args.threads,
+        )
+    )
+    return 0  # not reached: gunicorn replaces this process
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from kit.doctor import diagnose
+
+    diagnosis = diagnose(args.url, silence_s=args.silence)
+    print(diagnosis.report())
+    return 0 if diagnosis.ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "doctor":
+        return _doctor(args)
+    if args.prod:
+        return _serve_prod(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = build_demo_app(args.demo, args.delay_ms)
     try:
