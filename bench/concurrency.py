@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench.measure import ROOT, ServerProcess
 from kit.client import chat_body
+from kit.production import gunicorn_command
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -67,3 +73,32 @@ def held_streams_memory(url: str, pid: int, levels: tuple[int, ...] = (0, 50, 10
     slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum(
         (x - mean_x) ** 2 for x in xs)
     return {"rows": rows, "mb_per_stream": slope, "seconds": time.perf_counter() - started}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def production_server(worker_class: str, workers: int = 2, threads: int = 128) -> Iterator[ServerProcess]:
+    """The idle-stream app under gunicorn (the kit's --prod command line), until the block ends."""
+    port = _free_port()
+    command = gunicorn_command("bench.targets:idle_app()", port=port, workers=workers,
+                               worker_class=worker_class, threads=threads)
+    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        time.sleep(1.0)  # every worker booted, not just the first
+        yield ServerProcess(url, process.pid)
+    finally:
+        process.terminate()
+        process.wait(30)

@@ -39,7 +39,12 @@ def main() -> None:
     results["model"] = model_figures()
     with server_process("bench.targets", "--chars", "1000") as server:
         development = concurrency.held_streams_memory(f"{server.url}/idle/chat-stream", server.pid)
-    results["concurrency"] = {"development": development}
+    results["concurrency"] = {"development (werkzeug threads)": development}
+    for worker_class, label in (("threads", "production (gunicorn 2 x 128 threads)"),
+                                ("gevent", "production (gunicorn 2 gevent workers)")):
+        with concurrency.production_server(worker_class) as server:
+            results["concurrency"][label] = concurrency.held_streams_memory(
+                f"{server.url}/chat-stream", server.pid)
     results["seconds"] = time.perf_counter() - started
     DOCS.mkdir(exist_ok=True)
     table = report.markdown(results)

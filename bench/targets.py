@@ -54,6 +54,11 @@ def idle_source(messages: list[dict[str, str]], cancel: CancelToken) -> Iterator
     yield "bye"
 
 
+def idle_app() -> Flask:
+    """The idle-stream app alone, for gunicorn (`bench.targets:idle_app()`)."""
+    return create_app(idle_source)
+
+
 def naive_app(chars: int) -> Flask:
     """The upstream Flask example's pattern, made iterative: one SSE event per character, no coalescing,
     no heartbeat, no producer thread. (The original recursed once per chunk and appended a space.)"""
@@ -77,7 +82,7 @@ def all_targets(chars: int, rates: tuple[float, ...], duration_s: float) -> Disp
         "/kit": create_app(burst_source(chars)),
         "/per-piece": create_app(burst_source(chars), coalesce_ms=0),
         "/naive": naive_app(chars),
-        "/idle": create_app(idle_source),
+        "/idle": idle_app(),
     }
     for rate in rates:
         mounts[f"/stamped-{rate:g}"] = create_app(stamped_source(rate, duration_s))
