@@ -126,6 +126,21 @@ def neutralize_links(pieces: Iterable[str | T]) -> Iterator[str | T]:
             close()
 
 
+_SURROGATE = regex.compile("[\ud800-\udfff]")
+
+
+def scrub_surrogates(pieces: Iterable[str | T]) -> Iterator[str | T]:
+    """Replace lone UTF-16 surrogates (which UTF-8 cannot encode) with U+FFFD; other items pass as they are.
+
+    A source that echoes a request's `"\\ud800"` would otherwise break the response while it is encoded.
+
+    >>> list(scrub_surrogates(["ok", "a\\ud800b"]))
+    ['ok', 'a\ufffdb']
+    """
+    for piece in pieces:
+        yield _SURROGATE.sub("\ufffd", piece) if isinstance(piece, str) else piece
+
+
 def neutralize_text(text: str) -> str:
     """The whole-text form, for replies that are not streamed.
 

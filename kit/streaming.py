@@ -7,17 +7,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from kit.coalesce import Coalescer
 from kit.errors import ChatError
 from kit.granularity import splitter
 from kit.observe import EndReason, StreamObserver, WriteKind
 from kit.pump import CancelToken, Failed, Pump, Timeout
-from kit.sanitize import neutralize_links
+from kit.sanitize import neutralize_links, scrub_surrogates
 from kit.sources import texts
 from kit.sse import HEARTBEAT, error_event, text_event
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # What the client sees when the source fails after streaming began; the traceback goes to the log.
 INTERRUPTED = "The reply was interrupted by a server error. Please try again."
@@ -56,9 +58,16 @@ class StreamSettings:
 
 
 def start_pump(items: Iterable[object], cancel: CancelToken, settings: StreamSettings) -> Pump:
-    """Start the producer thread on normalised, sanitised, re-cut text pieces."""
-    text = texts(items)
-    pieces = splitter(settings.granularity)(neutralize_links(text) if settings.neutralize_links else text)
+    """Start the producer thread on normalised, sanitised, re-cut text pieces.
+
+    When the source raises, the stages first release the text they hold back (the last word, a
+    possible link), so the client gets all the text produced before the error, then the error.
+    """
+    failure: list[Exception] = []
+    text = scrub_surrogates(_until_failure(texts(items), failure))
+    if settings.neutralize_links:
+        text = neutralize_links(text)
+    pieces = _then_raise(splitter(settings.granularity)(text), failure)
     return Pump(pieces, cancel, queue_size=settings.queue_size, stall_timeout_s=settings.stall_timeout_s).start()
 
 
@@ -80,6 +89,19 @@ def end_open_streams() -> int:
     for token in tokens:
         token.cancel()
     return len(tokens)
+
+
+def _until_failure(items: Iterable[T], failure: list[Exception]) -> Iterator[T]:
+    try:
+        yield from items
+    except Exception as error:
+        failure.append(error)  # raised again by _then_raise, once the later stages have flushed
+
+
+def _then_raise(pieces: Iterable[T], failure: list[Exception]) -> Iterator[T]:
+    yield from pieces
+    if failure:
+        raise failure[0]
 
 
 def public_message(error: BaseException) -> str:
