@@ -95,6 +95,9 @@ class LlamaSettings:
     max_tokens: int = 256
     temperature: float = 0.2
     seed: int | None = None
+    # llama-cpp-python's OpenAI-compatible server uses 1.1 (create_chat_completion alone uses 1.0): the same
+    # value makes a chain give the same greedy reply embedded and served, and curbs SmolLM2's loops.
+    repeat_penalty: float = 1.1
     # Requests allowed to wait for the model; beyond it the kit answers 503 before the first byte.
     max_queue: int = 8
 
@@ -115,7 +118,12 @@ class LlamaSettings:
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments for `Llama.create_chat_completion`."""
-        return {"max_tokens": self.max_tokens, "temperature": self.temperature, "seed": self.seed}
+        return {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "seed": self.seed,
+            "repeat_penalty": self.repeat_penalty,
+        }
 
 
 # The cancel token of the request being served, so that a model deep inside a LangChain chain can stop
@@ -161,12 +169,20 @@ class Admission:
 class _Job:
     """One generation: its messages and options, and the queue its chunks travel back through."""
 
-    def __init__(self, messages: list[dict[str, str]], options: dict[str, Any], cancel: CancelToken) -> None:
+    def __init__(
+        self,
+        messages: list[dict[str, str]],
+        options: dict[str, Any],
+        cancel: CancelToken,
+        handover: threading.Event | None = None,
+    ) -> None:
         self.messages = messages
         self.options = options
         self.cancel = cancel
         self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.stopped = threading.Event()
+        # For `Engine.exclusive`: no generation; the worker hands the model over until this is set.
+        self.handover = handover
 
     @property
     def abandoned(self) -> bool:
@@ -174,6 +190,11 @@ class _Job:
 
 
 _DONE = object()
+_TURN = object()
+
+
+class Cancelled(Exception):
+    """The request was cancelled (its client left) before the model could serve it."""
 
 
 class Engine:
@@ -261,23 +282,47 @@ class Engine:
         job = _Job([dict(m) for m in messages], options, cancel or current_cancel() or CancelToken())
         self._submit(job)
         try:
-            while True:
-                try:
-                    item = job.out.get(timeout=self.poll_s)
-                except queue.Empty:
-                    if job.cancel.cancelled:
-                        return
-                    continue
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            yield from self._receive(job)
         finally:
-            job.stopped.set()
-            with self._cond:
-                if job in self._jobs:
-                    self._jobs.remove(job)  # leave the queue at once, not when the worker reaches it
+            self._leave(job)
+
+    @contextlib.contextmanager
+    def exclusive(self, cancel: CancelToken | None = None) -> Iterator[Any]:
+        """Wait for a turn in the same FIFO queue as generations, then hold the `Llama` alone.
+
+        For code that needs the model object itself (tokenize, a raw benchmark) without racing the
+        worker: llama.cpp contexts are not thread-safe. Raises Cancelled if `cancel` is set while waiting.
+        """
+        job = _Job([], {}, cancel or current_cancel() or CancelToken(), handover=threading.Event())
+        self._submit(job)
+        try:
+            if next(self._receive(job), None) is not _TURN:
+                raise Cancelled("cancelled while waiting for the model")
+            yield self.load()
+        finally:
+            assert job.handover is not None
+            job.handover.set()
+            self._leave(job)
+
+    def _receive(self, job: _Job) -> Iterator[Any]:
+        while True:
+            try:
+                item = job.out.get(timeout=self.poll_s)
+            except queue.Empty:
+                if job.cancel.cancelled:
+                    return
+                continue
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _leave(self, job: _Job) -> None:
+        job.stopped.set()
+        with self._cond:
+            if job in self._jobs:
+                self._jobs.remove(job)  # leave the queue at once, not when the worker reaches it
 
     def chat(
         self, messages: Sequence[Mapping[str, str]], *, cancel: CancelToken | None = None, **options: Any
@@ -318,6 +363,10 @@ class Engine:
 
     def _generate(self, job: _Job) -> None:
         llama = self.load()
+        if job.handover is not None:
+            job.out.put(_TURN)
+            job.handover.wait()  # the holder uses the model in its own thread meanwhile
+            return
         # Start from an empty context: reusing the previous request's prefix makes greedy replies depend
         # on who came before (the cached prefix was evaluated in a different batch).
         llama.reset()
@@ -407,6 +456,7 @@ class ChatLlama(BaseChatModel):
     max_tokens: int = LlamaSettings.max_tokens
     temperature: float = LlamaSettings.temperature
     seed: int | None = LlamaSettings.seed
+    repeat_penalty: float = LlamaSettings.repeat_penalty
     max_queue: int = LlamaSettings.max_queue
 
     @model_validator(mode="after")

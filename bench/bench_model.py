@@ -1,0 +1,207 @@
+"""The embedded model, raw and through the kit: tokens/s ratio and the time to first token the kit adds.
+
+Fair by construction: the same Llama object, prompt, max_tokens, greedy decoding (temperature 0) and seed;
+each generation starts from an empty context; raw and kit runs alternate, and medians are reported.
+"Through the kit" is a real server on loopback (`kit.server.BackgroundServer`), read by `kit.client`.
+
+    python -m bench.bench_model [--runs 7] [--max-tokens 128] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from kit import create_app
+from kit.client import Received, Reply, chat_body, iter_stream
+from kit.llama import ChatLlama, Engine, LlamaSettings, LlamaSource, engine_for
+from kit.server import BackgroundServer
+
+PROMPT = "Write a long story about a dragon who learns to bake bread."
+TARGET_RATIO = 0.97
+TARGET_ADDED_TTFT_MS = 5.0
+
+
+@dataclass(frozen=True)
+class Run:
+    ttft_s: float  # request (or call) to first text
+    total_s: float  # request (or call) to last text
+    chars: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    ttft_ms: float
+    tokens_per_s: float  # max_tokens / total time (what a reader waits for)
+    decode_tokens_per_s: float  # (max_tokens - 1) / (last - first text)
+    runs: int
+    ttft_ms_spread: tuple[float, float]
+    tokens_per_s_spread: tuple[float, float]
+
+
+def raw_run(engine: Engine, settings: LlamaSettings) -> Run:
+    """llama-cpp-python alone: create_chat_completion(stream=True) on the engine's own Llama, held alone."""
+    with engine.exclusive() as llama:
+        llama.reset()  # as the engine does before each generation
+        started = time.perf_counter()
+        first = last = 0.0
+        chars = 0
+        messages = [{"role": "user", "content": PROMPT}]
+        for chunk in llama.create_chat_completion(messages, stream=True, **settings.options()):
+            text = chunk["choices"][0]["delta"].get("content")
+            if text:
+                last = time.perf_counter()
+                first = first or last
+                chars += len(text)
+            reason = chunk["choices"][0].get("finish_reason")
+            if reason not in (None, "length"):
+                raise SystemExit(f"the reply stopped early ({reason}): pick a prompt that runs to max_tokens")
+    return Run(first - started, last - started, chars)
+
+
+def kit_run(url: str, client: httpx.Client) -> Run:
+    """One chat through the kit's server: POST to the last text event, as a client sees it."""
+    started = first = last = 0.0
+    chars = 0
+    for item in iter_stream(url, chat_body(PROMPT), client=client):
+        if isinstance(item, Reply):
+            started = item.started
+            if item.status != 200:
+                raise SystemExit(f"the kit answered {item.status}")
+        elif isinstance(item, Received) and item.payload and item.payload.get("text"):
+            last = item.at
+            first = first or last
+            chars += len(item.payload["text"])
+    return Run(first - started, last - started, chars)
+
+
+def summarise(runs: list[Run], max_tokens: int) -> Summary:
+    ttfts = [run.ttft_s * 1000 for run in runs]
+    rates = [max_tokens / run.total_s for run in runs]
+    decode = [(max_tokens - 1) / (run.total_s - run.ttft_s) for run in runs]
+    return Summary(
+        ttft_ms=statistics.median(ttfts),
+        tokens_per_s=statistics.median(rates),
+        decode_tokens_per_s=statistics.median(decode),
+        runs=len(runs),
+        ttft_ms_spread=(min(ttfts), max(ttfts)),
+        tokens_per_s_spread=(min(rates), max(rates)),
+    )
+
+
+def paired(runs: list[Run], raws: list[Run], compare: Callable[[Run, Run], float]) -> float:
+    """The median, over rounds, of a figure comparing a path's run with the raw run of the same round."""
+    return statistics.median(compare(run, raw) for run, raw in zip(runs, raws, strict=True))
+
+
+def measure(runs: int, max_tokens: int) -> dict[str, Any]:
+    settings = LlamaSettings(max_tokens=max_tokens, temperature=0, seed=1)
+    engine = engine_for(settings)
+    engine.load()
+    chat_model = ChatLlama(max_tokens=max_tokens, temperature=0, seed=1)
+    results: dict[str, list[Run]] = {"raw": [], "kit": [], "kit_chain": []}
+    with (
+        BackgroundServer(create_app(LlamaSource(settings))) as direct,
+        BackgroundServer(create_app(chat_model)) as chain,
+        httpx.Client(timeout=120) as client,
+    ):
+        paths: dict[str, Callable[[], Run]] = {
+            "raw": lambda: raw_run(engine, settings),
+            "kit": lambda: kit_run(direct.url + "chat-stream", client),
+            "kit_chain": lambda: kit_run(chain.url + "chat-stream", client),
+        }
+        for path in paths.values():  # warm-up: caches, the first HTTP connection
+            path()
+        for index in range(runs):
+            order = list(paths) if index % 2 == 0 else list(reversed(paths))  # no path always goes first
+            for name in order:
+                results[name].append(paths[name]())
+    chars = {run.chars for runs_ in results.values() for run in runs_}
+    if len(chars) != 1:
+        raise SystemExit(f"the paths produced different replies (lengths {sorted(chars)}): not a fair comparison")
+    summaries = {name: summarise(runs_, max_tokens) for name, runs_ in results.items()}
+    raw = summaries["raw"]
+    # Runs of one round are neighbours in time, so each kit run is compared with its own raw run: the
+    # machine's drift (other processes on 2 shared cores) cancels out of the paired figures.
+    figures: dict[str, Any] = {
+        "prompt": PROMPT,
+        "max_tokens": max_tokens,
+        "runs": runs,
+        "paths": {name: asdict(summary) for name, summary in summaries.items()},
+        "ratio": paired(results["kit"], results["raw"], lambda kit, raw: raw.total_s / kit.total_s),
+        "added_ttft_ms": paired(results["kit"], results["raw"], lambda kit, raw: (kit.ttft_s - raw.ttft_s) * 1000),
+        "chain_ratio": paired(results["kit_chain"], results["raw"], lambda kit, raw: raw.total_s / kit.total_s),
+        "chain_added_ttft_ms": paired(
+            results["kit_chain"], results["raw"], lambda kit, raw: (kit.ttft_s - raw.ttft_s) * 1000
+        ),
+    }
+    figures["table"] = {
+        "raw llama-cpp tokens/s": f"{raw.tokens_per_s:.1f}",
+        "tokens/s through the kit (ratio, target >= 0.97)": (
+            f"{summaries['kit'].tokens_per_s:.1f} ({figures['ratio']:.3f})"
+        ),
+        "TTFT the kit adds (target < 5 ms)": f"{figures['added_ttft_ms']:.1f} ms (raw TTFT {raw.ttft_ms:.0f} ms)",
+        "via ChatLlama/LangChain: ratio, added TTFT": (
+            f"{figures['chain_ratio']:.3f}, {figures['chain_added_ttft_ms']:.1f} ms"
+        ),
+    }
+    return figures
+
+
+def markdown(figures: dict[str, Any]) -> str:
+    names = {
+        "raw": "llama-cpp-python alone",
+        "kit": "kit: LlamaSource over SSE (loopback)",
+        "kit_chain": "kit: ChatLlama (LangChain) over SSE",
+    }
+    raw_rate = figures["paths"]["raw"]["tokens_per_s"]
+    lines = [
+        f"Model benchmark: {figures['max_tokens']} tokens, temperature 0, seed 1, median of {figures['runs']} runs",
+        "",
+        "| path | TTFT ms | tokens/s | decode tokens/s | ratio of medians |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for key, name in names.items():
+        path = figures["paths"][key]
+        lines.append(
+            f"| {name} | {path['ttft_ms']:.1f} | {path['tokens_per_s']:.1f} | {path['decode_tokens_per_s']:.1f} "
+            f"| {path['tokens_per_s'] / raw_rate:.3f} |"
+        )
+    ok_ratio = "met" if figures["ratio"] >= TARGET_RATIO else "MISSED"
+    ok_ttft = "met" if figures["added_ttft_ms"] < TARGET_ADDED_TTFT_MS else "MISSED"
+    lines += [
+        "",
+        f"- throughput ratio kit/raw (median of paired runs): {figures['ratio']:.3f} "
+        f"(target >= {TARGET_RATIO}: {ok_ratio})",
+        f"- TTFT the kit adds (median of paired runs): {figures['added_ttft_ms']:.2f} ms "
+        f"(target < {TARGET_ADDED_TTFT_MS:.0f} ms: {ok_ttft})",
+        f"- through ChatLlama (LangChain): ratio {figures['chain_ratio']:.3f}, "
+        f"TTFT added {figures['chain_added_ttft_ms']:.2f} ms",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=7, help="measured runs per path (default: 7)")
+    parser.add_argument("--max-tokens", type=int, default=128, help="tokens per reply (default: 128)")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON to this path")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    figures = measure(args.runs, args.max_tokens)
+    print(markdown(figures))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
