@@ -19,7 +19,7 @@ from kit.origins import OriginPolicy
 from kit.page import CONTENT_SECURITY_POLICY, render_page
 from kit.pump import CancelToken
 from kit.sanitize import neutralize_text
-from kit.sources import Message, Source, call_source, check_source, texts, with_system_prompt
+from kit.sources import Message, Source, answer_text, call_source, check_source, texts, with_system_prompt
 from kit.sse import STREAM_HEADERS
 from kit.streaming import StreamSettings, public_message, sse_events, start_pump
 
@@ -100,7 +100,7 @@ def create_app(
         messages = parse_chat_request(request)
         cancel = CancelToken()
         try:
-            text = "".join(texts(start(messages, cancel)))
+            text = answer_text(texts(start(messages, cancel)))
         finally:
             cancel.cancel()
         return jsonify(text=neutralize_text(text) if neutralize_links else text)

@@ -31,16 +31,15 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import Runnable, RunnableConfig
 
-from kit.llama import Admission, ChatLlama, bind_cancel
+from kit.llama import Admission, Cancelled, ChatLlama, bind_cancel
 from kit.pump import CancelToken
-from kit.sources import Message, Role, to_text
+from kit.sources import ANSWER_ROLE, Message, Role, to_text
 
 log = logging.getLogger(__name__)
 
 InputMapper = Callable[[list[Message]], Any]
 """Builds a chain's input from Deep Chat's history (system prompt first, then user/ai turns)."""
 
-ANSWER_ROLE = "ai"  # Deep Chat's role for the assistant's bubble
 QUESTION_KEYS = ("question", "input", "query", "message")
 HISTORY_KEYS = ("chat_history", "history", "messages")
 SYSTEM_KEYS = ("system", "system_prompt", "system_message")
@@ -472,15 +471,11 @@ class TokenBridge(BaseCallbackHandler):
 
     def on_llm_new_token(self, token: str, *, chunk: Any = None, **kwargs: Any) -> None:
         if self.cancel.cancelled:
-            raise GenerationCancelled("the client left; stopping the chain")
+            raise Cancelled("the client left; stopping the chain")
         text = to_text(chunk.message) if chunk is not None and hasattr(chunk, "message") else token
         if text:
             self.count += 1
             self.tokens.put(text)
-
-
-class GenerationCancelled(Exception):
-    """Raised inside a callback-style chain to stop it once nobody reads its reply."""
 
 
 class CallbackSource:
@@ -515,7 +510,7 @@ class CallbackSource:
                 result = self._invoke(value, bridge)
                 if bridge.count == 0:  # a model that reported no tokens: send its whole answer
                     bridge.tokens.put(to_text(result))
-            except GenerationCancelled:
+            except Cancelled:
                 pass
             except BaseException as error:
                 bridge.tokens.put(_Failure(error))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Literal
+from typing import Literal, TypeVar
 
 import regex
+
+T = TypeVar("T")
 
 Granularity = Literal["word", "char", "chunk"]
 GRANULARITIES: tuple[str, ...] = ("word", "char", "chunk")
@@ -17,11 +19,17 @@ _WORD = regex.compile(r"^\s+|\S+\s*")
 _GRAPHEME = regex.compile(r"\X")
 
 
-def _split_streaming(pieces: Iterable[str], pattern: regex.Pattern[str]) -> Iterator[str]:
+def _split_streaming(pieces: Iterable[str | T], pattern: regex.Pattern[str]) -> Iterator[str | T]:
     # The last match in the buffer may still grow when the next piece arrives (a word not yet followed
     # by whitespace, an emoji whose modifier is in the next token), so it is held back until then.
     pending = ""
     for piece in pieces:
+        if not isinstance(piece, str):  # a marker (kit.sources.Role) ends the text before it and passes
+            if pending:
+                yield from pattern.findall(pending)
+            pending = ""
+            yield piece
+            continue
         pending += piece
         matches = pattern.findall(pending)
         if len(matches) < 2:

@@ -31,6 +31,26 @@ class Role:
     name: str
 
 
+ANSWER_ROLE = "ai"
+"""Deep Chat's role for the assistant's bubble."""
+
+
+def answer_text(pieces: Iterable[str | Role]) -> str:
+    """The text of a reply that is not streamed: the answer's, without other roles' bubbles (steps).
+
+    >>> answer_text(["Hi", Role("steps"), "thinking...", Role("ai"), " there"])
+    'Hi there'
+    """
+    parts: list[str] = []
+    in_answer = True
+    for piece in pieces:
+        if isinstance(piece, Role):
+            in_answer = piece.name == ANSWER_ROLE
+        elif in_answer:
+            parts.append(piece)
+    return "".join(parts)
+
+
 Source = Callable[..., Iterable[Any]] | Streamable | str
 """A callable `(messages) -> iterable`, optionally taking `cancel=`; a Runnable; or a fixed reply."""
 

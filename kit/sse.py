@@ -31,9 +31,15 @@ def encode_event(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def text_event(text: str) -> str:
-    """Frame a piece of reply text, appended by Deep Chat to the current bubble."""
-    return encode_event({"text": text})
+def text_event(text: str, role: str | None = None) -> str:
+    """Frame a piece of reply text, appended by Deep Chat to the current bubble; with a `role` other than
+    the current bubble's, Deep Chat starts a new bubble for that role (an event with a role but no text is
+    ignored, so the role always rides on text).
+
+    >>> text_event("Thinking", role="steps")
+    'data: {"role": "steps", "text": "Thinking"}\\n\\n'
+    """
+    return encode_event({"text": text} if role is None else {"role": role, "text": text})
 
 
 def error_event(message: str) -> str:

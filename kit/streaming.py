@@ -15,7 +15,7 @@ from kit.granularity import splitter
 from kit.observe import EndReason, StreamObserver, WriteKind
 from kit.pump import CancelToken, Failed, Pump, Timeout
 from kit.sanitize import neutralize_links, scrub_surrogates
-from kit.sources import texts
+from kit.sources import Role, texts
 from kit.sse import HEARTBEAT, error_event, text_event
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,13 @@ def sse_events(
     coalescer = Coalescer(settings.coalesce_ms / 1000, settings.max_event_chars)
     last_write = clock()
     reason: EndReason = "client_gone"  # unless the loop reaches the end of the source
+    role: str | None = None  # from a Role marker: sent with the next text event, which opens a new bubble
+
+    def text_out(text: str) -> str:
+        nonlocal role
+        data, role = text_event(text, role), None
+        return watch.wrote("text", data)
+
     try:
         while True:
             now = clock()
@@ -166,13 +173,20 @@ def sse_events(
                 text = coalescer.add(item, now)
                 if text is not None:
                     last_write = now
-                    yield watch.wrote("text", text_event(text))
+                    yield text_out(text)
+                continue
+            if isinstance(item, Role):
+                pending = coalescer.flush(now)  # text before the marker stays in the bubble it belongs to
+                if pending is not None:
+                    last_write = now
+                    yield text_out(pending)
+                role = item.name
                 continue
             if isinstance(item, Timeout):
                 deadline = coalescer.deadline()
                 if deadline is not None and now >= deadline:
                     last_write = now
-                    yield watch.wrote("text", text_event(coalescer.flush(now) or ""))
+                    yield text_out(coalescer.flush(now) or "")
                 elif client_gone():
                     log.info("client disconnected; cancelling the source")
                     return
@@ -182,7 +196,7 @@ def sse_events(
                         reason = "failed"
                         pending = coalescer.flush(now)
                         if pending is not None:
-                            yield watch.wrote("text", text_event(pending))
+                            yield text_out(pending)
                         yield watch.wrote("error", error_event(STOPPING))
                     return
                 elif now - last_write >= settings.heartbeat_s:
@@ -191,7 +205,7 @@ def sse_events(
                 continue
             pending = coalescer.flush(now)
             if pending is not None:
-                yield watch.wrote("text", text_event(pending))
+                yield text_out(pending)
             if isinstance(item, Failed):
                 reason = "failed"
                 log.error("source failed mid-stream", exc_info=item.error)
