@@ -442,17 +442,29 @@ _default_sources: dict[int, tuple[object, RunnableSource]] = {}
 _default_sources_lock = threading.Lock()
 
 
+def prepare_runnable(chain: object) -> RunnableSource | None:
+    """The `runnable_source(chain)` that `create_app(chain)` uses, built once per chain (None for objects
+    with `.stream()` that are not Runnables).
+
+    `kit.sources.check_source` calls it when the app is created, so a chain whose input cannot be built
+    from the history fails then, not on the first chat; reading the schema and graph costs milliseconds.
+    """
+    if not isinstance(chain, Runnable):
+        return None
+    with _default_sources_lock:
+        # The entry holds the chain itself, so its id cannot be reused by another object.
+        entry = _default_sources.get(id(chain))
+        if entry is None or entry[0] is not chain:
+            entry = _default_sources[id(chain)] = (chain, runnable_source(chain))
+        return entry[1]
+
+
 def stream_runnable(source: Any, messages: list[Message], cancel: CancelToken) -> Iterator[Any]:
     """What `create_app(chain)` calls for an object with `.stream()`: `runnable_source(chain)` defaults."""
-    if not isinstance(source, Runnable):  # anything else with .stream(): give it the messages
+    prepared = prepare_runnable(source)
+    if prepared is None:  # anything else with .stream(): give it the messages
         return iter(source.stream(to_messages(messages)))
-    with _default_sources_lock:
-        # Built once per chain (reading its schema and graph costs milliseconds); the entry holds the
-        # chain itself, so its id cannot be reused by another object.
-        entry = _default_sources.get(id(source))
-        if entry is None or entry[0] is not source:
-            entry = _default_sources[id(source)] = (source, runnable_source(source))
-    return entry[1](messages, cancel)
+    return prepared(messages, cancel)
 
 
 class TokenBridge(BaseCallbackHandler):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import inspect
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -62,6 +63,10 @@ def check_source(source: object) -> None:
             "source must be a callable taking the message list, an object with .stream() "
             f"(a LangChain Runnable), or a str; got {type(source).__name__}"
         )
+    if isinstance(source, Streamable) and "langchain_core" in sys.modules:  # a Runnable: LangChain is loaded
+        from kit.chains import prepare_runnable
+
+        prepare_runnable(source)  # a chain whose input cannot be built from the history fails now
 
 
 def _accepts_cancel(function: Callable[..., Any]) -> bool:

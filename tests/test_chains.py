@@ -114,6 +114,9 @@ def test_the_default_input_follows_the_chain_input_schema(model: ChatLlama) -> N
     odd = ChatPromptTemplate.from_messages([("human", "{topic} and {question}")])
     with pytest.raises(TypeError, match=r"\['topic'\].*to_input="):
         default_to_input(odd)
+    with pytest.raises(TypeError, match="topic"):  # when the app is created, not on the first chat
+        create_app(odd | model)
+    create_app(runnable_source(odd | model, to_input=lambda m: {"topic": "cats", "question": "why?"}))
 
 
 def test_anything_with_stream_that_is_not_a_runnable_gets_the_messages() -> None:
