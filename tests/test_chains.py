@@ -300,3 +300,30 @@ def test_the_chain_demo_serves_the_embedded_model(serve) -> None:
     server = serve(build_demo_app("chain", delay_ms=0))
     reply = stream_chat(server.url + "chat-stream", "Hello! Who are you?", timeout=60)
     assert reply.status == 200 and not reply.errors and len(reply.text) > 10
+
+
+def test_deep_chat_shows_steps_and_answer_in_two_bubbles_and_sends_both_back(serve) -> None:
+    from kit.browser import chromium_page
+
+    script = [Role("steps"), "Looking ", "it up...", Role("ai"), "Paris ", "is big."]
+    bodies: list[Any] = []
+
+    def source(messages: list[dict[str, str]]) -> Iterator[Any]:
+        bodies.append([m["role"] for m in messages])
+        for piece in script:
+            time.sleep(0.05)
+            yield piece
+
+    server = serve(create_app(source))
+    with chromium_page() as page:
+        page.goto(server.url)
+        for question in ("Tell me about Paris", "More?"):
+            page.locator("#text-input").click()
+            page.keyboard.type(question)
+            page.keyboard.press("Enter")
+            bubbles = page.locator(".ai-message-text")
+            assert wait_until(lambda bubbles=bubbles: bubbles.last.inner_text() == "Paris is big.")
+        steps = page.locator(".deep-chat-outer-container-role-steps .message-bubble")
+        assert steps.count() == 2 and steps.first.inner_text() == "Looking it up..."
+    # The steps bubble comes back with the history (to_messages keeps it from the model).
+    assert bodies == [["user"], ["user", "steps", "ai", "user"]]
