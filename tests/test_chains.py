@@ -239,11 +239,12 @@ def test_a_chain_over_a_busy_model_is_refused_with_503_before_the_first_byte(ser
     assert stream_chat(server.url + "chat-stream", "Hi").status == 200
 
 
-def test_leaving_an_event_stream_chain_frees_the_model_at_once(model: ChatLlama, serve) -> None:
+@pytest.mark.parametrize("events", [False, True], ids=["chain.stream", "astream_events"])
+def test_leaving_a_chain_frees_the_model_at_once(model: ChatLlama, serve, events: bool) -> None:
     long_model = ChatLlama(max_tokens=400, temperature=0)
     engine: Engine = long_model.engine
     chain = demo_chain(long_model)
-    server = serve(create_app(runnable_source(chain, steps_role="steps")))
+    server = serve(create_app(runnable_source(chain, steps_role="steps") if events else chain))
     items = iter_stream(server.url + "chat-stream", chat_body("Count from 1 to 1000, separated by commas."))
     for item in items:
         if isinstance(item, Received) and item.payload and item.payload.get("text"):
