@@ -14,7 +14,7 @@ import json
 import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,34 @@ class Run:
     ttft_s: float  # request (or call) to first text
     total_s: float  # request (or call) to last text
     chars: int
+    model_ttft_s: float  # create_chat_completion called to its first text, timed inside (ModelClock)
+
+
+class ModelClock:
+    """Times every create_chat_completion of the model from the inside: call to first text.
+
+    The model's own TTFT varies by tens of ms with the load on 2 shared cores; subtracting it, run by run,
+    from what a client sees leaves the kit's share (HTTP, queue hand-offs, SSE) free of that noise.
+    """
+
+    def __init__(self, llama: Any) -> None:
+        self.last_ttft_s = float("nan")
+        original = llama.create_chat_completion
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            called = time.perf_counter()
+            chunks = original(*args, **kwargs)
+            return self._watch(chunks, called) if kwargs.get("stream") else chunks
+
+        llama.create_chat_completion = timed
+
+    def _watch(self, chunks: Iterator[dict[str, Any]], called: float) -> Iterator[dict[str, Any]]:
+        waiting = True
+        for chunk in chunks:
+            if waiting and chunk["choices"][0]["delta"].get("content"):
+                self.last_ttft_s = time.perf_counter() - called
+                waiting = False
+            yield chunk
 
 
 @dataclass(frozen=True)
@@ -48,7 +76,7 @@ class Summary:
     tokens_per_s_spread: tuple[float, float]
 
 
-def raw_run(engine: Engine, settings: LlamaSettings) -> Run:
+def raw_run(engine: Engine, settings: LlamaSettings, clock: ModelClock) -> Run:
     """llama-cpp-python alone: create_chat_completion(stream=True) on the engine's own Llama, held alone."""
     with engine.exclusive() as llama:
         llama.reset()  # as the engine does before each generation
@@ -65,10 +93,10 @@ def raw_run(engine: Engine, settings: LlamaSettings) -> Run:
             reason = chunk["choices"][0].get("finish_reason")
             if reason not in (None, "length"):
                 raise SystemExit(f"the reply stopped early ({reason}): pick a prompt that runs to max_tokens")
-    return Run(first - started, last - started, chars)
+    return Run(first - started, last - started, chars, clock.last_ttft_s)
 
 
-def kit_run(url: str, client: httpx.Client) -> Run:
+def kit_run(url: str, client: httpx.Client, clock: ModelClock) -> Run:
     """One chat through the kit's server: POST to the last text event, as a client sees it."""
     started = first = last = 0.0
     chars = 0
@@ -81,7 +109,7 @@ def kit_run(url: str, client: httpx.Client) -> Run:
             last = item.at
             first = first or last
             chars += len(item.payload["text"])
-    return Run(first - started, last - started, chars)
+    return Run(first - started, last - started, chars, clock.last_ttft_s)
 
 
 def summarise(runs: list[Run], max_tokens: int) -> Summary:
@@ -103,10 +131,20 @@ def paired(runs: list[Run], raws: list[Run], compare: Callable[[Run, Run], float
     return statistics.median(compare(run, raw) for run, raw in zip(runs, raws, strict=True))
 
 
+def added_ttft_ms(runs: list[Run]) -> float:
+    """Median over runs of the time to first text a client saw beyond the model's own TTFT."""
+    return statistics.median((run.ttft_s - run.model_ttft_s) * 1000 for run in runs)
+
+
+def added_ttft_spread(runs: list[Run]) -> tuple[float, float]:
+    added = [(run.ttft_s - run.model_ttft_s) * 1000 for run in runs]
+    return min(added), max(added)
+
+
 def measure(runs: int, max_tokens: int) -> dict[str, Any]:
     settings = LlamaSettings(max_tokens=max_tokens, temperature=0, seed=1)
     engine = engine_for(settings)
-    engine.load()
+    clock = ModelClock(engine.load())
     chat_model = ChatLlama(max_tokens=max_tokens, temperature=0, seed=1)
     results: dict[str, list[Run]] = {"raw": [], "kit": [], "kit_chain": []}
     with (
@@ -115,9 +153,9 @@ def measure(runs: int, max_tokens: int) -> dict[str, Any]:
         httpx.Client(timeout=120) as client,
     ):
         paths: dict[str, Callable[[], Run]] = {
-            "raw": lambda: raw_run(engine, settings),
-            "kit": lambda: kit_run(direct.url + "chat-stream", client),
-            "kit_chain": lambda: kit_run(chain.url + "chat-stream", client),
+            "raw": lambda: raw_run(engine, settings, clock),
+            "kit": lambda: kit_run(direct.url + "chat-stream", client, clock),
+            "kit_chain": lambda: kit_run(chain.url + "chat-stream", client, clock),
         }
         for path in paths.values():  # warm-up: caches, the first HTTP connection
             path()
@@ -130,19 +168,20 @@ def measure(runs: int, max_tokens: int) -> dict[str, Any]:
         raise SystemExit(f"the paths produced different replies (lengths {sorted(chars)}): not a fair comparison")
     summaries = {name: summarise(runs_, max_tokens) for name, runs_ in results.items()}
     raw = summaries["raw"]
-    # Runs of one round are neighbours in time, so each kit run is compared with its own raw run: the
-    # machine's drift (other processes on 2 shared cores) cancels out of the paired figures.
+    # Runs of one round are neighbours in time, so each kit run's throughput is compared with its own raw
+    # run: the machine's drift (other processes on 2 shared cores) cancels out of the paired ratio. The
+    # added TTFT is the client's TTFT minus the model's own, timed inside the same run (ModelClock).
     figures: dict[str, Any] = {
         "prompt": PROMPT,
         "max_tokens": max_tokens,
         "runs": runs,
         "paths": {name: asdict(summary) for name, summary in summaries.items()},
         "ratio": paired(results["kit"], results["raw"], lambda kit, raw: raw.total_s / kit.total_s),
-        "added_ttft_ms": paired(results["kit"], results["raw"], lambda kit, raw: (kit.ttft_s - raw.ttft_s) * 1000),
+        "added_ttft_ms": added_ttft_ms(results["kit"]),
+        "added_ttft_ms_spread": added_ttft_spread(results["kit"]),
+        "naive_added_ttft_ms": summaries["kit"].ttft_ms - raw.ttft_ms,
         "chain_ratio": paired(results["kit_chain"], results["raw"], lambda kit, raw: raw.total_s / kit.total_s),
-        "chain_added_ttft_ms": paired(
-            results["kit_chain"], results["raw"], lambda kit, raw: (kit.ttft_s - raw.ttft_s) * 1000
-        ),
+        "chain_added_ttft_ms": added_ttft_ms(results["kit_chain"]),
     }
     figures["table"] = {
         "raw llama-cpp tokens/s": f"{raw.tokens_per_s:.1f}",
@@ -178,12 +217,14 @@ def markdown(figures: dict[str, Any]) -> str:
         )
     ok_ratio = "met" if figures["ratio"] >= TARGET_RATIO else "MISSED"
     ok_ttft = "met" if figures["added_ttft_ms"] < TARGET_ADDED_TTFT_MS else "MISSED"
+    low, high = figures["added_ttft_ms_spread"]
     lines += [
         "",
         f"- throughput ratio kit/raw (median of paired runs): {figures['ratio']:.3f} "
         f"(target >= {TARGET_RATIO}: {ok_ratio})",
-        f"- TTFT the kit adds (median of paired runs): {figures['added_ttft_ms']:.2f} ms "
-        f"(target < {TARGET_ADDED_TTFT_MS:.0f} ms: {ok_ttft})",
+        f"- TTFT the kit adds (client TTFT minus the model's own, per run; median): "
+        f"{figures['added_ttft_ms']:.2f} ms, range {low:.2f}-{high:.2f} (target < {TARGET_ADDED_TTFT_MS:.0f} ms: "
+        f"{ok_ttft})",
         f"- through ChatLlama (LangChain): ratio {figures['chain_ratio']:.3f}, "
         f"TTFT added {figures['chain_added_ttft_ms']:.2f} ms",
     ]
