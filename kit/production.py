@@ -75,8 +75,12 @@ def demo_app(demo: str = "word", delay_ms: float = 40.0) -> Flask:
 
 
 # ---------------------------------------------------------------------------------------------------
-# gunicorn hooks: gunicorn reads these names from this module when started with
+# gunicorn settings and hooks: gunicorn reads these names from this module when started with
 # `--config python:kit.production`. Nothing else here may carry a gunicorn setting's name.
+
+# gunicorn >= 25.1 opens a control socket at one fixed path in the home directory, so two servers on one
+# machine (two kits, a test next to a dev server) fight over it. Older versions ignore this name.
+control_socket_disable = True
 
 
 def _end_streams() -> None:

@@ -1,0 +1,131 @@
+"""The kit under gunicorn (`python -m kit serve --prod`) as a subprocess on a free loopback port, and the
+apps the reliability tests have it serve (gunicorn imports them by name, so they live in a module).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+from flask import Flask
+
+from kit import CancelToken, create_app
+
+REPO = Path(__file__).resolve().parent.parent
+_LISTENING = re.compile(r"Listening at: http://[\d.]+:(\d+)")
+_BOOTED = re.compile(r"Booting worker with pid: (\d+)")
+
+
+def paced_source(pieces: int, interval_ms: float):  # type: ignore[no-untyped-def]
+    """A source that yields `pieces` pieces on an absolute schedule, each stamped with the wall-clock time
+    it was yielded: `"0007 1732412345.123456\\n"`. The client checks every number arrives once, in order,
+    and subtracts the stamp from its own clock (same machine) to get the latency the kit added.
+    """
+
+    def source(messages: list[dict[str, object]], cancel: CancelToken) -> Iterator[str]:
+        start = time.monotonic()
+        for index in range(pieces):
+            if cancel.wait(max(start + index * interval_ms / 1000 - time.monotonic(), 0.0)):
+                return
+            yield f"{index:04d} {time.time():.6f}\n"
+
+    return source
+
+
+def paced_app(pieces: int = 200, interval_ms: float = 50.0, heartbeat_s: float = 2.0) -> Flask:
+    """gunicorn factory: `tests.prod_server:paced_app(200, 50)`."""
+    return create_app(paced_source(pieces, interval_ms), heartbeat_s=heartbeat_s)
+
+
+class ProdServer:
+    """`python -m kit serve --prod --port 0 ARGS...` in its own process group; `url` once it answers."""
+
+    def __init__(self, *args: str, timeout_s: float = 60.0) -> None:
+        command = [sys.executable, "-m", "kit", "serve", "--prod", "--host", "127.0.0.1", "--port", "0", *args]
+        self.process = subprocess.Popen(
+            command, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True
+        )
+        self.log: list[str] = []
+        self.port = 0
+        self.worker_pids: list[int] = []
+        self._workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 2  # the CLI default
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+        try:
+            self._wait_ready(timeout_s)
+        except BaseException:
+            self.stop(signal.SIGKILL)
+            raise
+
+    def _read_log(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:  # drained to the end, so gunicorn never blocks on a full pipe
+            self.log.append(line.rstrip())
+            if match := _LISTENING.search(line):
+                self.port = int(match.group(1))
+                self._ready.set()
+            if match := _BOOTED.search(line):
+                self.worker_pids.append(int(match.group(1)))
+        self._ready.set()
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        if not self._ready.wait(timeout_s) or not self.port:
+            raise RuntimeError("gunicorn did not start:\n" + "\n".join(self.log[-30:]))
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                # Every worker booted: memory figures and load spread cover them all.
+                booted = len(self.worker_pids) >= self._workers
+                if booted and httpx.get(self.url + "healthz", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError("gunicorn never answered /healthz:\n" + "\n".join(self.log[-30:]))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the master and its workers."""
+        total = 0
+        for pid in [self.process.pid, *self.worker_pids]:
+            with contextlib.suppress(OSError):
+                status = Path(f"/proc/{pid}/status").read_text()
+                total += int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
+        return total
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> float:
+        """Send `sig` to the master and wait for the whole process group to end; returns the seconds taken."""
+        started = time.monotonic()
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, sig)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._reader.join(5)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        return time.monotonic() - started
+
+    def __enter__(self) -> ProdServer:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
