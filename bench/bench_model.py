@@ -37,6 +37,7 @@ class Run:
     total_s: float  # request (or call) to last text
     chars: int
     model_ttft_s: float  # create_chat_completion called to its first text, timed inside (ModelClock)
+    model_total_s: float  # ... to its last text
 
 
 class ModelClock:
@@ -47,7 +48,7 @@ class ModelClock:
     """
 
     def __init__(self, llama: Any) -> None:
-        self.last_ttft_s = float("nan")
+        self.last_ttft_s = self.last_total_s = float("nan")
         original = llama.create_chat_completion
 
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -60,9 +61,10 @@ class ModelClock:
     def _watch(self, chunks: Iterator[dict[str, Any]], called: float) -> Iterator[dict[str, Any]]:
         waiting = True
         for chunk in chunks:
-            if waiting and chunk["choices"][0]["delta"].get("content"):
-                self.last_ttft_s = time.perf_counter() - called
-                waiting = False
+            if chunk["choices"][0]["delta"].get("content"):
+                self.last_total_s = time.perf_counter() - called
+                if waiting:
+                    self.last_ttft_s, waiting = self.last_total_s, False
             yield chunk
 
 
@@ -93,7 +95,7 @@ def raw_run(engine: Engine, settings: LlamaSettings, clock: ModelClock) -> Run:
             reason = chunk["choices"][0].get("finish_reason")
             if reason not in (None, "length"):
                 raise SystemExit(f"the reply stopped early ({reason}): pick a prompt that runs to max_tokens")
-    return Run(first - started, last - started, chars, clock.last_ttft_s)
+    return Run(first - started, last - started, chars, clock.last_ttft_s, clock.last_total_s)
 
 
 def kit_run(url: str, client: httpx.Client, clock: ModelClock) -> Run:
@@ -109,7 +111,7 @@ def kit_run(url: str, client: httpx.Client, clock: ModelClock) -> Run:
             last = item.at
             first = first or last
             chars += len(item.payload["text"])
-    return Run(first - started, last - started, chars, clock.last_ttft_s)
+    return Run(first - started, last - started, chars, clock.last_ttft_s, clock.last_total_s)
 
 
 def summarise(runs: list[Run], max_tokens: int) -> Summary:
@@ -177,6 +179,12 @@ def measure(runs: int, max_tokens: int) -> dict[str, Any]:
         "runs": runs,
         "paths": {name: asdict(summary) for name, summary in summaries.items()},
         "ratio": paired(results["kit"], results["raw"], lambda kit, raw: raw.total_s / kit.total_s),
+        # The share of the client's wait that is the model's own work, within each run (1.0: no overhead).
+        "pipeline_ratio": statistics.median(run.model_total_s / run.total_s for run in results["kit"]),
+        # The model's own speed inside kit runs vs raw runs: below 1.0 the kit's threads slowed the model.
+        "model_speed_ratio": paired(
+            results["kit"], results["raw"], lambda kit, raw: raw.model_total_s / kit.model_total_s
+        ),
         "added_ttft_ms": added_ttft_ms(results["kit"]),
         "added_ttft_ms_spread": added_ttft_spread(results["kit"]),
         "naive_added_ttft_ms": summaries["kit"].ttft_ms - raw.ttft_ms,
@@ -225,6 +233,8 @@ def markdown(figures: dict[str, Any]) -> str:
         f"- TTFT the kit adds (client TTFT minus the model's own, per run; median): "
         f"{figures['added_ttft_ms']:.2f} ms, range {low:.2f}-{high:.2f} (target < {TARGET_ADDED_TTFT_MS:.0f} ms: "
         f"{ok_ttft})",
+        f"- within kit runs: the model's own time is {figures['pipeline_ratio']:.3f} of the client's wait; "
+        f"the model ran at {figures['model_speed_ratio']:.3f} of its raw speed (paired)",
         f"- through ChatLlama (LangChain): ratio {figures['chain_ratio']:.3f}, "
         f"TTFT added {figures['chain_added_ttft_ms']:.2f} ms",
     ]
