@@ -202,7 +202,9 @@ def timeline_svg(record: StreamRecord) -> str:
     span = max(record.stats.duration_s, 1e-3)
     scale = (_WIDTH - _LEFT - 10) / span
     biggest = max((mark.size for mark in marks if mark.kind != "piece"), default=1)
-    parts = [f'<svg width="{_WIDTH}" height="{_ROW * 3 + 22}" style="font: 11px sans-serif">']
+    height = _ROW * 3 + 22
+    # A viewBox lets the drawing shrink to the width the widget gets, labels included.
+    parts = [f'<svg viewBox="0 0 {_WIDTH} {height}" width="100%" style="max-width: {_WIDTH}px; font: 11px sans-serif">']
     for row, (label, kinds, colour) in enumerate(_ROWS):
         y = row * _ROW + 4
         parts.append(f'<text x="0" y="{y + 15}">{label}</text>')
@@ -228,20 +230,32 @@ def _ms(seconds: float | None) -> str:
 
 def stats_table(streams: list[StreamRecord], rows: int = 8) -> str:
     """An HTML table of the latest streams' numbers."""
-    head = (
-        "<tr><th>#</th><th>prompt</th><th>1st piece ms</th><th>pieces</th><th>pieces/s</th>"
-        "<th>events</th><th>bytes</th><th>heartbeats</th><th>seconds</th><th>end</th></tr>"
+    head = "".join(
+        f'<th title="{why}">{name}</th>'
+        for name, why in (
+            ("#", "request number"),
+            ("prompt", "the user's last message"),
+            ("1st ms", "time to the first piece from the source, ms"),
+            ("pieces", "pieces from the source"),
+            ("/s", "pieces per second"),
+            ("events", "text events sent"),
+            ("bytes", "bytes sent: events, heartbeats, error"),
+            ("beats", "heartbeats sent"),
+            ("s", "duration, seconds"),
+            ("end", "how the stream ended"),
+        )
     )
     body = []
     first = max(len(streams) - rows, 0)
     for number, record in enumerate(streams[first:], start=first + 1):
         s = record.stats
         body.append(
-            f"<tr><td>{number}</td><td>{html.escape(record.prompt[:30])}</td><td>{_ms(s.first_piece_s)}</td>"
+            f"<tr><td>{number}</td><td>{html.escape(record.prompt[:16])}</td><td>{_ms(s.first_piece_s)}</td>"
             f"<td>{s.pieces}</td><td>{s.pieces_per_s:.0f}</td><td>{s.events}</td><td>{s.bytes}</td>"
             f"<td>{s.heartbeats}</td><td>{s.duration_s:.2f}</td><td>{s.end or 'streaming…'}</td></tr>"
         )
-    return f'<table style="font-size: 12px">{head}{"".join(body)}</table>'
+    style = "font-size: 11px; white-space: nowrap; border-collapse: collapse"
+    return f'<table style="{style}"><tr>{head}</tr>{"".join(body)}</table>'
 
 
 class _View:
