@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import queue
+from collections import deque
 import threading
 import time
 from collections.abc import Iterable
@@ -77,6 +78,7 @@ class Pump:
         self.cancel = cancel
         self._pieces = pieces
         self._queue: queue.Queue[str | Finished | Failed] = queue.Queue(maxsize=queue_size)
+        self._taken: deque[str | Finished | Failed] = deque()  # drained from the queue, not yet returned
         self._stall_timeout_s = stall_timeout_s
         self._poll_s = poll_s
         self._thread = threading.Thread(target=self._produce, name="kit-pump", daemon=True)
@@ -89,10 +91,20 @@ class Pump:
 
     def get(self, timeout: float) -> str | Finished | Failed | Timeout:
         """The next item, or TIMEOUT when none came within `timeout` seconds."""
+        if self._taken:
+            return self._taken.popleft()
         try:
-            return self._queue.get(timeout=max(timeout, 0.0))
+            item = self._queue.get(timeout=max(timeout, 0.0))
         except queue.Empty:
             return TIMEOUT
+        # Take whatever else is already queued without waiting: a blocking get per piece costs a
+        # condition-variable round trip, which capped a fast source at a third of the naive baseline.
+        try:
+            for _ in range(self._queue.qsize()):
+                self._taken.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+        return item
 
     def close(self, join_timeout_s: float = 0.0) -> None:
         """Cancel the source and let the producer thread finish; safe to call more than once."""
