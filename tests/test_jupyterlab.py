@@ -7,41 +7,22 @@ import os
 import re
 import secrets
 import shutil
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from kit.browser import chromium_page
+from kit.child_server import ChildServer, free_port
 
 NOTEBOOK = Path(__file__).parent.parent / "notebooks" / "01_word_streaming.ipynb"
-STARTUP_S = 90.0
-
-
-@dataclass
-class Lab:
-    base: str
-    token: str
-    log: Path
-
-    def api(self, method: str, path: str) -> httpx.Response:
-        return httpx.request(method, f"{self.base}{path}", params={"token": self.token}, timeout=10)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
+def lab(tmp_path: Path) -> Iterator[tuple[ChildServer, str]]:
     """JupyterLab, headless, on loopback with a token, serving a copy of the notebooks (running cells in the
     browser must not rewrite the committed files); its kernels and the server are stopped at the end."""
     shutil.copy(NOTEBOOK, tmp_path)
@@ -58,7 +39,6 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     news = tmp_path / ".settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
     news.write_text('{"fetchNews": "false"}')  # no "get notified about Jupyter news?" toast over the page
-    log = tmp_path / "jupyterlab.log"
     command = [
         sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
@@ -66,38 +46,22 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         # No calls to the internet (closed network): no news feed, no update check.
         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]  # fmt: skip
-    with log.open("w") as output:
-        server = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
-    running = Lab(f"http://127.0.0.1:{port}", token, log)
-    try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            assert server.poll() is None, f"JupyterLab exited: {log.read_text()[-2000:]}"
-            try:
-                if running.api("GET", "/api/status").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"JupyterLab did not answer within {STARTUP_S} s"
-            time.sleep(0.2)
-        yield running
-        kernels = running.api("GET", "/api/kernels").json()
-        for kernel in kernels:  # the notebook's kernel, with the chat server it started
-            assert running.api("DELETE", f"/api/kernels/{kernel['id']}").status_code == 204
-    finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
+    log = tmp_path / "jupyterlab.log"
+    with ChildServer(
+        command, f"http://127.0.0.1:{port}", f"/api/status?token={token}", env=env, log_path=log
+    ) as server:
+        yield server, token
+        auth = {"token": token}
+        for kernel in httpx.get(f"{server.url}/api/kernels", params=auth).json():  # the notebook's kernel
+            assert httpx.delete(f"{server.url}/api/kernels/{kernel['id']}", params=auth).status_code == 204
 
 
 @pytest.mark.timeout(300)
-def test_notebook_01_runs_in_jupyterlab_and_its_deep_chat_streams_a_reply(lab: Lab) -> None:
+def test_notebook_01_runs_in_jupyterlab_and_its_deep_chat_streams_a_reply(lab: tuple[ChildServer, str]) -> None:
+    server, token = lab
     with chromium_page(viewport={"width": 1400, "height": 1000}) as page:
         page.set_default_timeout(90_000)
-        page.goto(f"{lab.base}/lab/tree/{NOTEBOOK.name}?token={lab.token}")
+        page.goto(f"{server.url}/lab/tree/{NOTEBOOK.name}?token={token}")
         cells = page.locator(".jp-Notebook .jp-Cell")
         cells.last.wait_for()
         # Run everything but the last cell, which stops the server: select the last cell, then use the menu's
@@ -119,7 +83,7 @@ def test_notebook_01_runs_in_jupyterlab_and_its_deep_chat_streams_a_reply(lab: L
         try:
             chat.locator("#text-input").click()
         except Exception:
-            page.screenshot(path=lab.log.with_suffix(".png"))  # beside the log, for whoever debugs this
+            page.screenshot(path=server.log_path.with_suffix(".png"))  # beside its log, for whoever debugs this
             raise
         page.keyboard.type("Hi from the lab")
         page.keyboard.press("Enter")

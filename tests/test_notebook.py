@@ -14,6 +14,7 @@ import pytest
 
 from kit import create_app
 from kit.browser_url import browser_url
+from kit.child_server import free_port
 from kit.client import Received, chat_body, iter_stream, stream_chat
 from kit.fakes import ScriptedSource
 from kit.inspector import Inspector
@@ -35,12 +36,6 @@ def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> bool:
             return False
         time.sleep(0.02)
     return True
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_re_serving_under_one_name_on_a_fixed_port_50_times_leaks_no_port_and_no_thread() -> None:
