@@ -109,6 +109,15 @@ def create_app(
     def check_origin() -> Response | None:
         return origins.check(request)
 
+    @app.before_request
+    def check_streamed_body_size() -> None:
+        # A chunked request body has no Content-Length to check up front, and werkzeug silently cuts it
+        # at the limit (the cut JSON would then be refused as malformed). Reading it whole, then one byte
+        # more, raises the honest 413 instead.
+        if request.method == "POST" and request.content_length is None:
+            request.get_data(cache=True)
+            request.stream.read(1)
+
     @app.after_request
     def add_headers(response: Response) -> Response:
         origins.add_cors_headers(request, response)
