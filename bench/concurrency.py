@@ -35,13 +35,19 @@ def tree_rss_mb(pid: int) -> float:
 
 async def _hold(client: httpx.AsyncClient, url: str, opened: asyncio.Event, counter: list[int],
                 target: int, release: asyncio.Event) -> bool:
-    async with client.stream("POST", url, json=chat_body("hold")) as response:
-        ok = response.status_code == 200
+    """Open one stream and keep it open until released; False if the server refused or dropped it."""
+    try:
+        async with client.stream("POST", url, json=chat_body("hold")) as response:
+            counter[0] += 1
+            if counter[0] >= target:
+                opened.set()
+            await release.wait()
+            return response.status_code == 200
+    except httpx.HTTPError:
         counter[0] += 1
         if counter[0] >= target:
             opened.set()
-        await release.wait()
-        return ok
+        return False
 
 
 async def _measure(url: str, pid: int, levels: tuple[int, ...]) -> list[dict[str, float]]:
@@ -55,11 +61,10 @@ async def _measure(url: str, pid: int, levels: tuple[int, ...]) -> list[dict[str
             if level:
                 await asyncio.wait_for(opened.wait(), timeout=60)
             await asyncio.sleep(1.0)  # let the server settle: threads started, first heartbeats out
-            rows.append({"streams": level, "rss_mb": tree_rss_mb(pid)})
+            rss_mb = tree_rss_mb(pid)
             release.set()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            held = await asyncio.gather(*tasks)
+            rows.append({"streams": level, "rss_mb": rss_mb, "refused": held.count(False)})
             await asyncio.sleep(1.0)
     return rows
 

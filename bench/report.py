@@ -41,8 +41,8 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| model: {key} | {value} |")
     for server, figures in results.get("concurrency", {}).items():
         top = figures["rows"][-1]
-        lines.append(f"| {server} server: {top['streams']} open streams, RSS MB / marginal MB per stream | "
-                     f"{top['rss_mb']:.0f} / {figures['mb_per_stream']:.3f} |")
+        lines.append(f"| {server}: {top['streams']} open streams, RSS MB / marginal MB per stream / refused | "
+                     f"{top['rss_mb']:.0f} / {figures['mb_per_stream']:.3f} / {top['refused']} |")
     return "\n".join(lines) + "\n"
 
 
