@@ -87,8 +87,15 @@ def iter_stream(
             http.close()
 
 
-def stream_chat(url: str, text: str, *, timeout: float = 60.0, client: httpx.Client | None = None) -> Reply:
-    """Send one chat message to a stream route and read the whole reply.
+def stream_chat(
+    url: str,
+    text: str,
+    *,
+    history: list[dict[str, str]] | None = None,
+    timeout: float = 60.0,
+    client: httpx.Client | None = None,
+) -> Reply:
+    """Send one chat message (after the earlier turns in `history`) to a stream route and read the whole reply.
 
     >>> from kit import create_app
     >>> from kit.server import BackgroundServer
@@ -96,7 +103,7 @@ def stream_chat(url: str, text: str, *, timeout: float = 60.0, client: httpx.Cli
     ...     stream_chat(server.url + "chat-stream", "hello").text
     'Hi there'
     """
-    items = iter_stream(url, chat_body(text), timeout=timeout, client=client)
+    items = iter_stream(url, chat_body(text, history), timeout=timeout, client=client)
     reply = next(items)
     assert isinstance(reply, Reply)
     reply.items.extend(item for item in items if isinstance(item, Received))
