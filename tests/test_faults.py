@@ -274,3 +274,84 @@ def test_stopping_gunicorn_ends_open_streams_at_once_with_a_restarting_error(wor
     for _, reply, how in ended:
         assert reply is not None and how == "closed", how
         assert reply.events[-1] == {"error": STOPPING} and reply.errors == [STOPPING]
+
+
+# ----------------------------------------------------------------------------------------------------
+# One embedded model, a burst of 20
+
+
+class StreamRecord:
+    """One client of the burst: its status as soon as headers arrive, then the whole reply."""
+
+    def __init__(self, url: str, prompt: str) -> None:
+        self.headers = threading.Event()
+        self.reply: Reply | None = None
+        self.body: dict[str, object] = {}
+        self.first_text_at: float | None = None
+        self.thread = threading.Thread(target=self._run, args=(url, prompt), daemon=True)
+        self.thread.start()
+
+    def _run(self, url: str, prompt: str) -> None:
+        try:
+            for item in iter_stream(url, chat_body(prompt), timeout=120):
+                if isinstance(item, Reply):
+                    self.reply = item
+                    self.headers.set()
+                    continue
+                assert self.reply is not None
+                self.reply.items.append(item)
+                if self.reply.status != 200 and item.payload is not None:
+                    self.body = item.payload
+                elif item.payload and item.payload.get("text") and self.first_text_at is None:
+                    self.first_text_at = item.at
+        finally:
+            self.headers.set()
+
+
+def test_a_burst_of_20_on_one_model_is_served_in_order_or_refused_with_a_clear_503(serve) -> None:  # type: ignore[no-untyped-def]
+    from kit.llama import LlamaSettings, LlamaSource
+
+    settings = LlamaSettings(max_tokens=8, temperature=0, seed=7, max_queue=8)
+    source = LlamaSource(settings)
+    engine = source.engine
+    server = serve(create_app(source, heartbeat_s=0.2))
+    url = server.url + "chat-stream"
+    prompts = [f"Say the number {number} in words." for number in range(1, 21)]
+    release = threading.Event()
+
+    def hold_the_model() -> None:  # someone else's long generation: the burst has to queue behind it
+        for _ in engine.chat([{"role": "user", "content": "Count from 1 to 1000."}], max_tokens=2000):
+            if release.is_set():
+                return
+
+    holder = threading.Thread(target=hold_the_model, daemon=True)
+    holder.start()
+    try:
+        assert wait_until(lambda: engine.busy, timeout=60)
+        burst: list[StreamRecord] = []
+        for prompt in prompts:  # one after another, so the arrival order is known
+            admitted = engine.waiting
+            burst.append(StreamRecord(url, prompt))
+            assert burst[-1].headers.wait(30)
+            if burst[-1].reply is not None and burst[-1].reply.status == 200:
+                assert wait_until(lambda admitted=admitted: engine.waiting == admitted + 1, timeout=10)
+    finally:
+        release.set()
+        holder.join(60)
+    for record in burst:
+        record.thread.join(120)
+        assert not record.thread.is_alive()
+    statuses = [record.reply.status for record in burst if record.reply is not None]
+    # The queue takes max_queue + 1 requests (one may run while the others wait); the rest are refused at once.
+    assert statuses == [200] * 9 + [503] * 11
+    for record in burst[9:]:
+        assert isinstance(record.body.get("error"), str) and "busy" in str(record.body["error"])
+    served = burst[:9]
+    first_texts = [record.first_text_at for record in served]
+    assert None not in first_texts and first_texts == sorted(first_texts)  # first come, first served
+    # No mixed output: each reply is exactly what the model says to that prompt alone.
+    for record, prompt in zip(served, prompts, strict=False):
+        assert record.reply is not None and record.reply.errors == []
+        assert record.reply.text == "".join(engine.chat([{"role": "user", "content": prompt}], **settings.options()))
+    assert wait_until(lambda: engine.in_flight == 0 and engine.waiting == 0)
+    assert httpx.get(server.url + "healthz").json() == {"status": "ok"}
