@@ -2,7 +2,8 @@
 
 Fair by construction: the same Llama object, prompt, max_tokens, greedy decoding (temperature 0) and seed;
 each generation starts from an empty context; raw and kit runs alternate, and medians are reported.
-"Through the kit" is a real server on loopback (`kit.server.BackgroundServer`), read by `kit.client`.
+"Through the kit" is a real server on loopback (`kit.server.BackgroundServer`), read by `kit.client` in a
+process of its own (as a browser would be; `--client-in-process` to share the server's).
 
     python -m bench.bench_model [--runs 7] [--max-tokens 128] [--json out.json]
 """
@@ -13,6 +14,8 @@ import argparse
 import json
 import logging
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -98,8 +101,8 @@ def raw_run(engine: Engine, settings: LlamaSettings, clock: ModelClock) -> Run:
     return Run(first - started, last - started, chars, clock.last_ttft_s, clock.last_total_s)
 
 
-def kit_run(url: str, client: httpx.Client, clock: ModelClock) -> Run:
-    """One chat through the kit's server: POST to the last text event, as a client sees it."""
+def read_stream(url: str, client: httpx.Client) -> tuple[float, float, float, int]:
+    """One chat through the kit's server, as a client sees it: (POST sent, first text, last text, chars)."""
     started = first = last = 0.0
     chars = 0
     for item in iter_stream(url, chat_body(PROMPT), client=client):
@@ -111,6 +114,43 @@ def kit_run(url: str, client: httpx.Client, clock: ModelClock) -> Run:
             last = item.at
             first = first or last
             chars += len(item.payload["text"])
+    return started, first, last, chars
+
+
+class ClientProcess:
+    """kit.client in a process of its own, as a browser would be: its parsing does not share the server's
+    GIL. perf_counter is CLOCK_MONOTONIC on Linux, so its times compare with the server's."""
+
+    def __init__(self) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--client"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def read(self, url: str) -> tuple[float, float, float, int]:
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(url + "\n")
+        self._process.stdin.flush()
+        started, first, last, chars = json.loads(self._process.stdout.readline())
+        return started, first, last, int(chars)
+
+    def close(self) -> None:
+        if self._process.stdin is not None:
+            self._process.stdin.close()
+        self._process.wait(30)
+
+
+def client_loop() -> None:
+    """`--client`: read one URL per line, answer each with the JSON of read_stream."""
+    with httpx.Client(timeout=120) as client:
+        for line in sys.stdin:
+            print(json.dumps(read_stream(line.strip(), client)), flush=True)
+
+
+def kit_run(url: str, read: Callable[[str], tuple[float, float, float, int]], clock: ModelClock) -> Run:
+    started, first, last, chars = read(url)
     return Run(first - started, last - started, chars, clock.last_ttft_s, clock.last_total_s)
 
 
@@ -143,7 +183,7 @@ def added_ttft_spread(runs: list[Run]) -> tuple[float, float]:
     return min(added), max(added)
 
 
-def measure(runs: int, max_tokens: int) -> dict[str, Any]:
+def measure(runs: int, max_tokens: int, client_in_process: bool = False) -> dict[str, Any]:
     settings = LlamaSettings(max_tokens=max_tokens, temperature=0, seed=1)
     engine = engine_for(settings)
     clock = ModelClock(engine.load())
@@ -154,10 +194,12 @@ def measure(runs: int, max_tokens: int) -> dict[str, Any]:
         BackgroundServer(create_app(chat_model)) as chain,
         httpx.Client(timeout=120) as client,
     ):
+        remote = None if client_in_process else ClientProcess()
+        read = remote.read if remote is not None else lambda url: read_stream(url, client)
         paths: dict[str, Callable[[], Run]] = {
             "raw": lambda: raw_run(engine, settings, clock),
-            "kit": lambda: kit_run(direct.url + "chat-stream", client, clock),
-            "kit_chain": lambda: kit_run(chain.url + "chat-stream", client, clock),
+            "kit": lambda: kit_run(direct.url + "chat-stream", read, clock),
+            "kit_chain": lambda: kit_run(chain.url + "chat-stream", read, clock),
         }
         for path in paths.values():  # warm-up: caches, the first HTTP connection
             path()
@@ -165,6 +207,8 @@ def measure(runs: int, max_tokens: int) -> dict[str, Any]:
             order = list(paths) if index % 2 == 0 else list(reversed(paths))  # no path always goes first
             for name in order:
                 results[name].append(paths[name]())
+        if remote is not None:
+            remote.close()
     chars = {run.chars for runs_ in results.values() for run in runs_}
     if len(chars) != 1:
         raise SystemExit(f"the paths produced different replies (lengths {sorted(chars)}): not a fair comparison")
@@ -174,6 +218,7 @@ def measure(runs: int, max_tokens: int) -> dict[str, Any]:
     # run: the machine's drift (other processes on 2 shared cores) cancels out of the paired ratio. The
     # added TTFT is the client's TTFT minus the model's own, timed inside the same run (ModelClock).
     figures: dict[str, Any] = {
+        "client": "in the server's process" if client_in_process else "a process of its own",
         "prompt": PROMPT,
         "max_tokens": max_tokens,
         "runs": runs,
@@ -212,7 +257,8 @@ def markdown(figures: dict[str, Any]) -> str:
     }
     raw_rate = figures["paths"]["raw"]["tokens_per_s"]
     lines = [
-        f"Model benchmark: {figures['max_tokens']} tokens, temperature 0, seed 1, median of {figures['runs']} runs",
+        f"Model benchmark: {figures['max_tokens']} tokens, temperature 0, seed 1, median of {figures['runs']} runs; "
+        f"client in {figures['client']}",
         "",
         "| path | TTFT ms | tokens/s | decode tokens/s | ratio of medians |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -246,9 +292,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7, help="measured runs per path (default: 7)")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens per reply (default: 128)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this path")
+    parser.add_argument(
+        "--client-in-process", action="store_true", help="read streams in the server's process (default: its own)"
+    )
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)  # the client process's mode
     args = parser.parse_args()
+    if args.client:
+        client_loop()
+        return
     logging.basicConfig(level=logging.WARNING)
-    figures = measure(args.runs, args.max_tokens)
+    figures = measure(args.runs, args.max_tokens, args.client_in_process)
     print(markdown(figures))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
