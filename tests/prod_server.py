@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -26,7 +26,7 @@ _LISTENING = re.compile(r"Listening at: http://[\d.]+:(\d+)")
 _BOOTED = re.compile(r"Booting worker with pid: (\d+)")
 
 
-def paced_source(pieces: int, interval_ms: float):  # type: ignore[no-untyped-def]
+def paced_source(pieces: int, interval_ms: float) -> Callable[[list[dict[str, object]], CancelToken], Iterator[str]]:
     """A source that yields `pieces` pieces on an absolute schedule, each stamped with the wall-clock time
     it was yielded: `"0007 1732412345.123456\\n"`. The client checks every number arrives once, in order,
     and subtracts the stamp from its own clock (same machine) to get the latency the kit added.

@@ -54,8 +54,8 @@ def test_stream_arrives_event_by_event_through_nginx_with_ordinary_defaults(serv
     # gzip is on for text/event-stream, but the kit's `Content-Encoding: identity` keeps nginx from compressing.
     assert reply.headers.get("content-encoding", "identity") == "identity"
     assert len(reply.events) == len(PACED)  # nothing was merged on the way
-    # Sent 100 ms apart: had nginx or gzip held them, most would arrive together (gaps near 0).
-    assert sum(gap > 0.05 for gap in gaps) >= len(gaps) * 0.7, gaps
+    # Sent 100 ms apart: had nginx or gzip held them, they would arrive together (gaps near 0).
+    assert sum(gap > 0.03 for gap in gaps) >= len(gaps) / 2, gaps
 
 
 def test_through_gunicorn_behind_nginx_the_demo_arrives_exactly() -> None:
