@@ -352,6 +352,8 @@ def _judge_heartbeats(
 
 def _cut_fix(got: _Arrivals, heartbeat_s: float) -> str:
     if got.errors:
+        if "restarting" in got.errors[0]:
+            return "the kit was stopped or restarted during the probe: run the doctor again"
         return "read the kit's log for the error"
     quiet = (got.ended_at or time.perf_counter()) - max([got.started, *got.beats, *(at for at, _ in got.texts)])
     return (
