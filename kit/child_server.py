@@ -11,7 +11,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -26,6 +26,30 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def _nothing() -> None:
+    pass
+
+
+def wait_until_answering(
+    url: str, timeout_s: float, *, ok_only: bool = False, check: Callable[[], None] = _nothing
+) -> None:
+    """Poll `url` until it answers (any HTTP status, or only 200 with `ok_only`) or `timeout_s` passes;
+    `check()` runs before each attempt and may raise to give up early (say, on a child that exited)."""
+    deadline = time.monotonic() + timeout_s
+    # trust_env=False: an HTTP proxy set for the outside world must not intercept loopback.
+    with httpx.Client(trust_env=False, timeout=2.0) as client:
+        while True:
+            check()
+            try:
+                if not ok_only or client.get(url).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+            time.sleep(0.05)
 
 
 class ChildServer:
@@ -71,22 +95,16 @@ class ChildServer:
             raise
 
     def _wait_until_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        # trust_env=False: an HTTP proxy set for the outside world must not intercept loopback.
-        with httpx.Client(trust_env=False, timeout=2.0) as client:
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"{self.command[0]} exited with {self.process.returncode} before answering: {self.log_tail()}"
-                    )
-                try:
-                    if client.get(self.ready_url).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.ready_url} did not answer within {timeout_s} s: {self.log_tail()}")
-                time.sleep(0.2)
+        def still_starting() -> None:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.command[0]} exited with {self.process.returncode} before answering: {self.log_tail()}"
+                )
+
+        try:
+            wait_until_answering(self.ready_url, timeout_s, ok_only=True, check=still_starting)
+        except TimeoutError as error:
+            raise TimeoutError(f"{error}: {self.log_tail()}") from None
 
     @property
     def running(self) -> bool:

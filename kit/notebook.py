@@ -6,13 +6,12 @@ import functools
 import html
 import logging
 import threading
-import time
 from typing import Any
 
-import httpx
 from flask import Flask
 
 from kit.browser_url import BrowserUrl, browser_url
+from kit.child_server import wait_until_answering
 from kit.server import BackgroundServer, PortInUse
 
 _lock = threading.Lock()
@@ -64,20 +63,6 @@ def _quiet_request_log() -> None:
         logger.setLevel(logging.WARNING)
 
 
-def _wait_until_answering(url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    # trust_env=False: an HTTP proxy configured for the outside world must not intercept loopback.
-    with httpx.Client(trust_env=False, timeout=2.0) as client:
-        while True:
-            try:
-                client.get(url + "healthz")  # any HTTP answer means the server is up
-                return
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-
-
 def serve(
     app: Flask, name: str | None = None, port: int = 0, *, base: str | None = None, timeout_s: float = 10.0
 ) -> Server:
@@ -88,6 +73,7 @@ def serve(
     Jupyter server's base URL when the browser must go through jupyter-server-proxy (see
     `kit.browser_url`).
 
+    >>> import httpx
     >>> from kit import create_app
     >>> with serve(create_app("Hi!", title="doctest")) as server:
     ...     httpx.get(server.url + "healthz").json()
@@ -110,7 +96,7 @@ def serve(
             ) from error
         raise
     try:
-        _wait_until_answering(server.url, timeout_s)
+        wait_until_answering(server.url + "healthz", timeout_s)  # any HTTP answer means it is up
     except Exception:
         server.stop()
         raise
