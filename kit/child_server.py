@@ -43,10 +43,11 @@ def wait_until_answering(
         while True:
             check()
             try:
-                if not ok_only or client.get(url).status_code == 200:
-                    return
+                status: int | None = client.get(url).status_code
             except httpx.TransportError:
-                pass
+                status = None  # not listening yet
+            if status == 200 or (status is not None and not ok_only):
+                return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url} did not answer within {timeout_s} s")
             time.sleep(0.05)
