@@ -14,7 +14,7 @@ import pytest
 
 from kit import create_app
 from kit.browser_url import browser_url
-from kit.child_server import free_port
+from kit.child_server import ChildServer, free_port, wait_until_answering
 from kit.client import Received, chat_body, iter_stream, stream_chat
 from kit.fakes import ScriptedSource
 from kit.inspector import Inspector
@@ -215,3 +215,14 @@ def test_the_inspector_widget_updates_while_the_reply_streams() -> None:
     assert "finished" in table.value and "<td>40</td>" in table.value
     assert timeline.value.count("<rect") >= 40  # 40 piece ticks, 40 event ticks, at most one per pixel
     assert repr(view) == "StreamInspector()"
+
+
+def test_a_child_server_that_exits_before_answering_is_reported_with_its_output() -> None:
+    script = "print('cannot load the model'); raise SystemExit(3)"
+    with pytest.raises(RuntimeError, match=r"exited with 3 before answering: cannot load the model"):
+        ChildServer([sys.executable, "-c", script], f"http://127.0.0.1:{free_port()}")
+
+
+def test_waiting_for_a_server_that_never_answers_ends_in_a_timeout() -> None:
+    with pytest.raises(TimeoutError, match=r"did not answer within 0\.3 s"):
+        wait_until_answering(f"http://127.0.0.1:{free_port()}/healthz", 0.3)
