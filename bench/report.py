@@ -58,10 +58,10 @@ def plots(results: dict[str, Any], directory: Path) -> list[Path]:
     if pipeline and browser:
         figure, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 4))
         routes = ["kit", "per-piece", "naive"]
-        left.bar(["kit\ncoalesced", "kit\nper-piece", "naive\nbaseline"],
-                 [pipeline["capacity"][r]["chars_per_s"]["median"] for r in routes], color=["C0", "C1", "C3"])
-        left.set_yscale("log")
-        left.set_title("pipeline capacity, chars/s (log)")
+        bars = left.bar(["kit\ncoalesced", "kit\nper-piece", "naive\nbaseline"],
+                        [pipeline["capacity"][r]["chars_per_s"]["median"] for r in routes], color=["C0", "C1", "C3"])
+        left.bar_label(bars, fmt="{:,.0f}")
+        left.set_title("pipeline capacity, chars/s (one stream)")
         labels = list(pipeline["latency_ms"])
         middle.bar(range(len(labels)), [pipeline["latency_ms"][k]["p99"] for k in labels], color="C1",
                    label="p99")
@@ -71,8 +71,9 @@ def plots(results: dict[str, Any], directory: Path) -> list[Path]:
         middle.set_title("added latency, ms (source yield → client)")
         middle.legend()
         windows = list(browser["windows"])
-        right.bar([f"{w}\nwindow" for w in windows],
-                  [browser["windows"][w]["render_lag_ms"]["median"] for w in windows], color=["C3", "C0"])
+        bars = right.bar([f"{w}\nwindow" for w in windows],
+                         [browser["windows"][w]["render_lag_ms"]["median"] for w in windows], color=["C3", "C0"])
+        right.bar_label(bars, fmt="{:,.0f} ms")
         right.set_title(f"Deep Chat render lag after last byte, ms\n({browser['chars']:,} chars at "
                         f"{browser['chars_per_s']:,.0f}/s)")
         figure.tight_layout()

@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for trying the script out")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in the table's output
     started = time.perf_counter()
     results: dict[str, Any] = {"runs": args.runs}
     chars = 20_000 if args.quick else 100_000

@@ -98,7 +98,10 @@ class LlamaSettings:
     # llama-cpp-python's OpenAI-compatible server uses 1.1 (create_chat_completion alone uses 1.0): the same
     # value makes a chain give the same greedy reply embedded and served, and curbs SmolLM2's loops.
     repeat_penalty: float = 1.1
-    # Requests allowed to wait for the model; beyond it the kit answers 503 before the first byte.
+    # Requests allowed to wait for the model; beyond it the kit answers 503 before the first byte. Measured
+    # (bench/bench_model.py): about 69 tokens/s on 2 cores, so a full 256-token reply takes about 4 s and the
+    # 8th in line waits about 30 s: still inside a browser's patience and a proxy's usual 60 s, where a
+    # longer queue would only turn into timeouts instead of a clear "busy, try again".
     max_queue: int = 8
 
     def __post_init__(self) -> None:
