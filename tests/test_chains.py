@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -29,6 +29,7 @@ from kit.client import Received, chat_body, iter_stream, stream_chat
 from kit.llama import ChatLlama, Engine
 from kit.pump import CancelToken
 from kit.sources import Role
+from tests.helpers import wait_until
 
 HISTORY = [
     {"role": "system", "text": "Answer in one sentence."},
@@ -71,12 +72,6 @@ def two_step(model: ChatLlama) -> tuple[Runnable[Any, str], Runnable[Any, str], 
 def texts_and_roles(items: Iterator[Any]) -> str:
     return "".join(f"[{item.name}]" if isinstance(item, Role) else str(item) for item in items)
 
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not condition():
-        time.sleep(0.01)
-    return condition()
 
 
 # -- history -> chain input (no model) -----------------------------------------------------------------
@@ -250,7 +245,7 @@ def test_leaving_a_chain_frees_the_model_at_once(model: ChatLlama, serve, events
         if isinstance(item, Received) and item.payload and item.payload.get("text"):
             break
     items.close()
-    assert wait_until(lambda: not engine.busy and engine.in_flight == 0, timeout_s=5)
+    assert wait_until(lambda: not engine.busy and engine.in_flight == 0, timeout=5)
 
 
 # -- callback-style chains ----------------------------------------------------------------------------------
@@ -286,7 +281,7 @@ def test_cancelling_a_callback_style_chain_stops_its_thread_and_frees_the_model(
     def chain_threads() -> int:
         return sum(thread.name == "kit-callback-chain" for thread in threading.enumerate())
 
-    assert wait_until(lambda: chain_threads() == 0 and not long_model.engine.busy, timeout_s=5)
+    assert wait_until(lambda: chain_threads() == 0 and not long_model.engine.busy, timeout=5)
 
 
 def test_a_chain_that_reports_no_tokens_still_answers(serve) -> None:

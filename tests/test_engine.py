@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -14,51 +9,19 @@ import pytest
 
 from kit import create_app
 from kit.chains import demo_chain, history_input, openai_chat_model
+from kit.child_server import start_llama_server
 from kit.client import Received, iter_stream
-from kit.llama import ChatLlama, LlamaSettings, default_model_path, engine_for
+from kit.llama import ChatLlama, LlamaSettings, engine_for
 
 HISTORY = [{"role": "user", "text": "What is the capital of France?"}]
 MAX_TOKENS = 24
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def openai_server() -> Iterator[str]:
     """llama-cpp-python's OpenAI-compatible server on loopback, with the embedded model; stopped after."""
-    port = free_port()
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
-             "--host", "127.0.0.1", "--port", str(port), "--verbose", "False"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        base_url = f"http://127.0.0.1:{port}/v1"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if process.poll() is not None:
-                    log.seek(0)
-                    pytest.fail(f"llama_cpp.server exited with {process.returncode}: {log.read().decode()[-2000:]}")
-                try:
-                    if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "llama_cpp.server did not start within 120 s"
-                time.sleep(0.2)
-            yield base_url
-        finally:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+    with start_llama_server() as child:
+        yield child.url
 
 
 def test_the_same_chain_streams_from_an_openai_compatible_server_through_the_kit(openai_server: str, serve) -> None:

@@ -27,16 +27,8 @@ from kit.fakes import ScriptedSource
 from kit.pump import live_producers
 from kit.server import BackgroundServer
 from kit.streaming import INTERRUPTED, STOPPING
+from tests.helpers import wait_until
 from tests.prod_server import ProdServer
-
-
-def wait_until(condition, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return bool(condition())
 
 
 def rss_bytes() -> int:

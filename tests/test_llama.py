@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,6 +25,7 @@ from kit.llama import (
     engine_for,
 )
 from kit.pump import CancelToken
+from tests.helpers import wait_until
 
 # Small replies keep the suite fast; the model is greedy (temperature 0) and seeded, hence reproducible.
 FAST = LlamaSettings(max_tokens=24, temperature=0, seed=7)
@@ -47,14 +47,6 @@ def user(text: str) -> list[dict[str, str]]:
 def alone(engine: Engine, text: str, settings: LlamaSettings = FAST) -> str:
     return "".join(engine.chat(user(text), **settings.options()))
 
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def first_text_then_leave(url: str, text: str) -> float:
@@ -212,7 +204,7 @@ def test_a_waiting_request_gets_heartbeats_and_leaves_the_queue_when_its_client_
                     break
         assert engine.waiting == 1
         items.close()
-        assert wait_until(lambda: engine.waiting == 0 and engine.in_flight == 0, timeout_s=5)
+        assert wait_until(lambda: engine.waiting == 0 and engine.in_flight == 0, timeout=5)
     finally:
         blocker_cancel.set()
         holder.join(30)

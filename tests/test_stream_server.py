@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 
 import httpx
 import pytest
@@ -15,6 +14,7 @@ from kit.client import chat_body, iter_stream, stream_chat
 from kit.fakes import ScriptedSource
 from kit.pump import live_producers
 from kit.streaming import INTERRUPTED
+from tests.helpers import wait_until
 
 
 def mixed_text(length: int, seed: int = 7) -> str:
@@ -25,14 +25,6 @@ def mixed_text(length: int, seed: int = 7) -> str:
         parts.append(rng.choice(samples))
     return "".join(parts)
 
-
-def wait_until(condition, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def test_50k_mixed_script_chars_round_trip_exactly_with_httpx_sse(serve) -> None:  # type: ignore[no-untyped-def]
