@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any
 
 from flask import Flask
-from werkzeug.serving import BaseWSGIServer, ThreadedWSGIServer
+from werkzeug.serving import BaseWSGIServer, ThreadedWSGIServer, WSGIRequestHandler
 
 
 class PortInUse(OSError):
@@ -24,6 +24,17 @@ class _BindFailed(Exception):
     def __init__(self, error: OSError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+class _WholeChunkHandler(WSGIRequestHandler):
+    """werkzeug's handler with a buffered socket writer.
+
+    werkzeug writes each chunk of a streamed response as four writes (size, CRLF, data, CRLF) and then
+    flushes. Unbuffered, that is four packets per event; a reverse proxy that reads the data before the
+    trailing CRLF holds the event back until the next one arrives. Buffered, each event leaves in one send.
+    """
+
+    wbufsize = -1  # the default buffer size; werkzeug flushes after every chunk
 
 
 class _TrackingServer(ThreadedWSGIServer):
@@ -84,7 +95,7 @@ class _TrackingServer(ThreadedWSGIServer):
 def bind(app: Flask, host: str, port: int) -> _TrackingServer:
     """Create a threaded werkzeug server listening on host:port (0 picks a free port)."""
     try:
-        return _TrackingServer(host, port, app)
+        return _TrackingServer(host, port, app, handler=_WholeChunkHandler)
     except _BindFailed as failed:
         error = failed.error
         if error.errno == errno.EADDRINUSE:

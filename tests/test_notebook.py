@@ -49,6 +49,9 @@ def test_re_serving_under_one_name_on_a_fixed_port_50_times_leaks_no_port_and_no
     assert stop_all() == 1
     assert eventually(lambda: threading.active_count() == before), threading.enumerate()
     with socket.socket() as probe:  # the port is free again
+        # As every server does (werkzeug too): closed connections may linger in TIME_WAIT, which this
+        # allows; a listening socket left behind would still make bind() fail.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", port))
 
 

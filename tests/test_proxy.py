@@ -137,19 +137,23 @@ def test_doctor_passes_a_proxy_that_streams(doctor_results: dict[str, Diagnosis]
     assert diagnosis.timings["heartbeats"] >= 2 and diagnosis.timings["held_back_s"] < 0.5
 
 
-def test_doctor_names_the_fix_when_nginx_buffering_bites(doctor_results: dict[str, Diagnosis]) -> None:
-    # With X-Accel-Buffering ignored, nginx 1.22 passes each event on only when the next one arrives:
-    # the last event before a pause waits for the next heartbeat.
+def test_forced_buffering_still_streams_because_each_event_leaves_in_one_write(
+    doctor_results: dict[str, Diagnosis],
+) -> None:
+    # nginx 1.22 buffering a chunked response passes on what it has read each time it reads; werkzeug
+    # used to write an event in four sends, and the trailing CRLF arriving later held the event back until
+    # the next one (flaky, load-dependent). kit.server writes each chunk whole, so nothing waits.
     diagnosis = doctor_results["buffering forced on (X-Accel-Buffering ignored)"]
-    assert failed(diagnosis) == {"incremental"}, diagnosis.report()
-    fix = diagnosis.finding("incremental").fix
-    assert "proxy_buffering off" in fix and "proxy_ignore_headers" in fix
+    assert diagnosis.ok, diagnosis.report()
+    assert diagnosis.timings["held_back_s"] < 0.5
 
 
 def test_doctor_sees_compression_and_the_batching_it_causes(doctor_results: dict[str, Diagnosis]) -> None:
     batched = doctor_results["gzip forced on, buffering forced on"]
     assert failed(batched) == {"incremental", "heartbeats", "compression"}, batched.report()
     assert "gzip_types" in batched.finding("compression").fix
+    incremental_fix = batched.finding("incremental").fix
+    assert "proxy_buffering off" in incremental_fix and "proxy_ignore_headers" in incremental_fix
     assert batched.timings["longest_quiet_s"] > 5  # the whole reply arrived in one lump at the end
     flushed = doctor_results["gzip forced on, buffering off"]
     assert failed(flushed) == {"compression"}, flushed.report()  # compressed, but flushed per event
