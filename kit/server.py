@@ -36,6 +36,14 @@ class _WholeChunkHandler(WSGIRequestHandler):
 
     wbufsize = -1  # the default buffer size; werkzeug flushes after every chunk
 
+    def finish(self) -> None:
+        # A client that left (Stop button, closed tab) leaves bytes in the buffer that cannot be sent;
+        # closing the writer fails on them (it is closed all the same). Nobody is there to tell.
+        try:
+            super().finish()
+        except OSError:
+            self.rfile.close()
+
 
 class _TrackingServer(ThreadedWSGIServer):
     """werkzeug's threaded server, remembering its open connections so that stop() can end them.

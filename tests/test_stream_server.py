@@ -177,3 +177,15 @@ def test_other_origins_are_refused_unless_listed(serve) -> None:  # type: ignore
     assert allowed.headers["access-control-allow-origin"] == "http://allowed.example"
     same = httpx.post(open_app.url + "chat", json=chat_body("hi"), headers={"Origin": open_app.url.rstrip("/")})
     assert same.status_code == 200 and "access-control-allow-origin" not in same.headers
+
+
+def test_a_client_leaving_mid_stream_prints_no_server_traceback(serve, capfd) -> None:  # type: ignore[no-untyped-def]
+    source = ScriptedSource(["tick "] * 1000, delay_s=0.01)
+    server = serve(create_app(source, coalesce_ms=0))
+    for _ in range(5):
+        items = iter_stream(server.url + "chat-stream", chat_body("go"))
+        next(items), next(items)  # headers and one event, then the client goes away
+        items.close()
+    assert wait_until(lambda: source.cancelled == 5, timeout=3.0)
+    server.stop()
+    assert "Exception occurred" not in capfd.readouterr().err
