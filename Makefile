@@ -23,8 +23,11 @@ $(VENV)/.installed: pyproject.toml
 $(BUNDLE):
 	scripts/fetch-deep-chat.sh $(DEEP_CHAT_VERSION) $(DEEP_CHAT_SHA256) $@
 
+# JupyterLab refuses to start as root without --allow-root (containers and CI machines often are root).
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: setup
-	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --port $(LAB_PORT) notebooks/
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --port $(LAB_PORT) $(ALLOW_ROOT) --ServerApp.root_dir=notebooks
 
 system-deps:
 	scripts/ensure-system-deps.sh
