@@ -32,7 +32,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.runnables import Runnable, RunnableConfig
 
 from kit.llama import Admission, Cancelled, ChatLlama, bind_cancel
-from kit.pump import CancelToken
+from kit.pump import CancelToken, close_iterator
 from kit.sources import ANSWER_ROLE, Message, Role, to_text
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,7 @@ class RunnableSource:
                     return
                 yield item
         finally:
-            context.run(_close, iterator)
+            context.run(close_iterator, iterator)
 
     def _events(self, value: Any, cancel: CancelToken) -> Iterator[str | Role]:
         selector = AnswerSelector(final_only=self.final_only, filter=self.filter, steps_role=self.steps_role)
@@ -568,12 +568,6 @@ def _released(stream: Iterator[Any], admissions: list[Admission]) -> Iterator[An
     finally:
         for admission in admissions:
             admission.release()
-
-
-def _close(iterator: Iterator[Any]) -> None:
-    close = getattr(iterator, "close", None)
-    if close is not None:
-        close()
 
 
 # -- ready-made models and chains --------------------------------------------------------------------

@@ -53,6 +53,14 @@ _live_lock = threading.Lock()
 _live_producers: set[threading.Thread] = set()
 
 
+def close_iterator(iterator: object) -> None:
+    """Close a generator now, in this thread, so that its `finally` blocks (the source's cleanup) run at once
+    instead of whenever it is garbage-collected, possibly in another thread."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+
+
 def live_producers() -> int:
     """How many producer threads are running now (tests use it to prove none outlives its request)."""
     with _live_lock:
@@ -136,12 +144,9 @@ class Pump:
         except Exception as error:
             self._put(Failed(error))
         finally:
-            # Closing the generator here, in the thread that ran it, runs the source's `finally` blocks.
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:
-                    log.exception("closing the source failed")
+            try:
+                close_iterator(iterator)  # in the thread that ran it
+            except Exception:
+                log.exception("closing the source failed")
             with _live_lock:
                 _live_producers.discard(self._thread)

@@ -16,6 +16,8 @@ from typing import TypeVar
 
 import regex
 
+from kit.pump import close_iterator
+
 T = TypeVar("T")
 
 # What replaces the scheme: a link to an empty page, saying why.
@@ -120,10 +122,7 @@ def neutralize_links(pieces: Iterable[str | T]) -> Iterator[str | T]:
         if ready:
             yield ready
     finally:
-        # Close the upstream generator now, in this thread, so the source's cleanup runs at once.
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()
+        close_iterator(iterator)
 
 
 _SURROGATE = regex.compile("[\ud800-\udfff]")

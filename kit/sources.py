@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from kit.pump import CancelToken
+from kit.pump import CancelToken, close_iterator
 
 Message = dict[str, Any]
 """One Deep Chat message: {"role": "user" | "ai" | "system", "text": str, "files"?: [...]}."""
@@ -165,7 +165,4 @@ def texts(items: Iterable[Any]) -> Iterator[str | Role]:
         if tail:
             yield tail
     finally:
-        # Close the source's own generator explicitly, in this thread, so its cleanup runs now.
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()
+        close_iterator(iterator)
