@@ -32,7 +32,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.runnables import Runnable, RunnableConfig
 
 from kit.llama import Admission, Cancelled, ChatLlama, bind_cancel
-from kit.pump import CancelToken, close_iterator
+from kit.pump import CancelToken, Failed, Finished, close_iterator, receive
 from kit.sources import ANSWER_ROLE, Message, Role, to_text
 
 log = logging.getLogger(__name__)
@@ -293,11 +293,6 @@ _events_loop = _EventLoop()
 _DONE = object()
 
 
-@dataclass(frozen=True)
-class _Failure:
-    error: BaseException
-
-
 # -- sources --------------------------------------------------------------------------------------------
 
 
@@ -359,19 +354,10 @@ class RunnableSource:
         future = asyncio.run_coroutine_threadsafe(self._produce_events(value, cancel, out), _events_loop.get())
 
         def pieces() -> Iterator[tuple[str, str]]:
-            while True:
-                try:
-                    item = out.get(timeout=0.05)
-                except queue.Empty:
-                    if cancel.cancelled:
-                        return
-                    continue
-                if item is _DONE:
-                    break
-                if isinstance(item, _Failure):
-                    raise item.error
+            for item in receive(out, cancel):
                 yield from selector.feed(item)
-            yield from selector.finish()
+            if not cancel.cancelled:
+                yield from selector.finish()
 
         try:
             yield from with_roles(pieces())
@@ -389,10 +375,10 @@ class RunnableSource:
         except asyncio.CancelledError:
             raise
         except BaseException as error:
-            out.put(_Failure(error))
+            out.put(Failed(error))
         finally:
             await events.aclose()
-            out.put(_DONE)
+            out.put(Finished())
 
 
 def runnable_source(
@@ -525,25 +511,15 @@ class CallbackSource:
             except Cancelled:
                 pass
             except BaseException as error:
-                bridge.tokens.put(_Failure(error))
+                bridge.tokens.put(Failed(error))
             finally:
-                bridge.tokens.put(_DONE)
+                bridge.tokens.put(Finished())
 
         context = contextvars.copy_context()
         context.run(bind_cancel, cancel)
         threading.Thread(target=context.run, args=(work,), name="kit-callback-chain", daemon=True).start()
-        while True:
-            try:
-                item = bridge.tokens.get(timeout=0.05)
-            except queue.Empty:
-                if cancel.cancelled:
-                    return  # the thread ends at the chain's next token (the bridge raises)
-                continue
-            if item is _DONE:
-                return
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item
+        # When cancelled this returns at once; the thread ends at the chain's next token (the bridge raises).
+        yield from receive(bridge.tokens, cancel)
 
 
 def callback_source(

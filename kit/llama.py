@@ -36,7 +36,7 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from pydantic import model_validator
 
 from kit.errors import ChatError, ServiceBusy
-from kit.pump import CancelToken
+from kit.pump import CancelToken, Failed, Finished, receive
 from kit.sources import Message
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,6 @@ class _Job:
         return self.stopped.is_set() or self.cancel.cancelled
 
 
-_DONE = object()
 _TURN = object()
 
 
@@ -308,18 +307,7 @@ class Engine:
             self._leave(job)
 
     def _receive(self, job: _Job) -> Iterator[Any]:
-        while True:
-            try:
-                item = job.out.get(timeout=self.poll_s)
-            except queue.Empty:
-                if job.cancel.cancelled:
-                    return
-                continue
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        return receive(job.out, job.cancel, self.poll_s)
 
     def _leave(self, job: _Job) -> None:
         job.stopped.set()
@@ -358,9 +346,9 @@ class Engine:
             try:
                 self._generate(job)
             except BaseException as error:  # travels to the consumer, which decides what the client sees
-                job.out.put(_context_error(error, self.n_ctx))
+                job.out.put(Failed(_context_error(error, self.n_ctx)))
             finally:
-                job.out.put(_DONE)
+                job.out.put(Finished())
                 with self._cond:
                     self._running = None
 

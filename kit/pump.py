@@ -7,8 +7,9 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,32 @@ TIMEOUT = Timeout()
 
 _live_lock = threading.Lock()
 _live_producers: set[threading.Thread] = set()
+
+
+def receive(
+    items: queue.Queue[Any] | queue.SimpleQueue[Any], cancel: CancelToken, poll_s: float = 0.05
+) -> Iterator[Any]:
+    """Yield what a worker thread puts on `items` until it puts `Finished()`; a `Failed(error)` is raised
+    here. Returns early once `cancel` is set and nothing more arrives (the worker sees the token itself).
+
+    >>> items = queue.SimpleQueue()
+    >>> for item in ("a", "b", Finished()):
+    ...     items.put(item)
+    >>> list(receive(items, CancelToken()))
+    ['a', 'b']
+    """
+    while True:
+        try:
+            item = items.get(timeout=poll_s)
+        except queue.Empty:
+            if cancel.cancelled:
+                return
+            continue
+        if isinstance(item, Finished):
+            return
+        if isinstance(item, Failed):
+            raise item.error
+        yield item
 
 
 def close_iterator(iterator: object) -> None:
