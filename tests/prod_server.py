@@ -44,7 +44,26 @@ def paced_source(pieces: int, interval_ms: float) -> Callable[[list[dict[str, ob
 
 def paced_app(pieces: int = 200, interval_ms: float = 50.0, heartbeat_s: float = 2.0) -> Flask:
     """gunicorn factory: `tests.prod_server:paced_app(200, 50)`."""
+    signal.signal(signal.SIGUSR2, _dump_run_info)
     return create_app(paced_source(pieces, interval_ms), heartbeat_s=heartbeat_s)
+
+
+def _dump_run_info(signum: int, frame: object) -> None:
+    """SIGUSR2 in a worker: write what every thread (and, under gevent, every greenlet) is doing to the
+    log, so a test that sees a worker linger at shutdown can say where it is stuck."""
+    if "gevent" in sys.modules:
+        from gevent.util import format_run_info
+
+        report = "\n".join(format_run_info())
+    else:
+        import traceback
+
+        report = "\n".join(
+            f"thread {ident}:\n{''.join(traceback.format_stack(stack))}"
+            for ident, stack in sys._current_frames().items()
+        )
+    sys.stderr.write(f"[worker {os.getpid()} run info]\n{report}\n")
+    sys.stderr.flush()
 
 
 class ProdServer:
@@ -105,14 +124,22 @@ class ProdServer:
                 total += int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
         return total
 
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> float:
-        """Send `sig` to the master and wait for the whole process group to end; returns the seconds taken."""
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0, dump_after_s: float = 5.0) -> float:
+        """Send `sig` to the master and wait for the whole process group to end; returns the seconds taken.
+
+        Workers still running after `dump_after_s` are asked (SIGUSR2, for apps from this module) to log
+        what they are doing: `log_tail()` then shows where they hang.
+        """
         started = time.monotonic()
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.process.pid, sig)
             try:
-                self.process.wait(timeout_s)
+                try:
+                    self.process.wait(min(dump_after_s, timeout_s))
+                except subprocess.TimeoutExpired:
+                    self._ask_workers_for_run_info()
+                    self.process.wait(max(timeout_s - (time.monotonic() - started), 0.0))
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
@@ -121,6 +148,14 @@ class ProdServer:
         if self.process.stderr is not None:
             self.process.stderr.close()
         return time.monotonic() - started
+
+    def _ask_workers_for_run_info(self) -> None:
+        for pid in self.worker_pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR2)
+
+    def log_tail(self, lines: int = 80) -> str:
+        return "\n".join(self.log[-lines:])
 
     def __enter__(self) -> ProdServer:
         return self

@@ -262,7 +262,7 @@ def test_stopping_gunicorn_ends_open_streams_at_once_with_a_restarting_error(wor
     name = signal.Signals(sig).name
     print(f"\ngunicorn {worker_class} {name}: streams ended within {latest:.2f} s, master gone in {stopped_in:.2f} s")
     # Without the kit's hooks gunicorn would wait out its graceful timeout (10 s) or the replies (100 s).
-    assert latest < 5 and stopped_in < 8
+    assert latest < 5 and stopped_in < 8, f"{[how for _, _, how in ended]}\n{server.log_tail()}"
     for _, reply, how in ended:
         assert reply is not None and how == "closed", how
         assert reply.events[-1] == {"error": STOPPING} and reply.errors == [STOPPING]
