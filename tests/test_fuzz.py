@@ -15,10 +15,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from kit import create_app
+from kit.app import DEFAULT_MAX_BODY_BYTES
 from kit.server import BackgroundServer
 
 ROUTES = ("chat-stream", "chat")
@@ -89,9 +90,7 @@ HOSTILE_TEXT = st.builds(
 VALID_CHAT = st.fixed_dictionaries(
     {
         "messages": st.lists(
-            st.fixed_dictionaries(
-                {"role": st.sampled_from(["user", "ai", "system"]), "text": HOSTILE_TEXT}
-            ),
+            st.fixed_dictionaries({"role": st.sampled_from(["user", "ai", "system"]), "text": HOSTILE_TEXT}),
             max_size=4,
         ).map(lambda history: [*history, {"role": "user", "text": "go"}])
     },
@@ -174,13 +173,18 @@ def test_deeply_nested_json_is_refused_or_answered_never_a_crash(
 
 @pytest.mark.parametrize("route", ROUTES)
 @settings(max_examples=10)
-@given(size=st.integers(100_000, 3_500_000), char=st.sampled_from(["x", "é", "👍🏽", "\n", "\ud800"]))
+@given(size=st.integers(100_000, DEFAULT_MAX_BODY_BYTES), char=st.sampled_from(["x", "é", "👍🏽", "\n", "\ud800"]))
+@example(size=DEFAULT_MAX_BODY_BYTES, char="é")  # at the limit, with the largest escape per byte
+@example(size=DEFAULT_MAX_BODY_BYTES, char="\ud800")
 def test_huge_strings_up_to_the_limit_stream_back_whole(
     server: BackgroundServer, client: httpx.Client, route: str, size: int, char: str
 ) -> None:
-    text = "a" + char * (size // len(char.encode("utf-8", "surrogatepass")) // 2)  # escapes may double it
-    # ASCII JSON: "\\ud800" escaped, as a browser's JSON.stringify sends a lone surrogate.
+    # A body of at most `size` bytes. ASCII JSON, as json.dumps writes it: "é" takes 6 bytes ("\\u00e9"), and
+    # a lone surrogate is escaped the way a browser's JSON.stringify sends it.
+    envelope = len(json.dumps({"messages": [{"role": "user", "text": "a"}]}))
+    text = "a" + char * ((size - envelope) // (len(json.dumps(char)) - 2))
     body = json.dumps({"messages": [{"role": "user", "text": text}]})
+    assert len(body) <= size <= DEFAULT_MAX_BODY_BYTES
     response = client.post(server.url + route, content=body, headers={"Content-Type": "application/json"})
     check_answer(response, route)
     assert response.status_code == 200
@@ -208,14 +212,16 @@ def test_a_10_mb_body_gets_413_and_the_server_carries_on(
 
 
 @settings(max_examples=60)
-@given(request=st.one_of(
-    st.binary(min_size=1, max_size=500),
-    st.builds(
-        lambda line, headers: line + b"\r\n" + headers + b"\r\n\r\n",
-        st.sampled_from([b"POST /chat-stream HTTP/1.1", b"POST /chat HTTP/9.9", b"GARBAGE", b"POST /chat-stream"]),
-        st.binary(max_size=200),
-    ),
-))
+@given(
+    request=st.one_of(
+        st.binary(min_size=1, max_size=500),
+        st.builds(
+            lambda line, headers: line + b"\r\n" + headers + b"\r\n\r\n",
+            st.sampled_from([b"POST /chat-stream HTTP/1.1", b"POST /chat HTTP/9.9", b"GARBAGE", b"POST /chat-stream"]),
+            st.binary(max_size=200),
+        ),
+    )
+)
 def test_garbage_on_the_socket_never_takes_the_server_down(server: BackgroundServer, request: bytes) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(request)
