@@ -72,7 +72,13 @@ class ProdServer:
     def __init__(self, *args: str, timeout_s: float = 60.0) -> None:
         command = [sys.executable, "-m", "kit", "serve", "--prod", "--host", "127.0.0.1", "--port", "0", *args]
         self.process = subprocess.Popen(
-            command, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True
+            command,
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            errors="replace",  # a stray byte must not end the log reader: gunicorn would then block on a full pipe
+            start_new_session=True,
         )
         self.log: list[str] = []
         self.port = 0
