@@ -34,6 +34,7 @@ system-deps:
 
 lint: setup
 	$(VENV)/bin/ruff check kit tests bench
+	$(VENV)/bin/ruff format --check kit tests bench
 
 test: setup system-deps lint
 	$(PY) -m pytest

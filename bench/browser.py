@@ -67,8 +67,11 @@ def one_run(coalesce_ms: float, chars: int, chars_per_s: float) -> dict[str, flo
         page.keyboard.type("go")
         started = page.evaluate("performance.now()")
         page.keyboard.press("Enter")
-        page.wait_for_function("window.__bench.rendered !== null && window.__bench.lastByte !== null",
-                               timeout=(chars / chars_per_s) * 1000 * 4 + 30_000, polling=100)
+        page.wait_for_function(
+            "window.__bench.rendered !== null && window.__bench.lastByte !== null",
+            timeout=(chars / chars_per_s) * 1000 * 4 + 30_000,
+            polling=100,
+        )
         bench: dict[str, Any] = page.evaluate("window.__bench")
         shown = page.locator(".ai-message-text").last.inner_text()
     if shown != text:
@@ -82,15 +85,22 @@ def one_run(coalesce_ms: float, chars: int, chars_per_s: float) -> dict[str, flo
     }
 
 
-def run(runs: int = 3, chars: int = 20_000, chars_per_s: float = 2_000.0,
-        windows: tuple[float, ...] = (0.0, StreamSettings.coalesce_ms)) -> dict[str, Any]:
+def run(
+    runs: int = 3,
+    chars: int = 20_000,
+    chars_per_s: float = 2_000.0,
+    windows: tuple[float, ...] = (0.0, StreamSettings.coalesce_ms),
+) -> dict[str, Any]:
     """Median and spread of each figure, per coalescing window (0 = one event per character)."""
     results: dict[str, Any] = {"chars": chars, "chars_per_s": chars_per_s, "runs": runs, "windows": {}}
     for window in windows:
         samples = [one_run(window, chars, chars_per_s) for _ in range(runs)]
         results["windows"][f"{window:g} ms"] = {
-            key: {"median": statistics.median(s[key] for s in samples),
-                  "min": min(s[key] for s in samples), "max": max(s[key] for s in samples)}
+            key: {
+                "median": statistics.median(s[key] for s in samples),
+                "min": min(s[key] for s in samples),
+                "max": max(s[key] for s in samples),
+            }
             for key in samples[0]
         }
     return results

@@ -33,8 +33,9 @@ def tree_rss_mb(pid: int) -> float:
     return total_kb / 1024
 
 
-async def _hold(client: httpx.AsyncClient, url: str, opened: asyncio.Event, counter: list[int],
-                target: int, release: asyncio.Event) -> bool:
+async def _hold(
+    client: httpx.AsyncClient, url: str, opened: asyncio.Event, counter: list[int], target: int, release: asyncio.Event
+) -> bool:
     """Open one stream and keep it open until released; False if the server refused or dropped it."""
     try:
         async with client.stream("POST", url, json=chat_body("hold")) as response:
@@ -56,8 +57,7 @@ async def _measure(url: str, pid: int, levels: tuple[int, ...]) -> list[dict[str
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         for level in levels:
             opened, release, counter = asyncio.Event(), asyncio.Event(), [0]
-            tasks = [asyncio.create_task(_hold(client, url, opened, counter, level, release))
-                     for _ in range(level)]
+            tasks = [asyncio.create_task(_hold(client, url, opened, counter, level, release)) for _ in range(level)]
             if level:
                 await asyncio.wait_for(opened.wait(), timeout=60)
             await asyncio.sleep(1.0)  # let the server settle: threads started, first heartbeats out
@@ -75,8 +75,7 @@ def held_streams_memory(url: str, pid: int, levels: tuple[int, ...] = (0, 50, 10
     rows = asyncio.run(_measure(url, pid, levels))
     xs, ys = [r["streams"] for r in rows], [r["rss_mb"] for r in rows]
     mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum(
-        (x - mean_x) ** 2 for x in xs)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum((x - mean_x) ** 2 for x in xs)
     return {"rows": rows, "mb_per_stream": slope, "seconds": time.perf_counter() - started}
 
 
@@ -90,8 +89,9 @@ def _free_port() -> int:
 def production_server(worker_class: str, workers: int = 2, threads: int = 128) -> Iterator[ServerProcess]:
     """The idle-stream app under gunicorn (the kit's --prod command line), until the block ends."""
     port = _free_port()
-    command = gunicorn_command("bench.targets:idle_app()", port=port, workers=workers,
-                               worker_class=worker_class, threads=threads)
+    command = gunicorn_command(
+        "bench.targets:idle_app()", port=port, workers=workers, worker_class=worker_class, threads=threads
+    )
     process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -31,8 +31,9 @@ def added_latency_ms(base: str, route: str, client: httpx.Client) -> list[float]
     return latencies
 
 
-def run(runs: int = 3, chars: int = 100_000, rates: tuple[float, ...] = (20.0, 100.0, 1000.0),
-        duration_s: float = 4.0) -> dict[str, Any]:
+def run(
+    runs: int = 3, chars: int = 100_000, rates: tuple[float, ...] = (20.0, 100.0, 1000.0), duration_s: float = 4.0
+) -> dict[str, Any]:
     """Capacity (median of `runs`, ratios within each run) and latency distributions per rate."""
     results: dict[str, Any] = {"chars": chars, "runs": runs, "capacity": {}, "ratios": {}, "latency_ms": {}}
     args = ["--chars", str(chars), "--duration", str(duration_s), "--rates", *map(str, rates)]

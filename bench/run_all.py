@@ -41,18 +41,20 @@ def main() -> None:
     with server_process("bench.targets", "--chars", "1000") as server:
         development = concurrency.held_streams_memory(f"{server.url}/idle/chat-stream", server.pid)
     results["concurrency"] = {"development (werkzeug threads)": development}
-    for worker_class, label in (("threads", "production (gunicorn 2 x 128 threads)"),
-                                ("gevent", "production (gunicorn 2 gevent workers)")):
+    for worker_class, label in (
+        ("threads", "production (gunicorn 2 x 128 threads)"),
+        ("gevent", "production (gunicorn 2 gevent workers)"),
+    ):
         with concurrency.production_server(worker_class) as server:
-            results["concurrency"][label] = concurrency.held_streams_memory(
-                f"{server.url}/chat-stream", server.pid)
+            results["concurrency"][label] = concurrency.held_streams_memory(f"{server.url}/chat-stream", server.pid)
     results["seconds"] = time.perf_counter() - started
     DOCS.mkdir(exist_ok=True)
     table = report.markdown(results)
     (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=1))
     (DOCS / "benchmarks.md").write_text(
         f"# Benchmark results\n\nReproduce with `make bench` ({results['seconds']:.0f} s on this 2-core machine; "
-        f"{args.runs} runs per figure).\n\n{table}\n![benchmarks](benchmarks.png)\n")
+        f"{args.runs} runs per figure).\n\n{table}\n![benchmarks](benchmarks.png)\n"
+    )
     report.plots(results, DOCS)
     print(table)
     print(f"total {results['seconds']:.0f} s; written to {DOCS.relative_to(ROOT)}/")

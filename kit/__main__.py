@@ -37,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     prod.add_argument("--prod", action="store_true", help="run under gunicorn: several workers, threads or gevent")
     prod.add_argument("--workers", type=int, default=2, help="worker processes (default: 2; use 1 for --demo chain)")
     prod.add_argument(
-        "--worker-class", choices=("threads", "gevent"), default="threads",
+        "--worker-class",
+        choices=("threads", "gevent"),
+        default="threads",
         help="threads: for the embedded model (default); gevent: for many idle streams",
     )
     prod.add_argument("--threads", type=int, default=32, help="threads per worker = open streams (default: 32)")
@@ -54,7 +56,11 @@ def _serve_prod(args: argparse.Namespace) -> int:
     app = args.app or f"kit.production:demo_app({args.demo!r}, {args.delay_ms!r})"
     run(
         gunicorn_command(
-            app, host=args.host, port=args.port, workers=args.workers, worker_class=args.worker_class,
+            app,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            worker_class=args.worker_class,
             threads=args.threads,
         )
     )

@@ -200,9 +200,10 @@ def _receive(target: str, silence_s: float, timeout_s: float) -> _Arrivals:
     arrivals = _Arrivals(started=time.perf_counter())
     timeout = httpx.Timeout(timeout_s + silence_s, connect=timeout_s)
     try:
-        with httpx.Client(timeout=timeout) as client, client.stream(
-            "POST", target, json=chat_body("kit doctor probe"), headers=headers
-        ) as response:
+        with (
+            httpx.Client(timeout=timeout) as client,
+            client.stream("POST", target, json=chat_body("kit doctor probe"), headers=headers) as response,
+        ):
             arrivals.status = response.status_code
             arrivals.headers = dict(response.headers)
             arrivals.headers_at = time.perf_counter()

@@ -400,9 +400,7 @@ def to_llama_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
     >>> to_llama_messages([{"role": "user", "text": "Hi"}, {"role": "ai", "text": "Hello"}, {"role": "x", "text": ""}])
     [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello'}]
     """
-    return [
-        {"role": _ROLES[m["role"]], "content": str(m.get("text", ""))} for m in messages if m.get("role") in _ROLES
-    ]
+    return [{"role": _ROLES[m["role"]], "content": str(m.get("text", ""))} for m in messages if m.get("role") in _ROLES]
 
 
 class LlamaSource:
@@ -499,4 +497,3 @@ class ChatLlama(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
-

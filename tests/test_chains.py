@@ -73,7 +73,6 @@ def texts_and_roles(items: Iterator[Any]) -> str:
     return "".join(f"[{item.name}]" if isinstance(item, Role) else str(item) for item in items)
 
 
-
 # -- history -> chain input (no model) -----------------------------------------------------------------
 
 

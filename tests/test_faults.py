@@ -79,8 +79,13 @@ def test_100_clients_leaving_at_random_points_leak_no_thread_or_generator(serve)
     plan = [
         (servers[name].url, mode, random.Random(rng.random()))
         for name, mode in rng.choices(
-            [("talkative", "events"), ("silent", "events"), ("talkative", "headers"), ("talkative", "mid-body"),
-             ("talkative", "unread")],
+            [
+                ("talkative", "events"),
+                ("silent", "events"),
+                ("talkative", "headers"),
+                ("talkative", "mid-body"),
+                ("talkative", "unread"),
+            ],
             k=100,
         )
     ]
@@ -167,9 +172,10 @@ def test_a_client_that_reads_nothing_for_30s_costs_bounded_memory_and_stops_the_
     server = serve(create_app(source, stall_timeout_s=2.0))
     producers_before, memory_before = live_producers(), rss_bytes()
     samples: list[tuple[float, int, int]] = []
-    with httpx.Client(timeout=60) as client, client.stream(
-        "POST", server.url + "chat-stream", json=chat_body("send everything")
-    ) as response:
+    with (
+        httpx.Client(timeout=60) as client,
+        client.stream("POST", server.url + "chat-stream", json=chat_body("send everything")) as response,
+    ):
         assert response.status_code == 200
         started = time.monotonic()
         while time.monotonic() - started < 30:  # read nothing: the socket buffers fill, then the queue

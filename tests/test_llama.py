@@ -48,7 +48,6 @@ def alone(engine: Engine, text: str, settings: LlamaSettings = FAST) -> str:
     return "".join(engine.chat(user(text), **settings.options()))
 
 
-
 def first_text_then_leave(url: str, text: str) -> float:
     """Read a stream until its first text event, then drop the connection; returns that event's time."""
     items = iter_stream(url, chat_body(text))
@@ -172,8 +171,10 @@ def test_cancel_mid_generation_frees_the_model_for_the_next_request(
     freed_after = next_reply - left_at
     record_property("next_first_token_after_cancel_s", round(freed_after, 3))
     record_property("ttft_alone_s", round(ttft_alone, 3))
-    print(f"\nnext user's first token {freed_after * 1000:.0f} ms after the previous client left "
-          f"(TTFT alone {ttft_alone * 1000:.0f} ms; the abandoned reply had 512 tokens to go)")
+    print(
+        f"\nnext user's first token {freed_after * 1000:.0f} ms after the previous client left "
+        f"(TTFT alone {ttft_alone * 1000:.0f} ms; the abandoned reply had 512 tokens to go)"
+    )
     # The abandoned reply would take about 8 s more on this machine; the model must be free long before.
     assert freed_after < 3.0
     assert wait_until(lambda: engine.in_flight == 0 and not engine.busy)
@@ -296,4 +297,3 @@ def test_a_conversation_longer_than_the_context_is_a_clear_error(engine: Engine,
     server = serve(create_app(LlamaSource(LlamaSettings(n_ctx=256, max_tokens=8))))
     reply = stream_chat(server.url + "chat-stream", "word " * 600)
     assert reply.errors and "too long for the model's context of 256 tokens" in reply.errors[0]
-

@@ -19,4 +19,3 @@ def test_environment_yml_matches_pyproject() -> None:
     for extra in project["optional-dependencies"].values():
         declared |= set(extra)
     assert pip_section((ROOT / "environment.yml").read_text()) == declared
-

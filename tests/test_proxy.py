@@ -59,9 +59,10 @@ def test_stream_arrives_event_by_event_through_nginx_with_ordinary_defaults(serv
 
 
 def test_through_gunicorn_behind_nginx_the_demo_arrives_exactly() -> None:
-    with ProdServer("--worker-class", "gevent", "--delay-ms", "10") as server, Nginx(
-        f"127.0.0.1:{server.port}"
-    ) as nginx:
+    with (
+        ProdServer("--worker-class", "gevent", "--delay-ms", "10") as server,
+        Nginx(f"127.0.0.1:{server.port}") as nginx,
+    ):
         reply = stream_chat(nginx.url + "chat-stream", "hello")
     assert reply.text == DEMO_TEXT and len(reply.events) > 10
 
@@ -111,9 +112,10 @@ def doctor_results() -> dict[str, Diagnosis]:
 
     def probe(case: str) -> Diagnosis:
         settings, heartbeat_s = DOCTOR_CASES[case]
-        with BackgroundServer(create_app("unused", heartbeat_s=heartbeat_s)) as server, Nginx(
-            upstream(server), settings
-        ) as nginx:
+        with (
+            BackgroundServer(create_app("unused", heartbeat_s=heartbeat_s)) as server,
+            Nginx(upstream(server), settings) as nginx,
+        ):
             # A silence longer than the read timeout, so that a missing heartbeat gets the stream cut.
             return diagnose(nginx.url, silence_s=7.0)
 

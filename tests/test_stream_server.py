@@ -26,14 +26,14 @@ def mixed_text(length: int, seed: int = 7) -> str:
     return "".join(parts)
 
 
-
 def test_50k_mixed_script_chars_round_trip_exactly_with_httpx_sse(serve) -> None:  # type: ignore[no-untyped-def]
     text = mixed_text(50_000)
     server = serve(create_app(lambda messages: iter(text), granularity="char"))
     received: list[str] = []
-    with httpx.Client(timeout=60) as client, connect_sse(
-        client, "POST", server.url + "chat-stream", json=chat_body("go")
-    ) as source:
+    with (
+        httpx.Client(timeout=60) as client,
+        connect_sse(client, "POST", server.url + "chat-stream", json=chat_body("go")) as source,
+    ):
         assert source.response.headers["content-type"] == "text/event-stream; charset=utf-8"
         assert source.response.headers["cache-control"] == "no-store"
         assert source.response.headers["x-accel-buffering"] == "no"
@@ -95,9 +95,10 @@ def test_disconnect_cancels_the_source_within_a_heartbeat(serve) -> None:  # typ
 def test_silent_source_is_cancelled_when_the_client_leaves(serve) -> None:  # type: ignore[no-untyped-def]
     source = ScriptedSource(["never seen"], silence_before_s=30.0)
     server = serve(create_app(source, heartbeat_s=1.0))
-    with httpx.Client(timeout=10) as client, client.stream(
-        "POST", server.url + "chat-stream", json=chat_body("hi")
-    ) as response:
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream("POST", server.url + "chat-stream", json=chat_body("hi")) as response,
+    ):
         assert response.status_code == 200
     assert wait_until(lambda: source.cancelled == 1, timeout=1.0)
 
