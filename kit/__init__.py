@@ -1,8 +1,31 @@
 """Stream LLM output into the Deep Chat web component from Flask, over Server-Sent Events."""
 
-from kit.app import create_app
-from kit.errors import ChatError, ServiceBusy
-from kit.pump import CancelToken
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kit.app import create_app
+    from kit.errors import ChatError, ServiceBusy
+    from kit.pump import CancelToken
 
 __all__ = ["CancelToken", "ChatError", "ServiceBusy", "create_app"]
 __version__ = "0.1.0"
+
+# The public names load on first use, not with the package: gunicorn imports `kit.production` (its config)
+# in the master before a gevent worker monkey-patches, and whatever the package imported by then (Flask,
+# the streaming module's locks) would keep the unpatched blocking primitives.
+_HOMES = {"create_app": "kit.app", "ChatError": "kit.errors", "ServiceBusy": "kit.errors", "CancelToken": "kit.pump"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'kit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value  # found once; later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

@@ -44,6 +44,14 @@ def test_serve_prod_runs_gunicorn_workers_and_streams_the_demo(worker_class: str
         assert f"Using worker: {'gevent' if worker_class == 'gevent' else 'gthread'}" in "\n".join(server.log)
 
 
+def test_the_gunicorn_config_imports_nothing_that_gevent_must_patch_first() -> None:
+    # gunicorn's master imports kit.production (its config) before a gevent worker monkey-patches: had it
+    # brought in Flask or the streaming module, their locks would stay blocking ones under gevent.
+    probe = "import sys, kit.production; print(sorted(m for m in sys.modules if m.split('.')[0] in ('kit', 'flask')))"
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert loaded.stdout.split() == ["['kit',", "'kit.production']"]
+
+
 def test_stream_arrives_event_by_event_through_nginx_with_ordinary_defaults(serve) -> None:  # type: ignore[no-untyped-def]
     server = serve(create_app(ScriptedSource(PACED, delay_s=0.1)))
     with Nginx(upstream(server)) as nginx:
