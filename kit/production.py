@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 # switch greenlets during a native call. "gevent" suits many long, mostly idle streams (a remote model).
 WORKER_CLASSES = {"threads": "gthread", "gevent": "gevent"}
 
+# Open streams end at once on stop (see the hooks below), so this only bounds a worker stuck elsewhere.
+GRACEFUL_TIMEOUT_S = 10.0
+
 
 def gunicorn_command(
     app: str,
@@ -38,7 +41,7 @@ def gunicorn_command(
     worker_class: str = "threads",
     threads: int = 32,
     connections: int = 1000,
-    graceful_timeout_s: float = 10.0,
+    graceful_timeout_s: float = GRACEFUL_TIMEOUT_S,
 ) -> list[str]:
     """The gunicorn command line for an app given as `module:variable` or `module:factory(args)`.
 
@@ -57,7 +60,6 @@ def gunicorn_command(
         command += ["--threads", str(threads)]
     # gthread also uses this as its cap on open connections (default 1000).
     command += ["--worker-connections", str(connections)]
-    # Streams are ended at once on stop (see the hooks below); this only bounds a stuck worker.
     command += ["--graceful-timeout", f"{graceful_timeout_s:g}", "--log-level", "info", app]
     return command
 
