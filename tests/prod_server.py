@@ -5,6 +5,7 @@ apps the reliability tests have it serve (gunicorn imports them by name, so they
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import re
 import signal
@@ -51,18 +52,13 @@ def paced_app(pieces: int = 200, interval_ms: float = 50.0, heartbeat_s: float =
 def _dump_run_info(signum: int, frame: object) -> None:
     """SIGUSR2 in a worker: write what every thread (and, under gevent, every greenlet) is doing to the
     log, so a test that sees a worker linger at shutdown can say where it is stuck."""
+    sys.stderr.write(f"[worker {os.getpid()} run info]\n")
     if "gevent" in sys.modules:
         from gevent.util import format_run_info
 
-        report = "\n".join(format_run_info())
+        sys.stderr.write("\n".join(format_run_info()) + "\n")
     else:
-        import traceback
-
-        report = "\n".join(
-            f"thread {ident}:\n{''.join(traceback.format_stack(stack))}"
-            for ident, stack in sys._current_frames().items()
-        )
-    sys.stderr.write(f"[worker {os.getpid()} run info]\n{report}\n")
+        faulthandler.dump_traceback(sys.stderr, all_threads=True)
     sys.stderr.flush()
 
 
