@@ -25,7 +25,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -411,8 +411,7 @@ class LlamaSource:
     """
 
     def __init__(self, settings: LlamaSettings | None = None, **overrides: Any) -> None:
-        base = settings or LlamaSettings()
-        self.settings = LlamaSettings(**{**{f.name: getattr(base, f.name) for f in fields(base)}, **overrides})
+        self.settings = replace(settings or LlamaSettings(), **overrides)
         self.engine = engine_for(self.settings)
 
     def __call__(self, messages: list[Message], cancel: CancelToken) -> Iterator[dict[str, Any]]:
@@ -468,7 +467,7 @@ class ChatLlama(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(LlamaSettings)}
+        return asdict(self.settings)
 
     def _stream(
         self,

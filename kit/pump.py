@@ -141,11 +141,9 @@ class Pump:
             pass
         return item
 
-    def close(self, join_timeout_s: float = 0.0) -> None:
-        """Cancel the source and let the producer thread finish; safe to call more than once."""
+    def close(self) -> None:
+        """Cancel the source; the producer thread then finishes by itself. Safe to call more than once."""
         self.cancel.cancel()
-        if join_timeout_s > 0:
-            self._thread.join(join_timeout_s)
 
     def _put(self, item: str | Finished | Failed) -> bool:
         stalled_since = time.monotonic()
