@@ -11,6 +11,8 @@ from flask import Flask
 
 from kit.app import create_app
 from kit.demo import demo_source
+from kit.doctor import DEFAULT_SILENCE_S
+from kit.production import WORKER_CLASSES
 from kit.server import PortInUse, bind, serve_forever
 
 DEMOS = ("word", "char", "chain")
@@ -38,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     prod.add_argument("--workers", type=int, default=2, help="worker processes (default: 2; use 1 for --demo chain)")
     prod.add_argument(
         "--worker-class",
-        choices=("threads", "gevent"),
+        choices=tuple(WORKER_CLASSES),
         default="threads",
         help="threads: for the embedded model (default); gevent: for many idle streams",
     )
@@ -46,7 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     prod.add_argument("--app", help="serve your own app instead of a demo: MODULE:VARIABLE or MODULE:FACTORY(ARGS)")
     doctor = commands.add_parser("doctor", help="check that streaming works through a proxy, a hub or a tunnel")
     doctor.add_argument("url", help="the kit's base URL (or its chat-stream URL) as users reach it")
-    doctor.add_argument("--silence", type=float, default=8.0, help="seconds of silence in the probe (default: 8)")
+    doctor.add_argument(
+        "--silence",
+        type=float,
+        default=DEFAULT_SILENCE_S,
+        help=f"seconds of silence in the probe (default: {DEFAULT_SILENCE_S:g})",
+    )
     return parser
 
 

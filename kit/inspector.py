@@ -128,7 +128,6 @@ class Inspector:
         self.streams: list[StreamRecord] = []
         self._keep = keep
         self._refresh_s = refresh_s
-        self._lock = threading.Lock()
         self._render_lock = threading.Lock()
         self._last_render = 0.0
         self._views: list[_View] = []
