@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from typing import Any
 import httpx
 
 from bench.measure import ROOT, ServerProcess
+from kit.child_server import free_port, wait_until_answering
 from kit.client import chat_body
 from kit.production import gunicorn_command
 
@@ -79,29 +79,17 @@ def held_streams_memory(url: str, pid: int, levels: tuple[int, ...] = (0, 50, 10
     return {"rows": rows, "mb_per_stream": slope, "seconds": time.perf_counter() - started}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def production_server(worker_class: str, workers: int = 2, threads: int = 128) -> Iterator[ServerProcess]:
     """The idle-stream app under gunicorn (the kit's --prod command line), until the block ends."""
-    port = _free_port()
+    port = free_port()
     command = gunicorn_command(
         "bench.targets:idle_app()", port=port, workers=workers, worker_class=worker_class, threads=threads
     )
     process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_until_answering(f"{url}/healthz", 30, ok_only=True)
         time.sleep(1.0)  # every worker booted, not just the first
         yield ServerProcess(url, process.pid)
     finally:

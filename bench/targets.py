@@ -19,9 +19,14 @@ from kit import CancelToken, create_app
 STAMP = "<{:.6f}>"  # a piece that carries the perf_counter() at which the source yielded it
 
 
+def burst_text(chars: int) -> str:
+    """The `chars`-long text every burst variant sends."""
+    return ("streaming " * (chars // 10 + 1))[:chars]
+
+
 def burst_source(chars: int) -> object:
     """A scripted source that yields `chars` one-character pieces as fast as it can."""
-    text = ("streaming " * (chars // 10 + 1))[:chars]
+    text = burst_text(chars)
 
     def source(messages: list[dict[str, str]]) -> Iterator[str]:
         return iter(text)
@@ -63,7 +68,7 @@ def naive_app(chars: int) -> Flask:
     """The upstream Flask example's pattern, made iterative: one SSE event per character, no coalescing,
     no heartbeat, no producer thread. (The original recursed once per chunk and appended a space.)"""
     app = Flask("naive")
-    text = ("streaming " * (chars // 10 + 1))[:chars]
+    text = burst_text(chars)
 
     @app.post("/chat-stream")
     def chat_stream() -> Response:
