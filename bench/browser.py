@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
+from bench.measure import summary
 from kit import create_app
 from kit.browser import chromium_page
 from kit.fakes import ScriptedSource
@@ -95,14 +95,7 @@ def run(
     results: dict[str, Any] = {"chars": chars, "chars_per_s": chars_per_s, "runs": runs, "windows": {}}
     for window in windows:
         samples = [one_run(window, chars, chars_per_s) for _ in range(runs)]
-        results["windows"][f"{window:g} ms"] = {
-            key: {
-                "median": statistics.median(s[key] for s in samples),
-                "min": min(s[key] for s in samples),
-                "max": max(s[key] for s in samples),
-            }
-            for key in samples[0]
-        }
+        results["windows"][f"{window:g} ms"] = {key: summary([s[key] for s in samples]) for key in samples[0]}
     return results
 
 
