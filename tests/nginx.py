@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from kit.child_server import free_port
+
 
 @dataclass(frozen=True)
 class ProxySettings:
@@ -71,12 +73,6 @@ def nginx_path() -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Nginx:
     """nginx in the foreground (`daemon off`), proxying 127.0.0.1:<port> to `upstream` (host:port)."""
 
@@ -119,7 +115,7 @@ class Nginx:
         )
 
     def _start(self) -> bool:
-        self.port = _free_port()
+        self.port = free_port()
         config = self._dir / "nginx.conf"
         config.write_text(self._config())
         command = [nginx_path(), "-p", str(self._dir), "-c", str(config), "-e", str(self._dir / "error.log")]
