@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+_VMRSS = re.compile(r"VmRSS:\s+(\d+) kB")
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> bool:
@@ -14,3 +18,13 @@ def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return bool(condition())
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident memory of a process (this one by default); 0 once it has gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = _VMRSS.search(status)
+    return int(match.group(1)) * 1024 if match else 0

@@ -21,6 +21,7 @@ import httpx
 from flask import Flask
 
 from kit import CancelToken, create_app
+from tests.helpers import rss_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"Listening at: http://[\d.]+:(\d+)")
@@ -119,12 +120,7 @@ class ProdServer:
 
     def rss_bytes(self) -> int:
         """Resident memory of the master and its workers."""
-        total = 0
-        for pid in [self.process.pid, *self.worker_pids]:
-            with contextlib.suppress(OSError):
-                status = Path(f"/proc/{pid}/status").read_text()
-                total += int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
-        return total
+        return sum(rss_bytes(pid) for pid in [self.process.pid, *self.worker_pids])
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0, dump_after_s: float = 5.0) -> float:
         """Send `sig` to the master and wait for the whole process group to end; returns the seconds taken.

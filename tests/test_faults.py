@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import itertools
 import random
-import re
 import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -28,14 +26,8 @@ from kit.production import GRACEFUL_TIMEOUT_S
 from kit.pump import live_producers
 from kit.server import BackgroundServer
 from kit.streaming import INTERRUPTED, STOPPING
-from tests.helpers import wait_until
+from tests.helpers import rss_bytes, wait_until
 from tests.prod_server import ProdServer
-
-
-def rss_bytes() -> int:
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
-
 
 # ----------------------------------------------------------------------------------------------------
 # Clients that leave
