@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -19,13 +21,24 @@ from kit.origins import OriginPolicy
 from kit.page import CONTENT_SECURITY_POLICY, render_page
 from kit.pump import CancelToken
 from kit.sanitize import neutralize_text
-from kit.sources import Message, Source, answer_text, call_source, check_source, texts, with_system_prompt
+from kit.sources import Message, Source, adapt_source, answer_text, texts, with_system_prompt
 from kit.sse import STREAM_HEADERS
 from kit.streaming import StreamSettings, public_message, sse_events, start_pump
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+# Adapter modules register the kinds of source they recognise (kit.sources.register_source_adapter). Each
+# is imported only when the library it adapts is already loaded: a user's object can only come from a
+# library the process has imported, and an app of plain functions then never pays for LangChain.
+ADAPTER_MODULES = {"langchain_core": "kit.chains"}
+
+
+def _load_adapters() -> None:
+    for library, module in ADAPTER_MODULES.items():
+        if library in sys.modules:
+            importlib.import_module(module)
 
 
 def create_app(
@@ -50,7 +63,8 @@ def create_app(
     >>> app.test_client().post("/chat", json={"messages": [{"role": "user", "text": "Hi"}]}).json
     {'text': 'Hello, world'}
     """
-    check_source(source)
+    _load_adapters()
+    start_source = adapt_source(source)  # a source that cannot be used fails now, not on the first chat
     settings = StreamSettings(
         granularity=granularity,
         coalesce_ms=coalesce_ms,
@@ -68,7 +82,7 @@ def create_app(
     app.config["KIT_TITLE"] = title  # kit.notebook.serve names a server after it
 
     def start(messages: list[Message], cancel: CancelToken) -> Iterable[Any]:
-        return call_source(source, with_system_prompt(messages, system_prompt), cancel)
+        return start_source(with_system_prompt(messages, system_prompt), cancel)
 
     @app.get("/")
     def page() -> Response:

@@ -33,7 +33,16 @@ from langchain_core.runnables import Runnable, RunnableConfig
 
 from kit.llama import Admission, Cancelled, ChatLlama, bind_cancel
 from kit.pump import CancelToken, Failed, Finished, close_iterator, receive
-from kit.sources import ANSWER_ROLE, Message, Role, to_text
+from kit.sources import (
+    ANSWER_ROLE,
+    Message,
+    Role,
+    SourceAdapter,
+    SourceFn,
+    Streamable,
+    register_source_adapter,
+    to_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -424,33 +433,18 @@ def runnable_source(
     )
 
 
-_default_sources: dict[int, tuple[object, RunnableSource]] = {}
-_default_sources_lock = threading.Lock()
+def adapt_streamable(source: Any) -> SourceFn:
+    """What `create_app(chain)` uses for an object with `.stream()`: `runnable_source(chain)` with its
+    defaults (built now, so a chain whose input cannot be built from the history fails at app creation),
+    or, for anything else with `.stream()`, a call with the history as LangChain messages."""
+    if isinstance(source, Runnable):
+        return runnable_source(source)
+    return lambda messages, cancel: iter(source.stream(to_messages(messages)))
 
 
-def prepare_runnable(chain: object) -> RunnableSource | None:
-    """The `runnable_source(chain)` that `create_app(chain)` uses, built once per chain (None for objects
-    with `.stream()` that are not Runnables).
-
-    `kit.sources.check_source` calls it when the app is created, so a chain whose input cannot be built
-    from the history fails then, not on the first chat; reading the schema and graph costs milliseconds.
-    """
-    if not isinstance(chain, Runnable):
-        return None
-    with _default_sources_lock:
-        # The entry holds the chain itself, so its id cannot be reused by another object.
-        entry = _default_sources.get(id(chain))
-        if entry is None or entry[0] is not chain:
-            entry = _default_sources[id(chain)] = (chain, runnable_source(chain))
-        return entry[1]
-
-
-def stream_runnable(source: Any, messages: list[Message], cancel: CancelToken) -> Iterator[Any]:
-    """What `create_app(chain)` calls for an object with `.stream()`: `runnable_source(chain)` defaults."""
-    prepared = prepare_runnable(source)
-    if prepared is None:  # anything else with .stream(): give it the messages
-        return iter(source.stream(to_messages(messages)))
-    return prepared(messages, cancel)
+register_source_adapter(
+    SourceAdapter("LangChain Runnable or object with .stream()", lambda o: isinstance(o, Streamable), adapt_streamable)
+)
 
 
 class TokenBridge(BaseCallbackHandler):

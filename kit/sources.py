@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import codecs
 import inspect
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -55,18 +54,56 @@ def answer_text(pieces: Iterable[str | Role]) -> str:
 Source = Callable[..., Iterable[Any]] | Streamable | str
 """A callable `(messages) -> iterable`, optionally taking `cancel=`; a Runnable; or a fixed reply."""
 
+SourceFn = Callable[[list[Message], CancelToken], Iterable[Any]]
+"""What every source becomes: called with the conversation and the cancel token, it returns the stream.
+Errors raised by the call itself (before the first item) can still become an HTTP status."""
 
-def check_source(source: object) -> None:
-    """Raise TypeError now, at app creation, rather than on the first chat."""
-    if not (isinstance(source, (str, Streamable)) or callable(source)):
-        raise TypeError(
-            "source must be a callable taking the message list, an object with .stream() "
-            f"(a LangChain Runnable), or a str; got {type(source).__name__}"
-        )
-    if isinstance(source, Streamable) and "langchain_core" in sys.modules:  # a Runnable: LangChain is loaded
-        from kit.chains import prepare_runnable
 
-        prepare_runnable(source)  # a chain whose input cannot be built from the history fails now
+@dataclass(frozen=True)
+class SourceAdapter:
+    """One kind of object `create_app` accepts beyond plain callables and strings, and how it becomes a
+    SourceFn. `adapt` runs when the app is created, so it may raise TypeError with advice then."""
+
+    name: str
+    recognises: Callable[[object], bool]
+    adapt: Callable[[Any], SourceFn]
+
+
+_adapters: list[SourceAdapter] = []
+
+
+def register_source_adapter(adapter: SourceAdapter) -> None:
+    """Teach `adapt_source` a new kind of source (an adapter module calls this when it is imported).
+
+    Later registrations are tried first, so a specific kind (say, a LangGraph graph) wins over a general one
+    (any LangChain Runnable); registering a name again replaces the earlier adapter of that name.
+    """
+    _adapters[:] = [adapter, *(known for known in _adapters if known.name != adapter.name)]
+
+
+def adapt_source(source: object) -> SourceFn:
+    """Turn what the user passed to `create_app` into a SourceFn, or raise TypeError saying what to pass.
+
+    >>> list(adapt_source("Hi")([{"role": "user", "text": "Hello"}], CancelToken()))
+    ['Hi']
+    """
+    for adapter in _adapters:
+        if adapter.recognises(source):
+            return adapter.adapt(source)
+    if isinstance(source, str):
+        return lambda messages, cancel: [source]
+    if callable(source):
+        return _plain_callable(source)
+    raise TypeError(
+        "source must be a callable taking the message list, an object with .stream() "
+        f"(a LangChain Runnable), or a str; got {type(source).__name__}"
+    )
+
+
+def _plain_callable(function: Callable[..., Iterable[Any]]) -> SourceFn:
+    if _accepts_cancel(function):
+        return lambda messages, cancel: function(messages, cancel=cancel)
+    return lambda messages, cancel: function(messages)
 
 
 def _accepts_cancel(function: Callable[..., Any]) -> bool:
@@ -82,19 +119,6 @@ def with_system_prompt(messages: list[Message], system_prompt: str | None) -> li
     if not system_prompt:
         return messages
     return [{"role": "system", "text": system_prompt}, *messages]
-
-
-def call_source(source: Source, messages: list[Message], cancel: CancelToken) -> Iterable[Any]:
-    """Start the source on a conversation; errors raised here can still become an HTTP status."""
-    if isinstance(source, str):
-        return [source]
-    if isinstance(source, Streamable):
-        from kit.chains import stream_runnable  # LangChain is imported only when a Runnable is used
-
-        return stream_runnable(source, messages, cancel)
-    if _accepts_cancel(source):
-        return source(messages, cancel=cancel)
-    return source(messages)
 
 
 def to_text(item: Any) -> str:

@@ -22,13 +22,12 @@ from kit.chains import (
     demo_chain,
     history_input,
     runnable_source,
-    stream_runnable,
     to_messages,
 )
 from kit.client import Received, chat_body, iter_stream, stream_chat
 from kit.llama import ChatLlama, Engine
 from kit.pump import CancelToken
-from kit.sources import Role
+from kit.sources import Role, adapt_source
 from tests.helpers import wait_until
 
 HISTORY = [
@@ -118,7 +117,7 @@ def test_anything_with_stream_that_is_not_a_runnable_gets_the_messages() -> None
         def stream(self, messages: list[Any]) -> Iterator[str]:
             yield from (f"{m.type}:{m.content} " for m in messages)
 
-    assert "".join(stream_runnable(Echo(), HISTORY[1:2], CancelToken())) == "human:Tell me about Paris. "
+    assert "".join(adapt_source(Echo())(HISTORY[1:2], CancelToken())) == "human:Tell me about Paris. "
 
 
 # -- role markers through the kit's pipeline (no model) -----------------------------------------------------
