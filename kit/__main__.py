@@ -7,24 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from flask import Flask
-
-from kit.app import create_app
-from kit.demo import demo_source
+from kit.demo import DEMOS, build_demo_app
 from kit.doctor import DEFAULT_SILENCE_S
 from kit.production import WORKER_CLASSES
 from kit.server import PortInUse, bind, serve_forever
-
-DEMOS = ("word", "char", "chain")
-
-
-def build_demo_app(demo: str, delay_ms: float) -> Flask:
-    """The app behind `serve --demo NAME`."""
-    if demo == "chain":  # a LangChain chain on the embedded model; LangChain is imported for this demo only
-        from kit.chains import demo_chain
-
-        return create_app(demo_chain(), title="Deep Chat kit: chain demo")
-    return create_app(demo_source(demo, delay_ms), granularity=demo, title=f"Deep Chat kit: {demo} demo")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,7 +1,10 @@
-"""The built-in demo reply for `python -m kit serve --demo word|char`."""
+"""The built-in demos behind `python -m kit serve --demo word|char|chain`: a paced scripted text, or a chain."""
 
 from __future__ import annotations
 
+from flask import Flask
+
+from kit.app import create_app
 from kit.fakes import ScriptedSource
 from kit.granularity import splitter
 
@@ -19,3 +22,15 @@ def demo_source(granularity: str, delay_ms: float) -> ScriptedSource:
     """The demo text cut at `granularity` and paced at one piece every `delay_ms` milliseconds."""
     pieces = list(splitter(granularity)([DEMO_TEXT]))
     return ScriptedSource(pieces, delay_s=delay_ms / 1000)
+
+
+DEMOS = ("word", "char", "chain")
+
+
+def build_demo_app(demo: str, delay_ms: float) -> Flask:
+    """The app behind `serve --demo NAME` (and, in each gunicorn worker, `serve --prod --demo NAME`)."""
+    if demo == "chain":  # a LangChain chain on the embedded model; LangChain is imported for this demo only
+        from kit.chains import demo_chain
+
+        return create_app(demo_chain(), title="Deep Chat kit: chain demo")
+    return create_app(demo_source(demo, delay_ms), granularity=demo, title=f"Deep Chat kit: {demo} demo")

@@ -71,7 +71,7 @@ def run(command: Sequence[str]) -> None:
 
 def demo_app(demo: str = "word", delay_ms: float = 40.0) -> Flask:
     """The app factory behind `serve --prod --demo NAME` (gunicorn calls it in each worker)."""
-    from kit.__main__ import build_demo_app
+    from kit.demo import build_demo_app
 
     return build_demo_app(demo, delay_ms)
 

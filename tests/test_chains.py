@@ -289,7 +289,7 @@ def test_a_chain_that_reports_no_tokens_still_answers(serve) -> None:
 
 
 def test_the_chain_demo_serves_the_embedded_model(serve) -> None:
-    from kit.__main__ import build_demo_app
+    from kit.demo import build_demo_app
 
     server = serve(build_demo_app("chain", delay_ms=0))
     reply = stream_chat(server.url + "chat-stream", "Hello! Who are you?", timeout=60)

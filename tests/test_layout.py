@@ -1,0 +1,98 @@
+"""The package's import graph has no circles: each module can be read, tested and moved without its dependants."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import kit
+
+PACKAGE_DIR = Path(kit.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking_block(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _imported_names(tree: ast.AST) -> Iterator[str]:
+    """Every module imported anywhere in the file (lazy imports inside functions included), except under
+    `if TYPE_CHECKING:`, which never runs."""
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        if _is_type_checking_block(node):
+            continue
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)  # `from kit import app`
+        pending.extend(ast.iter_child_nodes(node))
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the kit modules it imports."""
+    paths = sorted(PACKAGE_DIR.rglob("*.py"))
+    modules = {_module_name(path): path for path in paths}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        imported = set(_imported_names(ast.parse(path.read_text(), str(path))))
+        graph[name] = {target for target in imported if target in modules and target not in (name, "kit")}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan's algorithm).
+
+    >>> circles({"a": {"b"}, "b": {"a"}, "c": {"a"}})
+    [['a', 'b']]
+    """
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_graph_sees_lazy_imports() -> None:
+    graph = import_graph()
+    assert "kit.chains" in graph["kit.demo"]  # imported inside a function
+    assert "kit.app" in graph["kit.demo"]
+
+
+def test_no_module_of_the_kit_imports_another_that_imports_it_back() -> None:
+    assert circles(import_graph()) == []
+
+
+def test_nothing_imports_the_command_line() -> None:
+    importers = [name for name, targets in import_graph().items() if "kit.__main__" in targets]
+    assert importers == []
