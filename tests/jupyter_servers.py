@@ -226,3 +226,17 @@ def jupyterhub(tmp_path: Path, user: str = "ada") -> Iterator[Hub]:
             _stop_kernels(hub.as_jupyter(), f"{hub.home}api/")
     finally:
         _sweep(str(home))
+
+
+def start_user_server(hub: Hub, timeout_s: float = 180.0) -> None:
+    """Start the hub user's single-user server through the REST API (a no-op when it runs) and wait for it."""
+    api = f"{hub.url}/hub/api/users/{hub.user}"
+    auth = {"Authorization": f"token {hub.token}"}
+    with httpx.Client(headers=auth, timeout=30) as client:
+        if not client.get(api).json()["servers"]:
+            assert client.post(f"{api}/server").status_code in (201, 202)
+        deadline = time.monotonic() + timeout_s
+        while not client.get(api).json()["servers"].get("", {}).get("ready"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{hub.user}'s server did not start within {timeout_s} s")
+            time.sleep(0.5)
