@@ -221,7 +221,9 @@ def diagnose(
     if cookie:
         extra["Cookie"] = cookie
     silence_s = min(max(silence_s, 0.0), MAX_SILENCE_S)
-    diagnosis = _judge(target, _receive(target, silence_s, timeout_s, {**extra, "Accept": ACCEPT}))
+    from kit.client import ACCEPT_HEADERS
+
+    diagnosis = _judge(target, _receive(target, silence_s, timeout_s, {**extra, **ACCEPT_HEADERS}))
     findings = {finding.check: finding for finding in diagnosis.findings}
     if "incremental" in findings and findings["incremental"].ok:
         without = {key: value for key, value in extra.items() if key.lower() != "accept"}
@@ -229,7 +231,6 @@ def diagnose(
     return diagnosis
 
 
-ACCEPT = "text/event-stream"
 ACCEPT_FIX = (
     "a proxy on the way streams only requests whose Accept header is exactly `text/event-stream` "
     "(jupyter-server-proxy, so JupyterHub and remote Jupyter servers, does this) and buffers the whole reply "
