@@ -4,7 +4,9 @@ The doctor sends a probe chat to the kit's own stream route with an `X-Kit-Probe
 calling the model, the kit answers it with a known, bounded script through the real pipeline: a few
 paced events, then a silence longer than a heartbeat, then an end marker. Comparing what arrives with
 what was sent shows whether events arrive one by one, whether heartbeats pass during a silence, and
-whether anything compresses or cuts the stream; each problem comes with the fix.
+whether anything compresses or cuts the stream; each problem comes with the fix. When the probe streams, a
+short second one without `Accept: text/event-stream` shows whether a proxy on the way (jupyter-server-proxy)
+streams only requests that carry it.
 """
 
 from __future__ import annotations
@@ -216,18 +218,18 @@ def diagnose(
     streams only requests carrying it (jupyter-server-proxy) buffers that one, and the report says so.
     `timeout_s` is the longest wait for any single line of the stream (on top of the silence).
     """
+    from kit.client import ACCEPT_HEADERS
+
     target = stream_url(url)
-    extra = dict(headers or {})
+    # The probes choose their Accept header themselves.
+    extra = {name: value for name, value in (headers or {}).items() if name.lower() != "accept"}
     if cookie:
         extra["Cookie"] = cookie
     silence_s = min(max(silence_s, 0.0), MAX_SILENCE_S)
-    from kit.client import ACCEPT_HEADERS
-
     diagnosis = _judge(target, _receive(target, silence_s, timeout_s, {**extra, **ACCEPT_HEADERS}))
     findings = {finding.check: finding for finding in diagnosis.findings}
     if "incremental" in findings and findings["incremental"].ok:
-        without = {key: value for key, value in extra.items() if key.lower() != "accept"}
-        diagnosis.findings.append(_judge_accept(_receive(target, 0.0, timeout_s, without)))
+        diagnosis.findings.append(_judge_accept(_receive(target, 0.0, timeout_s, extra)))
     return diagnosis
 
 
@@ -321,7 +323,7 @@ def _judge(target: str, got: _Arrivals) -> Diagnosis:
         add(Finding("reach", False, f"no response from {target} ({got.broken})", "check the URL and that the kit runs"))
         return diagnosis
     if got.status != 200:
-        fix = AUTH_FIX if got.status in (301, 302, 303, 307, 401, 403) else PROBE_FIX
+        fix = AUTH_FIX if got.status in (301, 302, 303, 307, 308, 401, 403) else PROBE_FIX
         add(Finding("reach", False, f"HTTP {got.status}: {_gist(got.body)}", fix))
         return diagnosis
     full = "".join(text for _, text in got.texts)

@@ -114,6 +114,14 @@ def test_doctor_passes_jupyter_server_proxy_with_a_token_in_the_url_a_header_or_
     assert not refused.ok and "HTTP 403" in refused.detail and refused.fix == AUTH_FIX
 
 
+def test_doctor_adds_no_note_when_requests_without_the_accept_header_stream_too(serve) -> None:  # type: ignore[no-untyped-def]
+    diagnosis = diagnose(serve(create_app("unused", heartbeat_s=0.5)).url, silence_s=1.0)  # straight to the kit
+    assert diagnosis.ok, diagnosis.report()
+    finding = diagnosis.finding("accept-header")
+    assert finding.ok and not finding.fix and "streams too" in finding.detail
+    assert "[note]" not in diagnosis.report() and diagnosis.report().endswith("verdict: streaming works end to end")
+
+
 @pytest.mark.timeout(400)
 def test_doctor_command_line_through_the_hubs_proxy_with_a_token_header(hub: Hub) -> None:
     start_user_server(hub)
