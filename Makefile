@@ -8,7 +8,7 @@ SMOLLM2_VERSION := 0.1.2
 BUNDLE := kit/static/vendor/deepChat.bundle.js
 LAB_PORT ?= 8888
 
-.PHONY: setup lab test lint system-deps bench
+.PHONY: setup lab test lint system-deps hub-deps bench
 
 setup: $(VENV)/.installed $(BUNDLE)
 
@@ -32,11 +32,15 @@ lab: setup
 system-deps:
 	scripts/ensure-system-deps.sh
 
+# JupyterHub's configurable-http-proxy (npm, pinned in the script) in the gitignored .node/, for the hub test.
+hub-deps:
+	scripts/ensure-configurable-http-proxy.sh
+
 lint: setup
 	$(VENV)/bin/ruff check kit tests bench
 	$(VENV)/bin/ruff format --check kit tests bench
 
-test: setup system-deps lint
+test: setup system-deps hub-deps lint
 	$(PY) -m pytest
 	# Every tutorial, run and compared with its committed outputs (ports and timings sanitized).
 	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks/

@@ -40,7 +40,25 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_SILENCE_S,
         help=f"seconds of silence in the probe (default: {DEFAULT_SILENCE_S:g})",
     )
+    doctor.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        type=_header,
+        metavar="'NAME: VALUE'",
+        help="a request header, e.g. 'Authorization: token TOKEN' for a Jupyter server or hub (repeatable)",
+    )
+    doctor.add_argument("--cookie", help="cookies to send, as a browser does: 'a=b; c=d'")
     return parser
+
+
+def _header(text: str) -> tuple[str, str]:
+    from kit.doctor import parse_header
+
+    try:
+        return parse_header(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _serve_prod(args: argparse.Namespace) -> int:
@@ -63,7 +81,7 @@ def _serve_prod(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from kit.doctor import diagnose
 
-    diagnosis = diagnose(args.url, silence_s=args.silence)
+    diagnosis = diagnose(args.url, silence_s=args.silence, headers=dict(args.header), cookie=args.cookie)
     print(diagnosis.report())
     return 0 if diagnosis.ok else 1
 

@@ -54,6 +54,11 @@ class Reply:
         return sum(item.is_heartbeat for item in self.items)
 
 
+# Always sent, as Deep Chat does: jupyter-server-proxy (JupyterHub, remote Jupyter servers) streams a response
+# only when the request's Accept header is exactly this, and buffers the whole reply of any other request.
+ACCEPT_HEADERS = {"Accept": "text/event-stream"}
+
+
 def chat_body(text: str, history: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """The JSON body Deep Chat sends: the whole visible history plus the new user message."""
     return {"messages": [*(history or []), {"role": "user", "text": text}]}
@@ -67,7 +72,7 @@ def iter_stream(
     http = client or httpx.Client(timeout=timeout)
     try:
         started = time.perf_counter()
-        with http.stream("POST", url, json=body, headers={"Accept": "text/event-stream"}) as response:
+        with http.stream("POST", url, json=body, headers=ACCEPT_HEADERS) as response:
             yield Reply(response.status_code, dict(response.headers), started)
             if response.status_code != 200:
                 response.read()

@@ -4,7 +4,9 @@ The doctor sends a probe chat to the kit's own stream route with an `X-Kit-Probe
 calling the model, the kit answers it with a known, bounded script through the real pipeline: a few
 paced events, then a silence longer than a heartbeat, then an end marker. Comparing what arrives with
 what was sent shows whether events arrive one by one, whether heartbeats pass during a silence, and
-whether anything compresses or cuts the stream; each problem comes with the fix.
+whether anything compresses or cuts the stream; each problem comes with the fix. When the probe streams, a
+short second one without `Accept: text/event-stream` shows whether a proxy on the way (jupyter-server-proxy)
+streams only requests that carry it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import itertools
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urljoin
+from urllib.parse import urlsplit, urlunsplit
 
 from kit.pump import CancelToken
 
@@ -119,10 +121,13 @@ class Diagnosis:
         """A human-readable report: one line per check, with the fix under each failed one."""
         lines = [f"kit doctor: {self.url}"]
         for finding in self.findings:
-            lines.append(f"  [{'ok' if finding.ok else 'FAIL'}] {finding.check}: {finding.detail}")
+            state = "FAIL" if not finding.ok else "note" if finding.fix else "ok"  # a note: passed, with advice
+            lines.append(f"  [{state}] {finding.check}: {finding.detail}")
             if finding.fix:
                 lines.append(f"         fix: {finding.fix}")
         verdict = "streaming works end to end" if self.ok else "streaming is impaired; see the fixes"
+        if self.ok and any(finding.fix for finding in self.findings):
+            verdict += " (read the note)"
         lines.append(f"verdict: {verdict}")
         return "\n".join(lines)
 
@@ -142,6 +147,11 @@ HEARTBEAT_FIX = (
     "heartbeats (`: ping` comment lines) did not arrive during the silence: something drops SSE comments or "
     "holds them back. Turn response buffering off (see above), and make sure nothing rewrites the event stream"
 )
+AUTH_FIX = (
+    "the server in front wants to know who asks (a Jupyter server or hub answers 403, or redirects to its "
+    "login page): keep its `?token=...` in the URL, or pass `--header 'Authorization: token TOKEN'` "
+    "(a Jupyter or hub API token), or `--cookie 'NAME=VALUE'` copied from your logged-in browser"
+)
 PROBE_FIX = (
     "point the doctor at the kit's base URL or its chat-stream URL; run the kit with doctor_probe=True "
     "(the default); make sure nothing in between strips the X-Kit-Probe request header"
@@ -149,17 +159,33 @@ PROBE_FIX = (
 
 
 def stream_url(url: str) -> str:
-    """The chat-stream URL for a base URL, a page URL, or the chat-stream URL itself.
+    """The chat-stream URL for a base URL, a page URL, or the chat-stream URL itself; the query string (a
+    Jupyter `?token=...`, say) is kept.
 
     >>> stream_url("http://127.0.0.1:8000"), stream_url("https://hub.example/user/ann/proxy/8000/")
     ('http://127.0.0.1:8000/chat-stream', 'https://hub.example/user/ann/proxy/8000/chat-stream')
-    >>> stream_url("http://h/app/chat-stream")
-    'http://h/app/chat-stream'
+    >>> stream_url("http://h/app/chat-stream"), stream_url("http://h/proxy/8000/?token=abc")
+    ('http://h/app/chat-stream', 'http://h/proxy/8000/chat-stream?token=abc')
     """
-    path = url.split("?", 1)[0]
-    if path.rstrip("/").endswith("/chat-stream"):
-        return url
-    return urljoin(url if path.endswith("/") else url + "/", "chat-stream")
+    parts = urlsplit(url)
+    path = parts.path
+    if not path.rstrip("/").endswith("/chat-stream"):
+        # A page URL (".../index.html") names its folder; a base URL without its slash is that folder.
+        folder = path.rsplit("/", 1)[0] if "." in path.rsplit("/", 1)[-1] else path.rstrip("/")
+        path = f"{folder}/chat-stream"
+    return urlunsplit(parts._replace(path=path, fragment=""))
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """A `Name: value` header as given on the command line.
+
+    >>> parse_header("Authorization: token abc")
+    ('Authorization', 'token abc')
+    """
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip() or any(c.isspace() for c in name.strip()):
+        raise ValueError(f"a header is 'Name: value', not {text!r}")
+    return name.strip(), value.strip()
 
 
 @dataclass
@@ -176,26 +202,69 @@ class _Arrivals:
     ended_at: float | None = None
 
 
-def diagnose(url: str, *, silence_s: float = DEFAULT_SILENCE_S, timeout_s: float = 30.0) -> Diagnosis:
-    """Send one probe through `url` (the kit's base URL or its chat-stream URL) and judge what arrived.
+def diagnose(
+    url: str,
+    *,
+    silence_s: float = DEFAULT_SILENCE_S,
+    timeout_s: float = 30.0,
+    headers: Mapping[str, str] | None = None,
+    cookie: str | None = None,
+) -> Diagnosis:
+    """Send one probe through `url` (the kit's base URL or its chat-stream URL, query string kept) and judge
+    what arrived. `headers` and `cookie` (`"a=b; c=d"`) go with every request: how a hub or a Jupyter server
+    knows who asks (`Authorization: token ...`, its login cookie).
 
+    When the probe streams, a second, short probe without `Accept: text/event-stream` follows: a proxy that
+    streams only requests carrying it (jupyter-server-proxy) buffers that one, and the report says so.
     `timeout_s` is the longest wait for any single line of the stream (on top of the silence).
     """
+    from kit.client import ACCEPT_HEADERS
+
     target = stream_url(url)
-    arrivals = _receive(target, min(max(silence_s, 0.0), MAX_SILENCE_S), timeout_s)
-    return _judge(target, arrivals)
+    # The probes choose their Accept header themselves.
+    extra = {name: value for name, value in (headers or {}).items() if name.lower() != "accept"}
+    if cookie:
+        extra["Cookie"] = cookie
+    silence_s = min(max(silence_s, 0.0), MAX_SILENCE_S)
+    diagnosis = _judge(target, _receive(target, silence_s, timeout_s, {**extra, **ACCEPT_HEADERS}))
+    findings = {finding.check: finding for finding in diagnosis.findings}
+    if "incremental" in findings and findings["incremental"].ok:
+        diagnosis.findings.append(_judge_accept(_receive(target, 0.0, timeout_s, extra)))
+    return diagnosis
 
 
-def _receive(target: str, silence_s: float, timeout_s: float) -> _Arrivals:
+ACCEPT_FIX = (
+    "a proxy on the way streams only requests whose Accept header is exactly `text/event-stream` "
+    "(jupyter-server-proxy, so JupyterHub and remote Jupyter servers, does this) and buffers the whole reply "
+    "of any other. Deep Chat and kit.client send it; your own page or client must send "
+    "`Accept: text/event-stream` with its POST too"
+)
+
+
+def _judge_accept(got: _Arrivals) -> Finding:
+    # Judged like the main probe's pacing; only whether the ticks came one by one matters here.
+    probe = Diagnosis("")
+    if got.status == 200:
+        _judge_pacing(probe, got, ProbePlan(silence_s=0.0))
+    streamed = bool(probe.findings) and probe.findings[0].ok
+    if streamed:
+        return Finding("accept-header", True, "a request without `Accept: text/event-stream` streams too")
+    what = probe.findings[0].detail if probe.findings else f"HTTP {got.status or got.broken}"
+    return Finding(
+        "accept-header", True, f"a request without `Accept: text/event-stream` is buffered ({what})", ACCEPT_FIX
+    )
+
+
+def _receive(target: str, silence_s: float, timeout_s: float, extra: Mapping[str, str]) -> _Arrivals:
     import httpx
 
     from kit.client import chat_body
 
     headers = {
         PROBE_HEADER: f"silence={silence_s:g}",
-        "Accept": "text/event-stream",
         # What a browser offers; whether something takes it up is one of the checks.
         "Accept-Encoding": "gzip, deflate",
+        **extra,
     }
     arrivals = _Arrivals(started=time.perf_counter())
     timeout = httpx.Timeout(timeout_s + silence_s, connect=timeout_s)
@@ -254,7 +323,8 @@ def _judge(target: str, got: _Arrivals) -> Diagnosis:
         add(Finding("reach", False, f"no response from {target} ({got.broken})", "check the URL and that the kit runs"))
         return diagnosis
     if got.status != 200:
-        add(Finding("reach", False, f"HTTP {got.status}: {got.body[:200]!r}", PROBE_FIX))
+        fix = AUTH_FIX if got.status in (301, 302, 303, 307, 308, 401, 403) else PROBE_FIX
+        add(Finding("reach", False, f"HTTP {got.status}: {_gist(got.body)}", fix))
         return diagnosis
     full = "".join(text for _, text in got.texts)
     if not full.startswith(_SIGNATURE):
@@ -362,6 +432,18 @@ def _cut_fix(got: _Arrivals, heartbeat_s: float) -> str:
         f"kit's heartbeat ({heartbeat_s:g} s). Raise it (nginx: `proxy_read_timeout 60s;`) or lower "
         "create_app(heartbeat_s=...) below it; a total-duration limit on the proxy or tunnel cuts long replies too"
     )
+
+
+def _gist(body: str) -> str:
+    """A refusal's body in a few words: an HTML page by its title (a login page, say), anything else cut short.
+
+    >>> _gist("<html><head><title>Jupyter Server</title></head>...</html>")
+    "an HTML page titled 'Jupyter Server'"
+    """
+    import re
+
+    title = re.search(r"<title>\s*(.*?)\s*</title>", body, re.IGNORECASE | re.DOTALL)
+    return f"an HTML page titled {title.group(1)[:80]!r}" if title else repr(body[:200])
 
 
 def _ms(at: float | None, start: float) -> str:
