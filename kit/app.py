@@ -32,7 +32,8 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 # Adapter modules register the kinds of source they recognise (kit.sources.register_source_adapter). Each
 # is imported only when the library it adapts is already loaded: a user's object can only come from a
 # library the process has imported, and an app of plain functions then never pays for LangChain.
-ADAPTER_MODULES = {"langchain_core": "kit.chains"}
+# Specific kinds register after the general Runnable adapter, so they are tried first.
+ADAPTER_MODULES = {"langchain_core": "kit.chains", "langgraph": "kit.graphs", "langchain_classic": "kit.classic"}
 
 
 def _load_adapters() -> None:

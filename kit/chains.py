@@ -155,7 +155,7 @@ def kit_models(chain: object) -> list[ChatLlama]:
     return found
 
 
-def _admit(models: Sequence[ChatLlama], cancel: CancelToken) -> list[Admission]:
+def admit_models(models: Sequence[ChatLlama], cancel: CancelToken) -> list[Admission]:
     """Take a place with each model's engine now (raising ServiceBusy before the first byte)."""
     admissions: list[Admission] = []
     try:
@@ -339,9 +339,9 @@ class RunnableSource:
 
     def __call__(self, messages: list[Message], cancel: CancelToken) -> Iterator[Any]:
         value = self.to_input(messages)
-        admissions = _admit(self.models, cancel)
+        admissions = admit_models(self.models, cancel)
         stream = self._events(value, cancel) if self.uses_events else self._output(value, cancel)
-        return _released(stream, admissions)
+        return released(stream, admissions)
 
     def _output(self, value: Any, cancel: CancelToken) -> Iterator[Any]:
         # A context of its own carries the cancel token into the chain (and its executor threads).
@@ -487,7 +487,7 @@ class CallbackSource:
 
     def __call__(self, messages: list[Message], cancel: CancelToken) -> Iterator[str]:
         value = self.to_input(messages)
-        return _released(self._run(value, cancel), _admit(self.models, cancel))
+        return released(self._run(value, cancel), admit_models(self.models, cancel))
 
     def _invoke(self, value: Any, bridge: TokenBridge) -> Any:
         if isinstance(self.target, Runnable):
@@ -532,7 +532,7 @@ def callback_source(
     return CallbackSource(target, to_input=to_input, models=models)
 
 
-def _released(stream: Iterator[Any], admissions: list[Admission]) -> Iterator[Any]:
+def released(stream: Iterator[Any], admissions: list[Admission]) -> Iterator[Any]:
     try:
         yield from stream
     finally:

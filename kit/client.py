@@ -45,6 +45,15 @@ class Reply:
     def text(self) -> str:
         return "".join(event.get("text", "") for event in self.events)
 
+    def text_of(self, role: str = "ai") -> str:
+        """The text of one role's bubbles (an event without a role continues the previous one's)."""
+        pieces, current = [], "ai"
+        for event in self.events:
+            current = event.get("role", current)
+            if current == role:
+                pieces.append(event.get("text", ""))
+        return "".join(pieces)
+
     @property
     def errors(self) -> list[str]:
         return [event["error"] for event in self.events if "error" in event]

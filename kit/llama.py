@@ -30,12 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.chat_models import BaseChatModel, generate_from_stream
-from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
 from pydantic import model_validator
 
 from kit.errors import ChatError, ServiceBusy
+from kit.llama_tools import ToolTurns, openai_tools, split_call_or_text, to_chat_messages, tool_call_chunk, tool_mode
 from kit.pump import CancelToken, Failed, Finished, receive
 from kit.sources import Message
 
@@ -361,7 +364,12 @@ class Engine:
         # Start from an empty context: reusing the previous request's prefix makes greedy replies depend
         # on who came before (the cached prefix was evaluated in a different batch).
         llama.reset()
-        chunks = llama.create_chat_completion(job.messages, stream=True, **job.options)
+        options = dict(job.options)
+        if isinstance(options.get("grammar"), str):  # GBNF text: the engine's options stay plain data
+            from llama_cpp import LlamaGrammar
+
+            options["grammar"] = LlamaGrammar.from_string(options["grammar"], verbose=False)
+        chunks = llama.create_chat_completion(job.messages, stream=True, **options)
         try:
             for chunk in chunks:
                 if job.abandoned:
@@ -427,9 +435,6 @@ class LlamaSource:
             admission.release()
 
 
-_LC_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "function"}
-
-
 class ChatLlama(BaseChatModel):
     """A LangChain chat model over the kit's llama.cpp engine (default: the embedded SmolLM2).
 
@@ -446,6 +451,9 @@ class ChatLlama(BaseChatModel):
     seed: int | None = LlamaSettings.seed
     repeat_penalty: float = LlamaSettings.repeat_penalty
     max_queue: int = LlamaSettings.max_queue
+    # When bound tools are called (kit.llama_tools): a small model calls one after the user's message and
+    # answers after the results; "model_decides" lets a capable model choose.
+    tool_turns: ToolTurns = "call_then_answer"
 
     @model_validator(mode="after")
     def _check_kit_model(self) -> ChatLlama:
@@ -469,18 +477,33 @@ class ChatLlama(BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return asdict(self.settings)
 
+    def bind_tools(
+        self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """The model with tools: its calls are JSON forced by a grammar (see kit.llama_tools and `tool_turns`)."""
+        return self.bind(tools=openai_tools(tools), tool_choice=tool_choice, **kwargs)
+
     def _stream(
         self,
         messages: list[BaseMessage],
         stop: list[str] | None = None,
         run_manager: CallbackManagerForLLMRun | None = None,
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        mode = tool_mode(tools, tool_choice, self.tool_turns, messages)
         options = {**self.settings.options(), **kwargs}
         if stop:
             options["stop"] = stop
-        chat = [{"role": _LC_ROLES.get(m.type, m.type), "content": m.text} for m in messages]
-        for text in self.engine.chat(chat, **options):
+        if mode.grammar is not None:
+            options["grammar"] = mode.grammar
+        pieces = self.engine.chat(to_chat_messages(messages, mode.prompt), **options)
+        for kind, text in split_call_or_text(pieces, mode.may_call):
+            if kind == "call":
+                yield ChatGenerationChunk(message=tool_call_chunk(text))
+                continue
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
             # LangChain's own .stream() reports tokens itself and passes no run manager; _generate passes
             # one, so callback handlers (the StreamingStdOutCallbackHandler pattern) see every token.

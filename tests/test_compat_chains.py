@@ -1,0 +1,135 @@
+"""The compatibility table's chain rows: the chains, graphs and agents users already have, on the real model.
+
+Each row is served by `create_app` exactly as a user would pass it (no wrapper unless the row is about one),
+streamed through a real server and read by a real SSE client (tests/compat.py).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.callbacks import StreamingStdOutCallbackHandler
+from langchain_core.messages import BaseMessage
+from langchain_core.prompts import PromptTemplate
+from langchain_core.tools import tool
+from langgraph.graph import END, START, MessagesState, StateGraph
+
+from kit.chains import callback_source, demo_chain, history_input, openai_chat_model
+from kit.child_server import ChildServer, start_llama_server
+from kit.graphs import graph_source
+from kit.llama import ChatLlama
+from tests.compat import CompatCase, check_case
+
+WEATHER_QUESTION = "What is the weather in Paris?"
+QUESTION = "Tell me about Paris in two sentences."
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Get the current weather in a city."""
+    return f"It is sunny and 22 degrees in {city}."
+
+
+def kit_model(max_tokens: int = 48) -> ChatLlama:
+    return ChatLlama(max_tokens=max_tokens, temperature=0, seed=1)
+
+
+def idle() -> bool:
+    """Stop reached the model: the engine runs no generation."""
+    return not kit_model().engine.busy
+
+
+def one_node_graph(model: Any) -> Any:
+    """The graph of LangGraph's quickstart: MessagesState and one chat-model node."""
+
+    def call_model(state: MessagesState) -> dict[str, list[BaseMessage]]:
+        return {"messages": [model.invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("model", call_model)
+    graph.add_edge(START, "model")
+    graph.add_edge("model", END)
+    return graph.compile()
+
+
+def weather_agent(model: Any = None) -> Any:
+    return create_agent(model if model is not None else kit_model(), tools=[get_weather])
+
+
+def legacy_llm_chain() -> Any:
+    """The seed's scenario: an LLMChain over a llama.cpp model whose handler prints tokens to stdout."""
+    from langchain_classic.chains import LLMChain
+
+    model = ChatLlama(max_tokens=48, temperature=0, seed=1, callbacks=[StreamingStdOutCallbackHandler()])
+    with warnings.catch_warnings():  # LLMChain is deprecated, and still what many users run
+        warnings.simplefilter("ignore")
+        return LLMChain(llm=model, prompt=PromptTemplate.from_template("Answer in one sentence: {question}"))
+
+
+def conversation_chain() -> Any:
+    from langchain_classic.chains import ConversationChain
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ConversationChain(llm=kit_model())
+
+
+def callback_function() -> Any:
+    """Code written for callbacks: a function that passes its `callbacks` to the chain it runs."""
+    chain = demo_chain(kit_model())
+
+    def answer(inputs: dict[str, Any], callbacks: list[Any]) -> str:
+        return chain.invoke(inputs, config={"callbacks": callbacks})
+
+    return callback_source(answer, to_input=history_input(), models=[kit_model()])
+
+
+_openai_server: ChildServer | None = None
+
+
+def openai_server_url() -> str:
+    """llama-cpp-python's OpenAI-compatible server on loopback, started once for the rows that need it."""
+    global _openai_server
+    if _openai_server is None:
+        _openai_server = start_llama_server()
+    return _openai_server.url
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stop_openai_server() -> Iterator[None]:
+    yield
+    global _openai_server
+    if _openai_server is not None:
+        _openai_server.stop()
+        _openai_server = None
+
+
+def remote_model() -> Any:
+    return openai_chat_model(openai_server_url(), max_tokens=48, temperature=0, seed=1)
+
+
+CASES = [
+    CompatCase("LCEL chain (prompt | ChatLlama | parser)", lambda: demo_chain(kit_model()), QUESTION, stopped=idle),
+    CompatCase("LangGraph StateGraph over MessagesState", lambda: one_node_graph(kit_model()), QUESTION, stopped=idle),
+    CompatCase("agent with a tool (langchain create_agent)", weather_agent, WEATHER_QUESTION, stopped=idle),
+    CompatCase(
+        "agent with a tool, steps in their own bubble",
+        lambda: graph_source(weather_agent(), steps_role="steps"),
+        WEATHER_QUESTION,
+        stopped=idle,
+    ),
+    CompatCase("legacy LLMChain + StreamingStdOutCallbackHandler", legacy_llm_chain, QUESTION, stopped=idle),
+    CompatCase("legacy ConversationChain", conversation_chain, QUESTION, stopped=idle),
+    CompatCase("callback-style function (callback_source)", callback_function, QUESTION, stopped=idle),
+    CompatCase("LangGraph graph on the OpenAI-compatible server", lambda: one_node_graph(remote_model()), QUESTION),
+    CompatCase("agent with a tool on the OpenAI-compatible server", lambda: weather_agent(remote_model())),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_the_source_streams_as_a_user_passes_it(case: CompatCase) -> None:
+    check_case(case)
