@@ -125,10 +125,18 @@ def default_to_input(chain: Runnable[Any, Any]) -> InputMapper:
     keys = list(schema.get("properties") or {})
     if schema.get("type") != "object" or not keys:
         return to_messages
+    return input_for_keys(keys, schema.get("required", []))
+
+
+def input_for_keys(keys: Sequence[str], required: Sequence[str] = ()) -> InputMapper:
+    """The mapper for a dict input with these keys: conventional names are filled from the history.
+
+    Raises TypeError naming the required keys it cannot fill.
+    """
     question = next((k for k in QUESTION_KEYS if k in keys), None)
     history = next((k for k in HISTORY_KEYS if k in keys and k != question), None)
     system = next((k for k in SYSTEM_KEYS if k in keys), None)
-    unknown = [k for k in schema.get("required", []) if k not in (question, history, system)]
+    unknown = [k for k in required if k not in (question, history, system)]
     if unknown:
         raise TypeError(
             f"cannot tell how to fill the chain's input keys {unknown} from the chat history: pass "

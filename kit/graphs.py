@@ -25,7 +25,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Tool
 from langchain_core.runnables import RunnableConfig
 from langgraph.pregel import Pregel
 
-from kit.chains import InputMapper, admit_models, default_to_input, released, to_messages, with_roles
+from kit.chains import InputMapper, admit_models, input_for_keys, released, to_messages, with_roles
 from kit.errors import ChatError
 from kit.llama import ChatLlama, bind_cancel
 from kit.pump import CancelToken, close_iterator
@@ -36,14 +36,16 @@ ANSWER_KEYS = ("answer", "output", "response", "result", "text", "content")
 
 
 def graph_input(graph: Pregel) -> InputMapper:
-    """Deep Chat's history as the graph's input: `{"messages": [...]}` for a graph over messages."""
+    """Deep Chat's history as the graph's input: `{"messages": [...]}` for a graph over messages, else the
+    state's conventional keys (question/input, chat_history, system) filled as for chains."""
     try:
-        keys = (graph.get_input_jsonschema().get("properties") or {}).keys()
-    except Exception:  # a graph that cannot describe its input: agents and MessagesState are the norm
-        keys = {"messages"}
-    if "messages" in keys:
+        schema = graph.get_input_jsonschema()
+        keys, required = list(schema.get("properties") or {}), list(schema.get("required") or [])
+    except Exception:  # pydantic cannot describe some states (a typing.TypedDict before Python 3.12)
+        keys, required = [name for name in graph.channels if not name.startswith("__")], []
+    if "messages" in keys or not keys:
         return lambda messages: {"messages": to_messages(messages)}
-    return default_to_input(graph)
+    return input_for_keys(keys, required)
 
 
 class StepSelector:

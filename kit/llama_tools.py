@@ -127,8 +127,8 @@ def to_chat_messages(messages: Sequence[BaseMessage], tool_prompt: str | None) -
     >>> from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
     >>> call = AIMessage("", tool_calls=[{"name": "now", "args": {}, "id": "1"}])
     >>> chat = to_chat_messages([HumanMessage("Time?"), call, ToolMessage("noon", name="now", tool_call_id="1")], None)
-    >>> [m["role"] for m in chat], chat[-1]["content"]
-    (['user', 'assistant', 'user'], 'The tool now returned: noon\nAnswer my question with it.')
+    >>> [m["role"] for m in chat], chat[-1]["content"].splitlines()[0]
+    (['user', 'assistant', 'user'], 'The tool now returned: noon')
     """
     roles = {"human": "user", "ai": "assistant", "system": "system"}
     chat: list[dict[str, str]] = []

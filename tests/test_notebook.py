@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -20,22 +20,13 @@ from kit.fakes import ScriptedSource
 from kit.inspector import Inspector
 from kit.notebook import running, serve, show, stop_all
 from kit.server import PortInUse
+from tests.helpers import wait_until
 
 
 @pytest.fixture(autouse=True)
 def no_servers_left() -> Iterator[None]:
     yield
     stop_all()
-
-
-def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    """True once `check()` is (work finishing in another thread), False if it is not within timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_re_serving_under_one_name_on_a_fixed_port_50_times_leaks_no_port_and_no_thread() -> None:
@@ -47,7 +38,7 @@ def test_re_serving_under_one_name_on_a_fixed_port_50_times_leaks_no_port_and_no
         assert stream_chat(server.url + "chat-stream", "hi").text == f"reply {run}"
         assert list(running()) == ["cell"]
     assert stop_all() == 1
-    assert eventually(lambda: threading.active_count() == before), threading.enumerate()
+    assert wait_until(lambda: threading.active_count() == before), threading.enumerate()
     with socket.socket() as probe:  # the port is free again
         # As every server does (werkzeug too): closed connections may linger in TIME_WAIT, which this
         # allows; a listening socket left behind would still make bind() fail.
@@ -82,7 +73,7 @@ def test_re_serving_ends_the_previous_servers_open_stream_and_cancels_its_source
     assert source.cancelled == 1 and source.completed == 0
     assert not first.running and second.running
     second.stop()
-    assert eventually(lambda: threading.active_count() == before), threading.enumerate()
+    assert wait_until(lambda: threading.active_count() == before), threading.enumerate()
 
 
 def test_serve_returns_an_answering_server_named_after_the_app_title() -> None:
@@ -198,7 +189,7 @@ def test_the_inspector_sees_heartbeats_in_a_silence_and_a_client_that_leaves() -
     record = inspector.wait(timeout_s=10)
     assert all(isinstance(item, Received) and item.is_heartbeat for item in beats)
     assert record.stats.heartbeats >= 3 and record.stats.pieces == 0 and record.stats.end == "client_gone"
-    assert eventually(lambda: source.cancelled == 1)  # the source learns it in its own thread
+    assert wait_until(lambda: source.cancelled == 1)  # the source learns it in its own thread
 
 
 def test_the_inspector_widget_updates_while_the_reply_streams() -> None:
