@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import browser, concurrency, pipeline, report
+from bench import bench_words, browser, concurrency, pipeline, report
 from bench.measure import ROOT, server_process
 
 DOCS = ROOT / "docs"
@@ -38,6 +38,7 @@ def main() -> None:
     results["pipeline"] = pipeline.run(runs=args.runs, chars=chars, duration_s=1.5 if args.quick else 4.0)
     results["browser"] = browser.run(runs=args.runs, chars=4_000 if args.quick else 20_000)
     results["model"] = model_figures()
+    results["words"] = bench_words.run(runs=max(args.runs, 5))
     with server_process("bench.targets", "--chars", "1000") as server:
         development = concurrency.held_streams_memory(f"{server.url}/idle/chat-stream", server.pid)
     results["concurrency"] = {"development (werkzeug threads)": development}
@@ -49,7 +50,7 @@ def main() -> None:
             results["concurrency"][label] = concurrency.held_streams_memory(f"{server.url}/chat-stream", server.pid)
     results["seconds"] = time.perf_counter() - started
     DOCS.mkdir(exist_ok=True)
-    table = report.markdown(results)
+    table = report.markdown(results) + "\n\n" + bench_words.describe(results["words"]) + "\n"
     (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=1))
     (DOCS / "benchmarks.md").write_text(
         f"# Benchmark results\n\nReproduce with `make bench` ({results['seconds']:.0f} s on this 2-core machine; "

@@ -12,9 +12,13 @@ T = TypeVar("T")
 Granularity = Literal["word", "char", "chunk"]
 GRANULARITIES: tuple[str, ...] = ("word", "char", "chunk")
 
-# A word keeps the whitespace that follows it, so joining the words gives back the exact text;
-# whitespace before the first word is a piece of its own.
-_WORD = regex.compile(r"^\s+|\S+\s*")
+# A word group: a word (UAX #29 default word boundaries: a Han or kana character is a word of its own, "can't"
+# and "3.14" are one) and the spaces and punctuation after it, up to where the next word starts. Each
+# group starts at a boundary before a word character, which later text cannot move (UAX #29 decides those
+# from the character and what precedes it), so only the last group is held back.
+_WORD_GROUP = regex.compile(r"(?ws)\b(?=\w).+?(?=\b(?=\w)|\Z)")
+# Left context for the boundary rules (at most a few characters back, e.g. "a'" before "b").
+_WORD_CONTEXT = 16
 # \X is an extended grapheme cluster (UAX #29): ZWJ emoji, flags, skin tones and combining marks stay whole.
 _GRAPHEME = regex.compile(r"\X")
 
@@ -40,13 +44,52 @@ def _split_streaming(pieces: Iterable[str | T], pattern: regex.Pattern[str]) -> 
         yield from pattern.findall(pending)
 
 
-def split_words(pieces: Iterable[str]) -> Iterator[str]:
-    """Yield whole words, each with its trailing whitespace.
+class WordSplitter:
+    """Cuts a growing text into word groups; each piece costs one regex pass over itself and a little context,
+    so splitting is linear in the text's length (see bench/bench_words.py), whatever the script."""
 
-    >>> list(split_words(["Hel", "lo wor", "ld!  "]))
-    ['Hello ', 'world!  ']
+    def __init__(self) -> None:
+        self._pending: list[str] = []  # the last group, still growing, as it arrived
+        self._recent = ""  # the last characters fed, the left context of the next piece
+
+    def feed(self, piece: str) -> list[str]:
+        """Add a piece of text; return the groups it completed."""
+        window = self._recent + piece
+        groups: list[str] = _WORD_GROUP.findall(window, len(self._recent))
+        self._recent = window[-_WORD_CONTEXT:]
+        if not groups:
+            self._pending.append(piece)
+            return groups
+        head = piece[: len(piece) - sum(map(len, groups))]  # before the first word start: the pending group's
+        if self._pending:
+            head = "".join(self._pending) + head
+        self._pending = [groups.pop()]
+        if head:
+            groups.insert(0, head)
+        return groups
+
+    def finish(self) -> list[str]:
+        """The held-back group, once no more text will come (or a marker ends the text)."""
+        rest = "".join(self._pending)
+        self._pending, self._recent = [], ""
+        return [rest] if rest else []
+
+
+def split_words(pieces: Iterable[str | T]) -> Iterator[str | T]:
+    """Yield whole words by Unicode word boundaries (UAX #29), each with the spaces and punctuation after it;
+    Chinese and Japanese stream a character at a time, Thai and Korean by their boundaries too.
+
+    >>> list(split_words(["Hel", "lo, wor", "ld! 你好", "世界"]))
+    ['Hello, ', 'world! ', '你', '好', '世', '界']
     """
-    return _split_streaming(pieces, _WORD)
+    words = WordSplitter()
+    for piece in pieces:
+        if isinstance(piece, str):
+            yield from words.feed(piece)
+        else:  # a marker (kit.sources.Role) ends the text before it and passes
+            yield from words.finish()
+            yield piece
+    yield from words.finish()
 
 
 def split_graphemes(pieces: Iterable[str]) -> Iterator[str]:

@@ -41,8 +41,23 @@ def test_char_split_never_breaks_a_cluster_even_when_tokens_cut_it_codepoint_by_
     assert list(split_graphemes(list(sample))) == clusters(sample)
 
 
-def test_words_keep_whitespace() -> None:
-    assert list(split_words(["  Hel", "lo\n", "\nwor", "ld  ", "!"])) == ["  ", "Hello\n\n", "world  ", "!"]
+def test_words_keep_the_whitespace_and_punctuation_after_them() -> None:
+    assert list(split_words(["  Hel", "lo\n", "\nwor", "ld  ", "!"])) == ["  ", "Hello\n\n", "world  !"]
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("你好，世界。", ["你", "好，", "世", "界。"]),  # a Han character is a word
+        ("こんにちは、カタカナです", ["こ", "ん", "に", "ち", "は、", "カタカナ", "で", "す"]),
+        ("안녕하세요 세계", ["안녕하세요 ", "세계"]),
+        ("สวัสดี ครับ", ["ส", "วั", "ส", "ดี ", "ค", "รั", "บ"]),  # no dictionary: Thai by its boundaries
+        ("can't stop at 3.14, e-mail", ["can't ", "stop ", "at ", "3.14, ", "e-", "mail"]),
+    ],
+)
+def test_every_script_streams_word_by_word_even_fed_a_character_at_a_time(text: str, words: list[str]) -> None:
+    assert list(split_words([text])) == words
+    assert list(split_words(list(text))) == words
 
 
 def test_unknown_granularity_names_the_choices() -> None:
@@ -64,11 +79,14 @@ def test_char_stream_round_trips_and_only_cuts_at_cluster_boundaries(text: str, 
 
 
 @given(text=text_strategy, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=30))
-def test_word_stream_round_trips(text: str, cuts: list[int]) -> None:
+def test_word_stream_round_trips_and_only_cuts_at_word_boundaries(text: str, cuts: list[int]) -> None:
     out = list(split_words(cut(text, cuts)))
-    assert "".join(out) == text
-    # every word but the first starts with a non-space: whitespace stays attached to the word before it
-    assert not any(regex.match(r"\s", word) for word in out[1:])
+    assert "".join(out) == text and all(out)
+    # every cut is a word boundary of the whole text (UAX #29), and the pieces do not depend on the feeding
+    assert boundaries(out) <= boundaries(regex.split(r"(?w)\b", text))
+    assert out == list(split_words([text]))
+    # every word but the first starts with a word character: what follows a word stays attached to it
+    assert not any(regex.match(r"\W", word) for word in out[1:])
 
 
 @given(pieces=st.lists(st.text(max_size=20), max_size=20))
