@@ -48,7 +48,7 @@ def test_words_keep_the_whitespace_and_punctuation_after_them() -> None:
 @pytest.mark.parametrize(
     ("text", "words"),
     [
-        ("你好，世界。", ["你", "好，", "世", "界。"]),  # a Han character is a word
+        ("你好，世界。", ["你", "好，", "世", "界。"]),  # noqa: RUF001 (a Han character is a word)
         ("こんにちは、カタカナです", ["こ", "ん", "に", "ち", "は、", "カタカナ", "で", "す"]),
         ("안녕하세요 세계", ["안녕하세요 ", "세계"]),
         ("สวัสดี ครับ", ["ส", "วั", "ส", "ดี ", "ค", "รั", "บ"]),  # no dictionary: Thai by its boundaries
