@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import socket
 import threading
 import time
@@ -26,6 +27,21 @@ class _BindFailed(Exception):
         self.error = error
 
 
+class _LastChunkFlushingWriter(io.BufferedWriter):
+    """A buffered socket writer that also sends the last chunk of a streamed response at once.
+
+    werkzeug writes the terminating `0` chunk without a flush, then drains the unread part of the request body
+    until the client closes. A route that streams without reading its request body would wait for a client
+    that waits for that last chunk: the reply never ends.
+    """
+
+    def write(self, data: Any) -> int:
+        written = super().write(data)
+        if len(data) == 5 and bytes(data) == b"0\r\n\r\n":
+            self.flush()
+        return written
+
+
 class _WholeChunkHandler(WSGIRequestHandler):
     """werkzeug's handler with a buffered socket writer.
 
@@ -35,6 +51,10 @@ class _WholeChunkHandler(WSGIRequestHandler):
     """
 
     wbufsize = -1  # the default buffer size; werkzeug flushes after every chunk
+
+    def setup(self) -> None:
+        super().setup()
+        self.wfile = _LastChunkFlushingWriter(self.wfile.detach())
 
     def finish(self) -> None:
         # A client that left (Stop button, closed tab) leaves bytes in the buffer that cannot be sent;

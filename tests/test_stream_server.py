@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import random
+import socket
 import threading
+import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
+from flask import Flask, Response
 from httpx_sse import connect_sse
 
 from kit import ServiceBusy, create_app
@@ -190,3 +194,29 @@ def test_a_client_leaving_mid_stream_prints_no_server_traceback(serve, capfd) ->
     assert wait_until(lambda: source.cancelled == 5, timeout=3.0)
     server.stop()
     assert "Exception occurred" not in capfd.readouterr().err
+
+
+def test_a_streamed_route_that_leaves_its_request_body_unread_still_ends(serve) -> None:  # type: ignore[no-untyped-def]
+    # Any Flask app served by kit.server (a peer, a user's own route), not only the kit's: werkzeug drains the
+    # unread body after the reply, so the last chunk must already be on its way to the client by then.
+    def slow_pieces() -> Iterator[str]:
+        for piece in "abc":
+            time.sleep(0.05)
+            yield piece
+
+    app = Flask("unread_body")
+    app.add_url_rule("/stream", "stream", lambda: Response(slow_pieces()), methods=["POST"])
+    server = serve(app)
+    host, port = server.url.removeprefix("http://").rstrip("/").split(":")
+    body = b'{"unread": true}'
+    head = f"POST /stream HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=5) as client:
+        client.sendall(head)
+        time.sleep(0.05)  # the body arrives while the reply streams, as it may from any client
+        client.sendall(body)
+        received = b""
+        while not received.endswith(b"0\r\n\r\n"):
+            chunk = client.recv(4096)  # raises TimeoutError after 5 s if the last chunk is held back
+            assert chunk, f"connection closed before the last chunk: {received!r}"
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200") and b"1\r\na\r\n" in received
