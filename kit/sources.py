@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import codecs
 import inspect
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from kit.errors import ChatError
 from kit.pump import CancelToken, close_iterator
+from kit.shapes import ACCEPTED, describe, read_text
 
 Message = dict[str, Any]
 """One Deep Chat message: {"role": "user" | "ai" | "system", "text": str, "files"?: [...]}."""
@@ -69,6 +72,8 @@ class SourceAdapter:
     adapt: Callable[[Any], SourceFn]
 
 
+log = logging.getLogger(__name__)
+
 _adapters: list[SourceAdapter] = []
 
 
@@ -94,9 +99,10 @@ def adapt_source(source: object) -> SourceFn:
         return lambda messages, cancel: [source]
     if callable(source):
         return _plain_callable(source)
+    known = "".join(f", a {adapter.name}" for adapter in _adapters)
     raise TypeError(
-        "source must be a callable taking the message list, an object with .stream() "
-        f"(a LangChain Runnable), or a str; got {type(source).__name__}"
+        f"source must be a callable taking the message list (returning an iterable of {ACCEPTED}){known}, "
+        f"or a str; got a {describe(source)}"
     )
 
 
@@ -122,71 +128,78 @@ def with_system_prompt(messages: list[Message], system_prompt: str | None) -> li
 
 
 def to_text(item: Any) -> str:
-    """The text carried by one streamed item: str, message chunk, llama.cpp delta, or dict.
+    """The text carried by one streamed item, of any shape in `kit.shapes.SHAPES` ("" for None).
+
+    Raises UnreadableItem naming the item's type when no shape fits.
 
     >>> to_text({"choices": [{"delta": {"content": "Hi"}}]})
     'Hi'
     """
     if item is None:
         return ""
-    if isinstance(item, str):
-        return item
-    if isinstance(item, dict):
-        return _dict_text(item)
-    content = getattr(item, "content", None)  # LangChain message chunks
-    if content is not None:
-        return _content_text(content)
-    text = getattr(item, "text", None)  # LangChain generation chunks, Deep Chat-like objects
-    if isinstance(text, str):
-        return text
-    raise TypeError(f"cannot get text out of a streamed {type(item).__name__}; yield str pieces instead")
+    text = read_text(item)
+    if text is None:
+        raise UnreadableItem(f"The kit cannot read text out of a streamed {describe(item)}. {_ADVICE}")
+    return text
 
 
-def _dict_text(item: dict[str, Any]) -> str:
-    choices = item.get("choices")
-    if isinstance(choices, list):  # llama-cpp-python / OpenAI chunks
-        choice = choices[0] if choices else {}
-        delta = choice.get("delta")
-        if isinstance(delta, dict):
-            return delta.get("content") or ""
-        return choice.get("text") or ""
-    for key in ("text", "content", "answer", "output"):
-        if key in item:
-            return to_text(item[key])
-    return ""
+_ADVICE = f"Yield str pieces, or one of: {ACCEPTED}."
 
 
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content blocks: keep the text ones
-        return "".join(
-            block if isinstance(block, str) else block.get("text", "")
-            for block in content
-            if isinstance(block, str) or (isinstance(block, dict) and block.get("type") == "text")
-        )
-    return ""
+class UnreadableItem(ChatError, TypeError):
+    """A source's items carry no text the kit can read; the message names the item type and what to yield."""
+
+    status = 502
 
 
 def texts(items: Iterable[Any]) -> Iterator[str | Role]:
     """Normalise items to non-empty text (Role markers pass as they are); bytes are decoded incrementally,
     so a token that ends inside a UTF-8 sequence is joined with the next one instead of becoming U+FFFD.
 
+    Never silent: items no shape fits are skipped with a warning naming their type, and a source that
+    ends without any text raises UnreadableItem saying why, so the client gets an error, not an empty bubble.
+
     >>> list(texts([b"caf\\xc3", b"\\xa9", "", " ok"]))
     ['caf', 'é', ' ok']
     """
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     iterator = iter(items)
+    count, produced, unread = 0, False, None
     try:
         for item in iterator:
             if isinstance(item, Role):
                 yield item
                 continue
-            text = decoder.decode(item) if isinstance(item, bytes | bytearray) else to_text(item)
+            count += 1
+            text = decoder.decode(item) if isinstance(item, bytes | bytearray) else _readable(item)
+            if text is None:
+                if unread is None:
+                    unread = describe(item)
+                    log.warning("skipping streamed items the kit cannot read: %s. %s", unread, _ADVICE)
+                continue
             if text:
+                produced = True
                 yield text
         tail = decoder.decode(b"", final=True)
         if tail:
+            produced = True
             yield tail
+        if not produced:
+            raise _no_text(count, unread)
     finally:
         close_iterator(iterator)
+
+
+def _readable(item: Any) -> str | None:
+    return "" if item is None else read_text(item)
+
+
+def _no_text(count: int, unread: str | None) -> UnreadableItem:
+    if unread is not None:
+        message = f"The source yielded {count} item(s) but no text: the kit cannot read a {unread}. {_ADVICE}"
+    elif count:
+        message = f"The source yielded {count} item(s), none with any text: the reply would be empty."
+    else:
+        message = "The source ended without yielding anything: the reply would be empty."
+    log.warning(message)
+    return UnreadableItem(message)

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from kit import create_app
+from kit.child_server import ChildServer, start_llama_server
 from kit.client import Received, Reply, chat_body, iter_stream, stream_chat
 from kit.pump import live_producers
 from kit.server import BackgroundServer
@@ -55,6 +56,25 @@ class CompatResult:
     first_event_s: float  # from sending the request to the first text event
     total_s: float
     stop_s: float  # from closing the connection to the source's producer thread ending
+
+
+_llama_server: ChildServer | None = None
+
+
+def llama_server_url() -> str:
+    """llama-cpp-python's OpenAI-compatible server on loopback (the embedded model), started once for the rows
+    that need it and stopped by `stop_llama_server` (each test module's fixture)."""
+    global _llama_server
+    if _llama_server is None:
+        _llama_server = start_llama_server()
+    return _llama_server.url
+
+
+def stop_llama_server() -> None:
+    global _llama_server
+    if _llama_server is not None:
+        _llama_server.stop()
+        _llama_server = None
 
 
 def _await(condition: Callable[[], bool], timeout: float) -> float | None:

@@ -19,10 +19,9 @@ from langchain_core.tools import tool
 from langgraph.graph import END, START, MessagesState, StateGraph
 
 from kit.chains import callback_source, demo_chain, history_input, openai_chat_model
-from kit.child_server import ChildServer, start_llama_server
 from kit.graphs import graph_source
 from kit.llama import ChatLlama
-from tests.compat import CompatCase, check_case
+from tests.compat import CompatCase, check_case, llama_server_url, stop_llama_server
 
 WEATHER_QUESTION = "What is the weather in Paris?"
 QUESTION = "Tell me about Paris in two sentences."
@@ -88,28 +87,14 @@ def callback_function() -> Any:
     return callback_source(answer, to_input=history_input(), models=[kit_model()])
 
 
-_openai_server: ChildServer | None = None
-
-
-def openai_server_url() -> str:
-    """llama-cpp-python's OpenAI-compatible server on loopback, started once for the rows that need it."""
-    global _openai_server
-    if _openai_server is None:
-        _openai_server = start_llama_server()
-    return _openai_server.url
-
-
 @pytest.fixture(scope="module", autouse=True)
 def stop_openai_server() -> Iterator[None]:
     yield
-    global _openai_server
-    if _openai_server is not None:
-        _openai_server.stop()
-        _openai_server = None
+    stop_llama_server()
 
 
 def remote_model() -> Any:
-    return openai_chat_model(openai_server_url(), max_tokens=48, temperature=0, seed=1)
+    return openai_chat_model(llama_server_url(), max_tokens=48, temperature=0, seed=1)
 
 
 CASES = [

@@ -26,7 +26,8 @@ ROUTES = ("chat-stream", "chat")
 
 
 def echo(messages: list[dict[str, object]]) -> Iterator[str]:
-    text = str(messages[-1].get("text", ""))
+    # An empty reply is an error (kit.sources.texts), so an empty message gets a visible answer.
+    text = str(messages[-1].get("text", "")) or "(an empty message)"
     for start in range(0, len(text), 7):
         yield text[start : start + 7]
 
