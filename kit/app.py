@@ -23,6 +23,7 @@ from kit.pump import CancelToken
 from kit.sanitize import neutralize_text
 from kit.sources import Message, Source, adapt_source, answer_text, texts, with_system_prompt
 from kit.sse import STREAM_HEADERS
+from kit.stop_requests import STOP_ROUTE, STREAM_ID_HEADER, StopRequests
 from kit.streaming import StreamSettings, public_message, sse_events, start_pump
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,8 @@ def create_app(
     doctor_probe: bool = True,
     title: str = "Deep Chat streaming kit",
 ) -> Flask:
-    """Build the app: `GET /` (the Deep Chat page), `POST /chat-stream` (SSE), `POST /chat` (one JSON
-    reply), `GET /healthz`.
+    """Build the app: `GET /` (the Deep Chat page), `POST /chat-stream` (SSE), `POST /chat-stream/stop` (Stop
+    by stream id), `POST /chat` (one JSON reply), `GET /healthz`.
 
     >>> app = create_app(lambda messages: ["Hello", ", ", "world"], granularity="word")
     >>> app.test_client().post("/chat", json={"messages": [{"role": "user", "text": "Hi"}]}).json
@@ -77,6 +78,7 @@ def create_app(
     # The doctor's probe bypasses the source, so it is cut as sent: its timing is what gets measured.
     probe_settings = dataclasses.replace(settings, granularity="chunk")
     origins = OriginPolicy(allowed_origins)
+    stop_requests = StopRequests()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.config["KIT_SETTINGS"] = settings
@@ -99,6 +101,7 @@ def create_app(
     def chat_stream() -> Response:
         messages = parse_chat_request(request)
         cancel = CancelToken()
+        stop_requests.register(request.headers.get(STREAM_ID_HEADER), cancel)
         plan = probe_plan(request.headers.get(PROBE_HEADER)) if doctor_probe else None
         if plan is not None:  # `python -m kit doctor`: a bounded, known script instead of the model
             pump = start_pump(probe_script(plan, settings.heartbeat_s, cancel), cancel, probe_settings)
@@ -109,6 +112,11 @@ def create_app(
             pump, settings, client_gone=client_gone_probe(request.environ), observers=observers_for(app, messages)
         )
         return Response(stream_with_context(events), headers=STREAM_HEADERS)
+
+    @app.post(STOP_ROUTE)
+    def stop_stream() -> Response:
+        # The page's Stop, for proxies that keep reading after the browser left (see kit.stop_requests).
+        return jsonify(stopped=stop_requests.stop(request.get_data(as_text=True).strip()))
 
     @app.post("/chat")
     def chat() -> Response:

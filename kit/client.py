@@ -74,14 +74,20 @@ def chat_body(text: str, history: list[dict[str, str]] | None = None) -> dict[st
 
 
 def iter_stream(
-    url: str, body: dict[str, Any], *, client: httpx.Client | None = None, timeout: float = 60.0
+    url: str,
+    body: dict[str, Any],
+    *,
+    client: httpx.Client | None = None,
+    timeout: float = 60.0,
+    headers: dict[str, str] | None = None,
 ) -> Iterator[Received | Reply]:
-    """Yield the Reply header first, then each Received item as its line arrives."""
+    """Yield the Reply header first, then each Received item as its line arrives (`headers` are sent along
+    with the Accept header, e.g. a stream id for `POST /chat-stream/stop`)."""
     own_client = client is None
     http = client or httpx.Client(timeout=timeout)
     try:
         started = time.perf_counter()
-        with http.stream("POST", url, json=body, headers=ACCEPT_HEADERS) as response:
+        with http.stream("POST", url, json=body, headers={**ACCEPT_HEADERS, **(headers or {})}) as response:
             yield Reply(response.status_code, dict(response.headers), started)
             if response.status_code != 200:
                 response.read()

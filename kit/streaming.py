@@ -212,7 +212,8 @@ def sse_events(
                 # Nothing may follow the error: any later message would make Deep Chat clear its bubble.
                 yield watch.wrote("error", error_event(public_message(item.error)))
             else:
-                reason = "finished"
+                # A source that obeyed a Stop request ends normally, but the reply was stopped, not finished.
+                reason = "client_gone" if pump.cancel.cancelled else "finished"
             return
     finally:
         with _open_lock:

@@ -141,6 +141,10 @@ def _result(name: str, reply: Reply, text_items: list[Received], stop_s: float) 
     )
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", r"\|")  # a pipe in a row's name would split its cell
+
+
 def table(results: list[CompatResult]) -> str:
     """The results as a Markdown table."""
     lines = [
@@ -148,8 +152,8 @@ def table(results: list[CompatResult]) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     lines += [
-        f"| {r.name} | {r.events} | {r.first_event_s * 1000:.0f} | {r.total_s * 1000:.0f} | {r.stop_s * 1000:.0f} "
-        f"| {len(r.text)} |"
+        f"| {_cell(r.name)} | {r.events} | {r.first_event_s * 1000:.0f} | {r.total_s * 1000:.0f} "
+        f"| {r.stop_s * 1000:.0f} | {len(r.text)} |"
         for r in results
     ]
     return "\n".join(lines)

@@ -32,6 +32,10 @@ class Responses:
     def to(self, fragment: str) -> list[tuple[int, str]]:
         return [(status, url) for status, url in self.seen if fragment in url]
 
+    def exactly(self, url: str) -> list[int]:
+        """The statuses of the responses to exactly this URL."""
+        return [status for status, seen in self.seen if seen == url]
+
 
 def log_in(page: Any, hub: Hub) -> None:
     """The hub's login form, as a user fills it; the hub then starts the user's server and opens it."""

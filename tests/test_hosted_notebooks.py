@@ -40,15 +40,13 @@ def remote_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter]:
 
 
 def _assert_streamed_through(responses: Responses, prefix: str, run: TutorialRun) -> None:
-    streams = responses.to(f"{prefix}chat-stream")
-    assert len(streams) == 2 and all(status == 200 for status, _ in streams), streams
+    assert responses.exactly(f"{prefix}chat-stream") == [200, 200], responses.seen
+    assert responses.exactly(f"{prefix}chat-stream/stop") == [200], responses.seen  # the Stop, through the proxy
     assert responses.to(prefix)[0][0] == 200  # the Deep Chat page itself, through the proxy
     assert not responses.refused(), responses.refused()
-    # Stop ends the reply in the browser, but jupyter-server-proxy 4.6 keeps reading the kit's response after
-    # the browser has gone (its progressive proxy never closes the upstream request), so the kit cannot
-    # learn of it and the source runs to its end. Should this fail, the proxy passes Stop on: the README's
-    # notebook section must then say so.
-    assert run.stopped_end == "finished", run.stopped_end
+    # jupyter-server-proxy 4.6 keeps reading the kit's reply after the browser has gone, so the disconnect never
+    # reaches the kit: Stop gets there by the page's stop request (kit.stop_requests).
+    assert run.stopped_end == "client_gone", run.stopped_end
 
 
 @pytest.mark.timeout(600)
