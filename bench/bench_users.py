@@ -24,6 +24,11 @@ from typing import Any
 from bench import bench_batching
 from kit.llama import Engine, default_model_path
 
+DRIFT_PROMPTS = [
+    f"{verb} {topic}."
+    for verb in ("Tell me about", "Write a haiku about", "Explain")
+    for topic in ("the sea", "cats", "bread", "the moon", "rain", "trains", "music", "Paris")
+]
 PROMPTS = [f"Write a long story about a dragon number {i} who learns to bake bread." for i in range(16)]
 TTFT_TARGET_S = 0.5
 ONE_USER_TARGET = 0.9
@@ -74,6 +79,25 @@ def old_engine_round(llama: Any, users: int, tokens: int) -> list[dict[str, floa
     return results
 
 
+def greedy_drift(engine: Engine, tokens: int, together: int = 8) -> dict[str, int]:
+    """How many greedy replies differ when decoded in a batch of `together` from the same request alone."""
+    options = {"max_tokens": tokens, "temperature": 0, "seed": 1, "repeat_penalty": 1.1}
+    questions = [[{"role": "user", "content": prompt}] for prompt in DRIFT_PROMPTS]
+    alone = ["".join(engine.chat(q, **options)) for q in questions]
+    batched: list[str] = [""] * len(questions)
+
+    def ask(i: int) -> None:
+        batched[i] = "".join(engine.chat(questions[i], **options))
+
+    for start in range(0, len(questions), together):
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(start, min(start + together, len(questions)))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return {"prompts": len(questions), "changed": sum(a != b for a, b in zip(alone, batched, strict=True))}
+
+
 def summarise(rounds: list[list[dict[str, float]]]) -> dict[str, Any]:
     """Medians (and min-max) over rounds of: TTFT p50/max, per-user tokens/s, aggregate tokens/s."""
 
@@ -113,6 +137,7 @@ def run(users: list[int], tokens: int, runs: int, threads: int | None = None) ->
             rounds["new"].append(new_engine_round(engine, count, tokens))
             rounds["old"].append(old_engine_round(old, count, tokens))
         results["users"][str(count)] = {name: summarise(r) for name, r in rounds.items()}
+    results["greedy_drift"] = greedy_drift(engine, tokens)
     one = results["users"].get("1")
     if one:
         limit_tps = limit["tokens_per_s"]
@@ -156,6 +181,12 @@ def describe(results: dict[str, Any]) -> str:
         lines.append(
             f"8 users: TTFT max {eight['new']['ttft_max_s']['max']:.2f} s over all runs (target <= {TTFT_TARGET_S}); "
             f"aggregate {aggregate / alone:.1f}x one user alone (target >= {AGGREGATE_TARGET})."
+        )
+    if "greedy_drift" in results:
+        drift = results["greedy_drift"]
+        lines.append(
+            f"Greedy replies changed by batching (8 at once vs alone, {results['tokens']} tokens): "
+            f"{drift['changed']} of {drift['prompts']}."
         )
     return "\n".join(lines)
 
