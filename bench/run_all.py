@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import bench_words, browser, concurrency, pipeline, report
+from bench import bench_users, bench_words, browser, concurrency, pipeline, report
 from bench.measure import ROOT, server_process
 
 DOCS = ROOT / "docs"
@@ -22,6 +22,15 @@ def model_figures() -> dict[str, Any]:
     """Run the model benchmark in its own process (it loads the model) and read its JSON."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         subprocess.run([sys.executable, "-m", "bench.bench_model", "--json", out.name], cwd=ROOT, check=True)
+        return json.loads(Path(out.name).read_text())
+
+
+def users_figures() -> dict[str, Any]:
+    """Many users on the embedded model, batched and one at a time (its own process: it loads the model)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        plot = DOCS / "bench_users.png"
+        command = [sys.executable, "-m", "bench.bench_users", "--json", out.name, "--plot", str(plot)]
+        subprocess.run(command, cwd=ROOT, check=True)
         return json.loads(Path(out.name).read_text())
 
 
@@ -38,6 +47,8 @@ def main() -> None:
     results["pipeline"] = pipeline.run(runs=args.runs, chars=chars, duration_s=1.5 if args.quick else 4.0)
     results["browser"] = browser.run(runs=args.runs, chars=4_000 if args.quick else 20_000)
     results["model"] = model_figures()
+    DOCS.mkdir(exist_ok=True)
+    results["users"] = users_figures()
     results["words"] = bench_words.run(runs=max(args.runs, 5))
     with server_process("bench.targets", "--chars", "1000") as server:
         development = concurrency.held_streams_memory(f"{server.url}/idle/chat-stream", server.pid)
@@ -51,6 +62,7 @@ def main() -> None:
     results["seconds"] = time.perf_counter() - started
     DOCS.mkdir(exist_ok=True)
     table = report.markdown(results) + "\n\n" + bench_words.describe(results["words"]) + "\n"
+    table += "\n" + bench_users.describe(results["users"]) + "\n\n![many users](bench_users.png)\n"
     (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=1))
     (DOCS / "benchmarks.md").write_text(
         f"# Benchmark results\n\nReproduce with `make bench` ({results['seconds']:.0f} s on this 2-core machine; "

@@ -223,11 +223,13 @@ def test_intermediate_steps_can_stream_into_a_bubble_of_their_own(two_step, serv
 def test_a_chain_over_a_busy_model_is_refused_with_503_before_the_first_byte(serve) -> None:
     impatient = ChatLlama(max_tokens=8, temperature=0, max_queue=0)
     server = serve(create_app(demo_chain(impatient)))
-    holder = impatient.engine.admit(CancelToken(), max_queue=0)  # another request has the model
+    # Other requests have every slot of the model (and there is no queue).
+    holders = [impatient.engine.admit(CancelToken(), max_queue=0) for _ in range(impatient.engine.slots)]
     try:
         response = httpx.post(server.url + "chat-stream", json=chat_body("Hi"), timeout=30)
     finally:
-        holder.release()
+        for holder in holders:
+            holder.release()
     assert response.status_code == 503 and "busy" in response.json()["error"]
     assert stream_chat(server.url + "chat-stream", "Hi").status == 200
 
