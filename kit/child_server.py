@@ -161,5 +161,6 @@ def start_llama_server(
     command = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(model_path or default_model_path()),
         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--verbose", "False",
+        "--flash_attn", "True",  # as the embedded engine: the same floating point, so the same greedy replies
     ]  # fmt: skip
     return ChildServer(command, f"http://127.0.0.1:{port}/v1", "/models", timeout_s=timeout_s)

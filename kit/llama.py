@@ -264,7 +264,9 @@ class Engine:
                     raise ModelUnavailable(f"llama-cpp-python is not installed: run `{INSTALL_LLAMA}`") from error
                 log.info("loading %s (%d slots of %d tokens)", self.model_path.name, self.slots, self.n_ctx)
                 # The Llama object's own small context serves `exclusive` holders; generations use the batch.
-                llama = Llama(model_path=str(self.model_path), n_ctx=256, n_threads=self.n_threads, verbose=False)
+                llama = Llama(
+                    model_path=str(self.model_path), n_ctx=256, n_threads=self.n_threads, flash_attn=True, verbose=False
+                )
                 eos, bos = llama.token_eos(), llama.token_bos()
                 self._formatter = Jinja2ChatFormatter(
                     template=llama.metadata["tokenizer.chat_template"],  # the chat template from the GGUF
