@@ -49,6 +49,7 @@ class NativeModel:
         params = self.api.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = n_ctx, n_ctx, 512, n_seq
         params.n_threads = params.n_threads_batch = threads
+        params.flash_attn_type = self.api.LLAMA_FLASH_ATTN_TYPE_ENABLED  # as the kit's engine
         return self.api.llama_init_from_model(self.model, params)
 
 
@@ -88,6 +89,26 @@ def _argmax(logits: Any, n_vocab: int) -> int:
     import numpy as np
 
     return int(np.argmax(np.ctypeslib.as_array(logits, shape=(n_vocab,))))
+
+
+def prefill_seconds(prompts: list[list[int]], threads: int) -> float:
+    """Seconds llama.cpp takes to read `prompts` (one sequence each) in full batches: no user asking with them
+    at once can see a first token sooner."""
+    native = NativeModel(str(default_model_path()))
+    api = native.api
+    ctx = native.context(n_ctx=len(prompts) * 1024, n_seq=len(prompts), threads=threads)
+    batch = api.llama_batch_init(512, 0, 1)
+    entries = [(token, i, seq, i == len(p) - 1) for seq, p in enumerate(prompts) for i, token in enumerate(p)]
+    try:
+        started = time.perf_counter()
+        for start in range(0, len(entries), 512):
+            _fill(api, batch, entries[start : start + 512])
+            if api.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed on the prompts")
+        return time.perf_counter() - started
+    finally:
+        api.llama_batch_free(batch)
+        api.llama_free(ctx)
 
 
 def run(sequences: list[int], threads: list[int], tokens: int, runs: int) -> dict[str, Any]:
