@@ -29,8 +29,9 @@ OPTIONS = frozenset({"max_tokens", "temperature", "top_p", "top_k", "seed", "rep
 # most one chunk's prefill (about 60 ms for 128 tokens of SmolLM2 on 2 cores) between two of their tokens.
 PROMPT_CHUNK = 128
 REPEAT_LAST_N = 64  # llama-cpp-python's create_chat_completion default
-# Sequences decoded together. Measured with bench/bench_batching.py (2 cores, 2 threads, greedy): 1 sequence
-# 128 tokens/s, 4: 167, 8: 197, 16: 220 aggregate; 8 keeps each user near 25 tokens/s (faster than reading).
+# Sequences decoded together. Measured with bench/bench_batching.py (2 cores, 2 threads, greedy, flash
+# attention): 1 sequence 169 tokens/s, 8: 221, 16: 231 aggregate. 16 adds 5% to 8 and halves each user's
+# speed; 8 keeps each user near 25 tokens/s (faster than anyone reads).
 DEFAULT_SLOTS = 8
 TURN = object()  # what an Engine.exclusive request receives when the model is its
 
