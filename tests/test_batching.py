@@ -9,8 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from kit.llama import Engine, LlamaSettings, engine_for
-from kit.pump import CancelToken
+from kit.model.engine import Engine, engine_for
+from kit.model.settings import LlamaSettings
+from kit.pipeline.pump import CancelToken
 from tests.helpers import wait_until
 
 GREEDY = {"max_tokens": 20, "temperature": 0, "seed": 1, "repeat_penalty": 1.1}

@@ -3,7 +3,7 @@
 A `Chain` is a Runnable, but its `.stream()` only yields the whole result once the chain has finished:
 served as a Runnable, its answer would arrive in one block. Such chains stream through callbacks instead
 (the StreamingStdOutCallbackHandler pattern), so `create_app(chain)` serves them with
-`kit.chains.callback_source`: the chain runs unchanged, and a handler added to the run forwards each
+`kit.adapters.callbacks.callback_source`: the chain runs unchanged, and a handler added to the run forwards each
 `on_llm_new_token` to the client. Handlers the user bound to the model at construction keep running
 (LangChain merges them with the run's), so a chain that printed to stdout still does.
 """
@@ -14,8 +14,8 @@ from typing import Any
 
 from langchain_classic.chains.base import Chain
 
-from kit.chains import callback_source
-from kit.sources import SourceAdapter, SourceFn, register_source_adapter
+from kit.adapters.callbacks import callback_source
+from kit.pipeline.sources import SourceAdapter, SourceFn, register_source_adapter
 
 
 def adapt_chain(chain: Any) -> SourceFn:

@@ -9,7 +9,7 @@ talking (the others' text then counts as steps).
 
 The graph's input is built from Deep Chat's history: a graph over `messages` (MessagesState, agents) gets
 the whole conversation as LangChain messages; other input schemas are filled as for chains
-(`kit.chains.default_to_input`). Stop closes the stream: LangGraph cancels the running step, and the kit's
+(`kit.adapters.inputs.default_to_input`). Stop closes the stream: LangGraph cancels the running step, and the kit's
 models inside it stop at their next token (the cancel token travels in the context LangGraph copies into
 its worker threads).
 """
@@ -25,11 +25,14 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Tool
 from langchain_core.runnables import RunnableConfig
 from langgraph.pregel import Pregel
 
-from kit.chains import InputMapper, admit_models, input_for_keys, released, to_messages, with_roles
+from kit.adapters.admission import admit_models, released
+from kit.adapters.events import with_roles
+from kit.adapters.inputs import InputMapper, input_for_keys, to_messages
 from kit.errors import ChatError
-from kit.llama import ChatLlama, bind_cancel
-from kit.pump import CancelToken, close_iterator
-from kit.sources import ANSWER_ROLE, Message, SourceAdapter, register_source_adapter
+from kit.model.cancel import bind_cancel
+from kit.model.chat_model import ChatLlama
+from kit.pipeline.pump import CancelToken, close_iterator
+from kit.pipeline.sources import ANSWER_ROLE, Message, SourceAdapter, register_source_adapter
 
 _DONE = object()
 ANSWER_KEYS = ("answer", "output", "response", "result", "text", "content")

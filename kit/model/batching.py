@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kit.errors import ChatError
-from kit.pump import CancelToken, Failed, Finished
+from kit.pipeline.pump import CancelToken, Failed, Finished
 
 log = logging.getLogger(__name__)
 
-# Options every generation accepts (the contract kit.llama_tools and LangChain callers rely on).
+# Options every generation accepts (the contract kit.model.tools and LangChain callers rely on).
 OPTIONS = frozenset({"max_tokens", "temperature", "top_p", "top_k", "seed", "repeat_penalty", "stop", "grammar"})
 # Prompt tokens fed per decode step across all sequences: bounds one step's time, so streaming users wait at
 # most one chunk's prefill (about 60 ms for 128 tokens of SmolLM2 on 2 cores) between two of their tokens.

@@ -153,9 +153,9 @@ def start_llama_server(
 ) -> ChildServer:
     """llama-cpp-python's OpenAI-compatible server on 127.0.0.1 (default model: the embedded SmolLM2).
 
-    Its API is at `child.url` (`http://127.0.0.1:PORT/v1`): point `kit.chains.openai_chat_model` at it.
+    Its API is at `child.url` (`http://127.0.0.1:PORT/v1`): point `kit.adapters.ready_made.openai_chat_model` at it.
     """
-    from kit.llama import default_model_path  # the model lookup lives with the model
+    from kit.model.settings import default_model_path  # the model lookup lives with the model
 
     port = port or free_port()
     command = [

@@ -10,7 +10,8 @@ from typing import Any, Literal, NamedTuple
 
 from flask import Flask
 
-from kit.observe import EndReason, StreamObserver, WriteKind, add_observer
+from kit.pipeline.observe import EndReason, StreamObserver, WriteKind
+from kit.web.observers import add_observer
 
 MarkKind = Literal["piece", "text", "heartbeat", "error"]
 
@@ -112,8 +113,8 @@ class Inspector:
     """Watches every stream an app serves from now on.
 
     >>> from kit import create_app
-    >>> from kit.client import stream_chat
-    >>> from kit.server import BackgroundServer
+    >>> from kit.serving.client import stream_chat
+    >>> from kit.serving.server import BackgroundServer
     >>> app = create_app(lambda messages: ["a", "b", "c"], coalesce_ms=0)
     >>> inspector = Inspector(app)
     >>> with BackgroundServer(app) as server:

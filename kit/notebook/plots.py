@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kit.inspector import StreamRecord
+from kit.notebook.inspector import StreamRecord
 
 _STYLE = {
     "piece": ("source pieces", "#999999"),
@@ -19,7 +19,7 @@ def plot_streams(streams: Mapping[str, StreamRecord], title: str = "") -> Any:
     """A figure with, per stream, its timeline (a tick per source piece, per event, per heartbeat) on top
     and the cumulative bytes it sent below. Returns a matplotlib Figure (displayed inline by Jupyter).
 
-    >>> from kit.inspector import StreamRecord
+    >>> from kit.notebook.inspector import StreamRecord
     >>> record = StreamRecord([])
     >>> record.piece(5, record.started + 0.01); record.write("text", 20, record.started + 0.01)
     >>> record.end("finished", record.started + 0.02)

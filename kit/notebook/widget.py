@@ -10,9 +10,9 @@ from typing import Any
 
 from flask import Flask
 
-from kit.browser_url import BrowserUrl, browser_url
-from kit.child_server import wait_until_answering
-from kit.server import BackgroundServer, PortInUse
+from kit.notebook.browser_url import BrowserUrl, browser_url
+from kit.notebook.child_server import wait_until_answering
+from kit.serving.server import BackgroundServer, PortInUse
 
 _lock = threading.Lock()
 _running: dict[str, Server] = {}
@@ -71,7 +71,7 @@ def serve(
     Serving again under the same `name` (by default the app's title) first stops the previous server, so
     re-running a notebook cell leaks no port and no thread, even with a fixed `port`. `base` is the
     Jupyter server's base URL when the browser must go through jupyter-server-proxy (see
-    `kit.browser_url`).
+    `kit.notebook.browser_url`).
 
     >>> import httpx
     >>> from kit import create_app
@@ -138,7 +138,7 @@ def _link_html(where: BrowserUrl) -> str:
 
 def show(server: Server, height: int = 420, inspector: Any = None) -> Any:
     """An ipywidgets box with Deep Chat in an iframe and a link opening it in a new tab; with an
-    `inspector` (kit.inspector.Inspector) its live view sits beside the chat. `box.where` says which
+    `inspector` (kit.notebook.inspector.Inspector) its live view sits beside the chat. `box.where` says which
     URL was chosen and why; the box itself shows it in a line under the chat."""
     import ipywidgets as widgets  # imported only when a widget is first built
 

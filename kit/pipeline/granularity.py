@@ -28,7 +28,7 @@ def _split_streaming(pieces: Iterable[str | T], pattern: regex.Pattern[str]) -> 
     # by whitespace, an emoji whose modifier is in the next token), so it is held back until then.
     pending = ""
     for piece in pieces:
-        if not isinstance(piece, str):  # a marker (kit.sources.Role) ends the text before it and passes
+        if not isinstance(piece, str):  # a marker (kit.pipeline.sources.Role) ends the text before it and passes
             if pending:
                 yield from pattern.findall(pending)
             pending = ""
@@ -86,7 +86,7 @@ def split_words(pieces: Iterable[str | T]) -> Iterator[str | T]:
     for piece in pieces:
         if isinstance(piece, str):
             yield from words.feed(piece)
-        else:  # a marker (kit.sources.Role) ends the text before it and passes
+        else:  # a marker (kit.pipeline.sources.Role) ends the text before it and passes
             yield from words.finish()
             yield piece
     yield from words.finish()

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from flask import Flask
-
 WriteKind = Literal["text", "heartbeat", "error"]
 EndReason = Literal["finished", "failed", "client_gone"]
 
@@ -29,17 +27,3 @@ class StreamObserver:
 
 ObserverFactory = Callable[[list[dict[str, object]]], StreamObserver]
 """Called once per streamed request with its messages; returns the observer for that stream."""
-
-_EXTENSION = "kit.observers"
-
-
-def add_observer(app: Flask, factory: ObserverFactory) -> Callable[[], None]:
-    """Watch every stream the app serves from now on; returns a function that stops watching."""
-    factories: list[ObserverFactory] = app.extensions.setdefault(_EXTENSION, [])
-    factories.append(factory)
-    return lambda: factories.remove(factory) if factory in factories else None
-
-
-def observers_for(app: Flask, messages: list[dict[str, object]]) -> list[StreamObserver]:
-    """One observer per registered factory, for a stream that starts now."""
-    return [factory(messages) for factory in app.extensions.get(_EXTENSION, [])]

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import regex
 
-from kit.pump import close_iterator
+from kit.pipeline.pump import close_iterator
 
 T = TypeVar("T")
 
@@ -98,7 +98,7 @@ def neutralize_links(pieces: Iterable[str | T]) -> Iterator[str | T]:
     """Yield the pieces with dangerous link schemes replaced by `about:blank#blocked:`.
 
     Text is held back only while it could still become a dangerous link, and only that part of it.
-    Anything that is not text (a `kit.sources.Role` marker) ends the held text and passes as it is.
+    Anything that is not text (a `kit.pipeline.sources.Role` marker) ends the held text and passes as it is.
 
     >>> "".join(neutralize_links(["See [docs](https://x.org) or [this](java", "script:alert(1))"]))
     'See [docs](https://x.org) or [this](about:blank#blocked:alert(1))'

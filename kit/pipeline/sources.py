@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from kit.errors import ChatError
-from kit.pump import CancelToken, close_iterator
-from kit.shapes import ACCEPTED, describe, read_text
+from kit.pipeline.pump import CancelToken, close_iterator
+from kit.pipeline.shapes import ACCEPTED, describe, read_text
 
 Message = dict[str, Any]
 """One Deep Chat message: {"role": "user" | "ai" | "system", "text": str, "files"?: [...]}."""
@@ -128,7 +128,7 @@ def with_system_prompt(messages: list[Message], system_prompt: str | None) -> li
 
 
 def to_text(item: Any) -> str:
-    """The text carried by one streamed item, of any shape in `kit.shapes.SHAPES` ("" for None).
+    """The text carried by one streamed item, of any shape in `kit.pipeline.shapes.SHAPES` ("" for None).
 
     Raises UnreadableItem naming the item's type when no shape fits.
 

@@ -9,14 +9,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from kit.coalesce import Coalescer
 from kit.errors import ChatError
-from kit.granularity import splitter
-from kit.observe import EndReason, StreamObserver, WriteKind
-from kit.pump import CancelToken, Failed, Pump, Timeout
-from kit.sanitize import neutralize_links, scrub_surrogates
-from kit.sources import Role, texts
-from kit.sse import HEARTBEAT, error_event, text_event
+from kit.pipeline.coalesce import Coalescer
+from kit.pipeline.granularity import splitter
+from kit.pipeline.observe import EndReason, StreamObserver, WriteKind
+from kit.pipeline.pump import CancelToken, Failed, Pump, Timeout
+from kit.pipeline.sanitize import neutralize_links, scrub_surrogates
+from kit.pipeline.sources import Role, texts
+from kit.pipeline.sse import HEARTBEAT, error_event, text_event
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,7 +45,7 @@ class StreamSettings:
     disconnect_poll_s: float = 0.25
     queue_size: int = 256
     stall_timeout_s: float = 30.0
-    # Model output is untrusted: `javascript:` and similar link schemes are rewritten (kit.sanitize).
+    # Model output is untrusted: `javascript:` and similar link schemes are rewritten (kit.pipeline.sanitize).
     neutralize_links: bool = True
 
     def __post_init__(self) -> None:
@@ -79,7 +79,7 @@ _stopped_streams: set[CancelToken] = set()  # ended by end_open_streams: they ow
 def end_open_streams() -> int:
     """End every stream this process is serving, each with a final "restarting" error event.
 
-    For a server that is shutting down (kit.production calls it when a gunicorn worker is told to
+    For a server that is shutting down (kit.serving.production calls it when a gunicorn worker is told to
     stop): instead of waiting out long replies, clients learn at once and can send again. Returns how
     many streams were ended.
     """

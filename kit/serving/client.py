@@ -118,7 +118,7 @@ def stream_chat(
     """Send one chat message (after the earlier turns in `history`) to a stream route and read the whole reply.
 
     >>> from kit import create_app
-    >>> from kit.server import BackgroundServer
+    >>> from kit.serving.server import BackgroundServer
     >>> with BackgroundServer(create_app(lambda m: ["Hi ", "there"])) as server:
     ...     stream_chat(server.url + "chat-stream", "hello").text
     'Hi there'

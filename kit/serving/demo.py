@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Flask
 
-from kit.app import create_app
-from kit.fakes import ScriptedSource
-from kit.granularity import splitter
+from kit.pipeline.granularity import splitter
+from kit.testing.fakes import ScriptedSource
+from kit.web.app import create_app
 
 DEMO_TEXT = (
     "Streaming makes a chatbot feel alive: the reply appears as it is written, not all at once. "
@@ -30,7 +30,7 @@ DEMOS = ("word", "char", "chain")
 def build_demo_app(demo: str, delay_ms: float) -> Flask:
     """The app behind `serve --demo NAME` (and, in each gunicorn worker, `serve --prod --demo NAME`)."""
     if demo == "chain":  # a LangChain chain on the embedded model; LangChain is imported for this demo only
-        from kit.chains import demo_chain
+        from kit.adapters.ready_made import demo_chain
 
         return create_app(demo_chain(), title="Deep Chat kit: chain demo")
     return create_app(demo_source(demo, delay_ms), granularity=demo, title=f"Deep Chat kit: {demo} demo")

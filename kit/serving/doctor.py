@@ -13,75 +13,14 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from kit.pump import CancelToken
+from kit.web.probe import _SIGNATURE, DEFAULT_SILENCE_S, MAX_SILENCE_S, PROBE_HEADER, ProbePlan, probe_pieces
 
-PROBE_HEADER = "X-Kit-Probe"
-PROBE_TICKS = 10
-PROBE_INTERVAL_S = 0.25
-DEFAULT_SILENCE_S = 8.0
-# A probe holds a request thread for at most this silence plus its ticks; nobody can make it longer.
-MAX_SILENCE_S = 60.0
-_SIGNATURE = "kit-probe"
 # An event held back longer than this (beyond network and scheduling noise) means something buffers.
 HELD_BACK_LIMIT_S = 1.0
-
-
-@dataclass(frozen=True)
-class ProbePlan:
-    """What the kit streams for one probe."""
-
-    silence_s: float = DEFAULT_SILENCE_S
-    ticks: int = PROBE_TICKS
-    interval_s: float = PROBE_INTERVAL_S
-
-
-def probe_plan(header: str | None) -> ProbePlan | None:
-    """Read a probe request header (`silence=8`); None when it is absent. Values are clamped, never trusted.
-
-    >>> probe_plan("silence=7.5")
-    ProbePlan(silence_s=7.5, ticks=10, interval_s=0.25)
-    >>> probe_plan("silence=1e9").silence_s, probe_plan("junk").silence_s, probe_plan(None)
-    (60.0, 8.0, None)
-    """
-    if header is None:
-        return None
-    silence = DEFAULT_SILENCE_S
-    for part in header.split(";"):
-        key, _, value = part.partition("=")
-        if key.strip() == "silence":
-            try:
-                silence = float(value)
-            except ValueError:
-                continue
-    if not 0 <= silence <= MAX_SILENCE_S:  # also refuses NaN
-        silence = MAX_SILENCE_S if silence > MAX_SILENCE_S else DEFAULT_SILENCE_S
-    return ProbePlan(silence_s=silence)
-
-
-def probe_pieces(plan: ProbePlan, heartbeat_s: float) -> list[str]:
-    """The exact text pieces of a probe, in order: a header line, the ticks, and the end marker."""
-    head = f"{_SIGNATURE} heartbeat_s={heartbeat_s:g} silence_s={plan.silence_s:g}\n"
-    ticks = [f"tick {index:02d}/{plan.ticks:02d}\n" for index in range(1, plan.ticks + 1)]
-    return [head, *ticks, "end\n"]
-
-
-def probe_script(plan: ProbePlan, heartbeat_s: float, cancel: CancelToken) -> Iterator[str]:
-    """The probe as a source: paced pieces on an absolute schedule, then the silence, then the end.
-
-    It waits on the cancel token, so a doctor that leaves early frees the thread at once.
-    """
-    pieces = probe_pieces(plan, heartbeat_s)
-    start = time.monotonic()
-    for index, piece in enumerate(pieces[:-1]):
-        if cancel.wait(max(start + index * plan.interval_s - time.monotonic(), 0.0)):
-            return
-        yield piece
-    if not cancel.wait(plan.silence_s):
-        yield pieces[-1]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -218,7 +157,7 @@ def diagnose(
     streams only requests carrying it (jupyter-server-proxy) buffers that one, and the report says so.
     `timeout_s` is the longest wait for any single line of the stream (on top of the silence).
     """
-    from kit.client import ACCEPT_HEADERS
+    from kit.serving.client import ACCEPT_HEADERS
 
     target = stream_url(url)
     # The probes choose their Accept header themselves.
@@ -236,7 +175,7 @@ def diagnose(
 ACCEPT_FIX = (
     "a proxy on the way streams only requests whose Accept header is exactly `text/event-stream` "
     "(jupyter-server-proxy, so JupyterHub and remote Jupyter servers, does this) and buffers the whole reply "
-    "of any other. Deep Chat and kit.client send it; your own page or client must send "
+    "of any other. Deep Chat and kit.serving.client send it; your own page or client must send "
     "`Accept: text/event-stream` with its POST too"
 )
 
@@ -258,7 +197,7 @@ def _judge_accept(got: _Arrivals) -> Finding:
 def _receive(target: str, silence_s: float, timeout_s: float, extra: Mapping[str, str]) -> _Arrivals:
     import httpx
 
-    from kit.client import chat_body
+    from kit.serving.client import chat_body
 
     headers = {
         PROBE_HEADER: f"silence={silence_s:g}",

@@ -2,8 +2,8 @@
 
 `python -m kit serve --prod` runs `gunicorn_command(...)`; the same command can be written by hand::
 
-    gunicorn --config python:kit.production --worker-class gthread --threads 32 --workers 2 \\
-        --bind 127.0.0.1:8000 'kit.production:demo_app("word", 40.0)'
+    gunicorn --config python:kit.serving.production --worker-class gthread --threads 32 --workers 2 \\
+        --bind 127.0.0.1:8000 'kit.serving.production:demo_app("word", 40.0)'
 
 This module is also that gunicorn config file: its `post_worker_init` and `worker_int` hooks make a
 worker that is told to stop end its open streams at once (each gets a final "restarting" error event)
@@ -45,14 +45,14 @@ def gunicorn_command(
 ) -> list[str]:
     """The gunicorn command line for an app given as `module:variable` or `module:factory(args)`.
 
-    >>> gunicorn_command("kit.production:demo_app()", port=0)[3:9]
-    ['--config', 'python:kit.production', '--bind', '127.0.0.1:0', '--workers', '2']
+    >>> gunicorn_command("kit.serving.production:demo_app()", port=0)[3:9]
+    ['--config', 'python:kit.serving.production', '--bind', '127.0.0.1:0', '--workers', '2']
     """
     if worker_class not in WORKER_CLASSES:
         raise ValueError(f"worker_class must be one of {sorted(WORKER_CLASSES)}, not {worker_class!r}")
     if workers < 1 or threads < 1 or connections < 1:
         raise ValueError("workers, threads and connections must be at least 1")
-    command = [sys.executable, "-m", "gunicorn", "--config", "python:kit.production"]
+    command = [sys.executable, "-m", "gunicorn", "--config", "python:kit.serving.production"]
     command += ["--bind", f"{host}:{port}", "--workers", str(workers)]
     command += ["--worker-class", WORKER_CLASSES[worker_class]]
     if worker_class == "threads":
@@ -71,14 +71,14 @@ def run(command: Sequence[str]) -> None:
 
 def demo_app(demo: str = "word", delay_ms: float = 40.0) -> Flask:
     """The app factory behind `serve --prod --demo NAME` (gunicorn calls it in each worker)."""
-    from kit.demo import build_demo_app
+    from kit.serving.demo import build_demo_app
 
     return build_demo_app(demo, delay_ms)
 
 
 # ---------------------------------------------------------------------------------------------------
 # gunicorn settings and hooks: gunicorn reads these names from this module when started with
-# `--config python:kit.production`. Nothing else here may carry a gunicorn setting's name.
+# `--config python:kit.serving.production`. Nothing else here may carry a gunicorn setting's name.
 
 # gunicorn >= 25.1 opens a control socket at one fixed path in the home directory, so two servers on one
 # machine (two kits, a test next to a dev server) fight over it. Older versions ignore this name.
@@ -86,7 +86,7 @@ control_socket_disable = True
 
 
 def _end_streams() -> None:
-    from kit.streaming import end_open_streams
+    from kit.pipeline.streaming import end_open_streams
 
     count = end_open_streams()
     if count:

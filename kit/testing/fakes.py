@@ -6,8 +6,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from kit.pump import CancelToken
-from kit.sources import Message
+from kit.pipeline.pump import CancelToken
+from kit.pipeline.sources import Message
 
 
 class ScriptedFailure(RuntimeError):

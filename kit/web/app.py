@@ -12,29 +12,33 @@ from typing import Any
 from flask import Flask, Response, jsonify, request, stream_with_context
 from werkzeug.exceptions import HTTPException
 
-from kit.chat_request import parse_chat_request
-from kit.disconnect import client_gone_probe
-from kit.doctor import PROBE_HEADER, probe_plan, probe_script
 from kit.errors import ChatError
-from kit.observe import observers_for
-from kit.origins import OriginPolicy
-from kit.page import CONTENT_SECURITY_POLICY, render_page
-from kit.pump import CancelToken
-from kit.sanitize import neutralize_text
-from kit.sources import Message, Source, adapt_source, answer_text, texts, with_system_prompt
-from kit.sse import STREAM_HEADERS
-from kit.stop_requests import STOP_ROUTE, STREAM_ID_HEADER, StopRequests
-from kit.streaming import StreamSettings, public_message, sse_events, start_pump
+from kit.pipeline.pump import CancelToken
+from kit.pipeline.sanitize import neutralize_text
+from kit.pipeline.sources import Message, Source, adapt_source, answer_text, texts, with_system_prompt
+from kit.pipeline.sse import STREAM_HEADERS
+from kit.pipeline.streaming import StreamSettings, public_message, sse_events, start_pump
+from kit.web.chat_request import parse_chat_request
+from kit.web.disconnect import client_gone_probe
+from kit.web.observers import observers_for
+from kit.web.origins import OriginPolicy
+from kit.web.page import CONTENT_SECURITY_POLICY, render_page
+from kit.web.probe import PROBE_HEADER, probe_plan, probe_script
+from kit.web.stop_requests import STOP_ROUTE, STREAM_ID_HEADER, StopRequests
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
-# Adapter modules register the kinds of source they recognise (kit.sources.register_source_adapter). Each
+# Adapter modules register the kinds of source they recognise (`register_source_adapter`). Each
 # is imported only when the library it adapts is already loaded: a user's object can only come from a
 # library the process has imported, and an app of plain functions then never pays for LangChain.
 # Specific kinds register after the general Runnable adapter, so they are tried first.
-ADAPTER_MODULES = {"langchain_core": "kit.chains", "langgraph": "kit.graphs", "langchain_classic": "kit.classic"}
+ADAPTER_MODULES = {
+    "langchain_core": "kit.adapters.runnables",
+    "langgraph": "kit.adapters.graphs",
+    "langchain_classic": "kit.adapters.classic",
+}
 
 
 def _load_adapters() -> None:
@@ -115,7 +119,7 @@ def create_app(
 
     @app.post(STOP_ROUTE)
     def stop_stream() -> Response:
-        # The page's Stop, for proxies that keep reading after the browser left (see kit.stop_requests).
+        # The page's Stop, for proxies that keep reading after the browser left (see kit.web.stop_requests).
         return jsonify(stopped=stop_requests.stop(request.get_data(as_text=True).strip()))
 
     @app.post("/chat")

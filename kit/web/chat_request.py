@@ -8,7 +8,7 @@ from typing import Any
 from flask import Request
 
 from kit.errors import ChatError
-from kit.sources import Message
+from kit.pipeline.sources import Message
 
 MAX_MESSAGES = 1_000
 

@@ -1,6 +1,6 @@
 """Stop requests: cancelling a running stream by the id its client gave it.
 
-A browser's Stop closes its connection, which is how the kit normally learns of it (kit.disconnect). Some
+A browser's Stop closes its connection, which is how the kit normally learns of it (kit.web.disconnect). Some
 proxies keep reading the kit's reply after the browser has gone (jupyter-server-proxy, so every JupyterHub),
 and the kit would never learn. So the kit's page names each stream (the `X-Kit-Stream-Id` header) and, when
 Deep Chat aborts it, posts that id to `POST /chat-stream/stop`: an ordinary request, which every proxy passes.
@@ -13,7 +13,7 @@ import threading
 import weakref
 
 from kit.errors import ChatError
-from kit.pump import CancelToken
+from kit.pipeline.pump import CancelToken
 
 STREAM_ID_HEADER = "X-Kit-Stream-Id"
 STOP_ROUTE = "/chat-stream/stop"
