@@ -37,6 +37,7 @@ class ChatLlama(BaseChatModel):
     model_path: str | None = LlamaSettings.model_path
     n_ctx: int = LlamaSettings.n_ctx
     n_threads: int | None = LlamaSettings.n_threads
+    slots: int = LlamaSettings.slots
     max_tokens: int = LlamaSettings.max_tokens
     temperature: float = LlamaSettings.temperature
     seed: int | None = LlamaSettings.seed

@@ -213,15 +213,15 @@ class Engine:
                 yield text
 
 
-_engines: dict[tuple[Path, int, int | None], Engine] = {}
+_engines: dict[tuple[Path, int, int | None, int], Engine] = {}
 _engines_lock = threading.Lock()
 
 
 def engine_for(settings: LlamaSettings) -> Engine:
-    """The process-wide engine for these settings' model file, context size and threads (created once)."""
-    key = (settings.resolved_path(), settings.n_ctx, settings.n_threads)
+    """The process-wide engine for these settings' model file, context size, threads and slots (created once)."""
+    path, n_ctx, n_threads, slots = key = (settings.resolved_path(), settings.n_ctx, settings.n_threads, settings.slots)
     with _engines_lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = _engines[key] = Engine(*key)
+            engine = _engines[key] = Engine(path, n_ctx=n_ctx, n_threads=n_threads, slots=slots)
         return engine

