@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEEP_CHAT_VERSION := 2.4.2
 DEEP_CHAT_SHA256 := 4be8e65b12c0678ccc06fd157a402be4dc7c01f910056166518781f1de2d6ad7
 SMOLLM2_VERSION := 0.1.2
-BUNDLE := kit/static/vendor/deepChat.bundle.js
+BUNDLE := kit/web/static/vendor/deepChat.bundle.js
 LAB_PORT ?= 8888
 
 .PHONY: setup lab test lint system-deps hub-deps bench

@@ -14,7 +14,7 @@ import statistics
 import time
 from typing import Any
 
-from kit.llama import default_model_path
+from kit.model.settings import default_model_path
 
 PROMPT = "Write a long story about a dragon who learns to bake bread."
 

@@ -2,8 +2,8 @@
 
 Fair by construction: the same Llama object, prompt, max_tokens, greedy decoding (temperature 0) and seed;
 each generation starts from an empty context; raw and kit runs alternate, and medians are reported.
-"Through the kit" is a real server on loopback (`kit.server.BackgroundServer`), read by `kit.client` in a
-process of its own (as a browser would be; `--client-in-process` to share the server's).
+"Through the kit" is a real server on loopback (`kit.serving.server.BackgroundServer`), read by
+`kit.serving.client` in a process of its own (as a browser would be; `--client-in-process` to share the server's).
 
     python -m bench.bench_model [--runs 7] [--max-tokens 128] [--json out.json]
 """
@@ -25,9 +25,12 @@ from typing import Any
 import httpx
 
 from kit import create_app
-from kit.client import Received, Reply, chat_body, iter_stream
-from kit.llama import ChatLlama, Engine, LlamaSettings, LlamaSource, engine_for
-from kit.server import BackgroundServer
+from kit.model.chat_model import ChatLlama
+from kit.model.engine import Engine, engine_for
+from kit.model.settings import LlamaSettings
+from kit.model.source import LlamaSource
+from kit.serving.client import Received, Reply, chat_body, iter_stream
+from kit.serving.server import BackgroundServer
 
 PROMPT = "Write a long story about a dragon who learns to bake bread."
 TARGET_RATIO = 0.97
@@ -118,7 +121,7 @@ def read_stream(url: str, client: httpx.Client) -> tuple[float, float, float, in
 
 
 class ClientProcess:
-    """kit.client in a process of its own, as a browser would be: its parsing does not share the server's
+    """kit.serving.client in a process of its own, as a browser would be: its parsing does not share the server's
     GIL. perf_counter is CLOCK_MONOTONIC on Linux, so its times compare with the server's."""
 
     def __init__(self) -> None:

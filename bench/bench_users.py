@@ -3,7 +3,7 @@
 For 1, 2, 4, 8 and 16 users asking at once (greedy, the same reply length): every user's time to first text,
 the tokens/s each user sees (tokens ÷ time from asking to the last text) and the aggregate tokens/s. The old
 engine is llama-cpp-python's `create_chat_completion` serving the requests one after another in arrival
-order (what kit.llama.Engine did before continuous batching). The limit is bench/bench_batching.py's bare
+order (what kit.model.engine.Engine did before continuous batching). The limit is bench/bench_batching.py's bare
 greedy loop for one sequence on the same model and threads. Medians over `--runs`, with min-max spread.
 
     python -m bench.bench_users [--runs 3] [--tokens 96] [--users 1 2 4 8 16] [--json out.json] [--plot out.png]
@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import bench_batching
-from kit.llama import Engine, default_model_path
+from kit.model.engine import Engine
+from kit.model.settings import default_model_path
 
 DRIFT_PROMPTS = [
     f"{verb} {topic}."

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.measure import summary
-from kit.granularity import _WORD_CONTEXT, _WORD_GROUP, split_words
+from kit.pipeline.granularity import _WORD_CONTEXT, _WORD_GROUP, split_words
 
 TEXTS = {
     "Chinese (a word per character)": "中文的流式输出" * (100_000 // 7),

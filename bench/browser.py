@@ -6,10 +6,10 @@ from typing import Any
 
 from bench.measure import summary
 from kit import create_app
-from kit.browser import chromium_page
-from kit.fakes import ScriptedSource
-from kit.server import BackgroundServer
-from kit.streaming import StreamSettings
+from kit.pipeline.streaming import StreamSettings
+from kit.serving.server import BackgroundServer
+from kit.testing.browser import chromium_page
+from kit.testing.fakes import ScriptedSource
 
 # Installed before the page's scripts: time the last byte of the stream, observe long tasks, and time
 # the frame at which the last AI bubble first shows the whole reply.

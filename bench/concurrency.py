@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 
 from bench.measure import ROOT, ServerProcess
-from kit.child_server import free_port, wait_until_answering
-from kit.client import chat_body
-from kit.production import gunicorn_command
+from kit.notebook.child_server import free_port, wait_until_answering
+from kit.serving.client import chat_body
+from kit.serving.production import gunicorn_command
 
 
 def tree_rss_mb(pid: int) -> float:

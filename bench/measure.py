@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from kit.client import chat_body
+from kit.serving.client import chat_body
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,17 +6,22 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kit.app import create_app
     from kit.errors import ChatError, ServiceBusy
-    from kit.pump import CancelToken
+    from kit.pipeline.pump import CancelToken
+    from kit.web.app import create_app
 
 __all__ = ["CancelToken", "ChatError", "ServiceBusy", "create_app"]
 __version__ = "0.1.0"
 
-# The public names load on first use, not with the package: gunicorn imports `kit.production` (its config)
+# The public names load on first use, not with the package: gunicorn imports `kit.serving.production` (its config)
 # in the master before a gevent worker monkey-patches, and whatever the package imported by then (Flask,
 # the streaming module's locks) would keep the unpatched blocking primitives.
-_HOMES = {"create_app": "kit.app", "ChatError": "kit.errors", "ServiceBusy": "kit.errors", "CancelToken": "kit.pump"}
+_HOMES = {
+    "create_app": "kit.web.app",
+    "ChatError": "kit.errors",
+    "ServiceBusy": "kit.errors",
+    "CancelToken": "kit.pipeline.pump",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -7,10 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from kit.demo import DEMOS, build_demo_app
-from kit.doctor import DEFAULT_SILENCE_S
-from kit.production import WORKER_CLASSES
-from kit.server import PortInUse, bind, serve_forever
+from kit.serving.demo import DEMOS, build_demo_app
+from kit.serving.production import WORKER_CLASSES
+from kit.serving.server import PortInUse, bind, serve_forever
+from kit.web.probe import DEFAULT_SILENCE_S
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _header(text: str) -> tuple[str, str]:
-    from kit.doctor import parse_header
+    from kit.serving.doctor import parse_header
 
     try:
         return parse_header(text)
@@ -62,9 +62,9 @@ def _header(text: str) -> tuple[str, str]:
 
 
 def _serve_prod(args: argparse.Namespace) -> int:
-    from kit.production import gunicorn_command, run
+    from kit.serving.production import gunicorn_command, run
 
-    app = args.app or f"kit.production:demo_app({args.demo!r}, {args.delay_ms!r})"
+    app = args.app or f"kit.serving.production:demo_app({args.demo!r}, {args.delay_ms!r})"
     run(
         gunicorn_command(
             app,
@@ -79,7 +79,7 @@ def _serve_prod(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from kit.doctor import diagnose
+    from kit.serving.doctor import diagnose
 
     diagnosis = diagnose(args.url, silence_s=args.silence, headers=dict(args.header), cookie=args.cookie)
     print(diagnosis.report())

@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 
 from kit import create_app
-from kit.child_server import ChildServer, start_llama_server
-from kit.client import Received, Reply, chat_body, iter_stream, stream_chat
-from kit.pump import live_producers
-from kit.server import BackgroundServer
+from kit.notebook.child_server import ChildServer, start_llama_server
+from kit.pipeline.pump import live_producers
+from kit.serving.client import Received, Reply, chat_body, iter_stream, stream_chat
+from kit.serving.server import BackgroundServer
 
 # Rows live next to the tests that own them; each module has a CASES list.
 CASE_MODULES = ("tests.test_compat_items", "tests.test_compat_chains")

@@ -8,7 +8,7 @@ import pytest
 from flask import Flask
 from hypothesis import settings
 
-from kit.server import BackgroundServer
+from kit.serving.server import BackgroundServer
 
 
 @pytest.fixture

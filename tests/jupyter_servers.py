@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from kit.child_server import ChildServer, free_port
+from kit.notebook.child_server import ChildServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "01_word_streaming.ipynb"

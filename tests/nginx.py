@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from kit.child_server import free_port
+from kit.notebook.child_server import free_port
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from kit.llama import Engine, LlamaSettings, engine_for
-from kit.pump import CancelToken
+from kit.model.engine import Engine, engine_for
+from kit.model.settings import LlamaSettings
+from kit.pipeline.pump import CancelToken
 from tests.helpers import wait_until
 
 GREEDY = {"max_tokens": 20, "temperature": 0, "seed": 1, "repeat_penalty": 1.1}
@@ -137,3 +138,29 @@ def test_a_stop_string_ends_the_reply_before_it(engine: Engine) -> None:
 def test_unknown_options_are_refused_by_name(engine: Engine) -> None:
     with pytest.raises(TypeError, match="max_token"):
         list(engine.chat(user("Hi"), max_token=3))
+
+
+def test_the_slot_count_is_a_setting_and_limits_how_many_generate_at_once() -> None:
+    settings = LlamaSettings(n_ctx=512, slots=2, max_tokens=24, temperature=0)
+    two_slots = engine_for(settings)
+    assert two_slots.slots == 2 and engine_for(settings) is two_slots
+    most_running = 0
+
+    def watch() -> None:
+        nonlocal most_running
+        while not done.is_set():
+            most_running = max(most_running, two_slots.running)
+            time.sleep(0.002)
+
+    done = threading.Event()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(
+            pool.map(lambda i: "".join(two_slots.chat(user(f"Count to {i + 3}."), **settings.options())), range(4))
+        )
+    done.set()
+    watcher.join()
+    assert all(replies) and most_running == 2
+    with pytest.raises(ValueError, match="slots >= 1"):
+        LlamaSettings(slots=0)

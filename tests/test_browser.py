@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 from kit import create_app
-from kit.browser import chromium_page
-from kit.fakes import ScriptedSource
-from kit.granularity import split_words
+from kit.pipeline.granularity import split_words
+from kit.testing.browser import chromium_page
+from kit.testing.fakes import ScriptedSource
 
 REPLY = (
     "Streaming turns a long wait into a reply you can read while it is written, "

@@ -14,20 +14,16 @@ from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import Runnable, RunnableLambda
 
 from kit import create_app
-from kit.chains import (
-    AnswerSelector,
-    EventFilter,
-    callback_source,
-    default_to_input,
-    demo_chain,
-    history_input,
-    runnable_source,
-    to_messages,
-)
-from kit.client import Received, chat_body, iter_stream, stream_chat
-from kit.llama import ChatLlama, Engine
-from kit.pump import CancelToken
-from kit.sources import Role, adapt_source
+from kit.adapters.callbacks import callback_source
+from kit.adapters.events import AnswerSelector, EventFilter
+from kit.adapters.inputs import default_to_input, history_input, to_messages
+from kit.adapters.ready_made import demo_chain
+from kit.adapters.runnables import runnable_source
+from kit.model.chat_model import ChatLlama
+from kit.model.engine import Engine
+from kit.pipeline.pump import CancelToken
+from kit.pipeline.sources import Role, adapt_source
+from kit.serving.client import Received, chat_body, iter_stream, stream_chat
 from tests.helpers import wait_until
 
 HISTORY = [
@@ -291,7 +287,7 @@ def test_a_chain_that_reports_no_tokens_still_answers(serve) -> None:
 
 
 def test_the_chain_demo_serves_the_embedded_model(serve) -> None:
-    from kit.demo import build_demo_app
+    from kit.serving.demo import build_demo_app
 
     server = serve(build_demo_app("chain", delay_ms=0))
     reply = stream_chat(server.url + "chat-stream", "Hello! Who are you?", timeout=60)
@@ -299,7 +295,7 @@ def test_the_chain_demo_serves_the_embedded_model(serve) -> None:
 
 
 def test_deep_chat_shows_steps_and_answer_in_two_bubbles_and_sends_both_back(serve) -> None:
-    from kit.browser import chromium_page
+    from kit.testing.browser import chromium_page
 
     script = [Role("steps"), "Looking ", "it up...", Role("ai"), "Paris ", "is big."]
     bodies: list[Any] = []

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kit.coalesce import Coalescer
+from kit.pipeline.coalesce import Coalescer
 
 
 def run(coalescer: Coalescer, arrivals: list[tuple[float, str]]) -> list[str]:

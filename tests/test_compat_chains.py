@@ -18,9 +18,11 @@ from langchain_core.prompts import PromptTemplate
 from langchain_core.tools import tool
 from langgraph.graph import END, START, MessagesState, StateGraph
 
-from kit.chains import callback_source, demo_chain, history_input, openai_chat_model
-from kit.graphs import graph_source
-from kit.llama import ChatLlama
+from kit.adapters.callbacks import callback_source
+from kit.adapters.graphs import graph_source
+from kit.adapters.inputs import history_input
+from kit.adapters.ready_made import demo_chain, openai_chat_model
+from kit.model.chat_model import ChatLlama
 from tests.compat import CompatCase, check_case, llama_server_url, stop_llama_server
 
 WEATHER_QUESTION = "What is the weather in Paris?"

@@ -22,11 +22,12 @@ import openai
 import pytest
 from transformers import TextIteratorStreamer
 
-from kit.fakes import ScriptedSource
-from kit.llama import default_model_path, to_llama_messages
-from kit.pump import CancelToken
-from kit.server import BackgroundServer
-from kit.sources import Message
+from kit.model.settings import default_model_path
+from kit.model.source import to_llama_messages
+from kit.pipeline.pump import CancelToken
+from kit.pipeline.sources import Message
+from kit.serving.server import BackgroundServer
+from kit.testing.fakes import ScriptedSource
 from tests.compat import CompatCase, check_case, llama_server_url, stop_llama_server
 from tests.sdk_peers import PEER_ANSWER, PeerStats, peer_app, pieces
 

@@ -8,10 +8,13 @@ import httpx
 import pytest
 
 from kit import create_app
-from kit.chains import demo_chain, history_input, openai_chat_model
-from kit.child_server import start_llama_server
-from kit.client import Received, iter_stream
-from kit.llama import ChatLlama, LlamaSettings, engine_for
+from kit.adapters.inputs import history_input
+from kit.adapters.ready_made import demo_chain, openai_chat_model
+from kit.model.chat_model import ChatLlama
+from kit.model.engine import engine_for
+from kit.model.settings import LlamaSettings
+from kit.notebook.child_server import start_llama_server
+from kit.serving.client import Received, iter_stream
 
 HISTORY = [{"role": "user", "text": "What is the capital of France?"}]
 MAX_TOKENS = 24

@@ -20,12 +20,12 @@ import httpx
 import pytest
 
 from kit import CancelToken, create_app
-from kit.client import Reply, chat_body, iter_stream, stream_chat
-from kit.fakes import ScriptedSource
-from kit.production import GRACEFUL_TIMEOUT_S
-from kit.pump import live_producers
-from kit.server import BackgroundServer
-from kit.streaming import INTERRUPTED, STOPPING
+from kit.pipeline.pump import live_producers
+from kit.pipeline.streaming import INTERRUPTED, STOPPING
+from kit.serving.client import Reply, chat_body, iter_stream, stream_chat
+from kit.serving.production import GRACEFUL_TIMEOUT_S
+from kit.serving.server import BackgroundServer
+from kit.testing.fakes import ScriptedSource
 from tests.helpers import rss_bytes, wait_until
 from tests.prod_server import ProdServer
 
@@ -306,7 +306,8 @@ class StreamRecord:
 
 
 def test_a_burst_of_20_on_one_model_is_served_in_order_or_refused_with_a_clear_503(serve) -> None:  # type: ignore[no-untyped-def]
-    from kit.llama import LlamaSettings, LlamaSource
+    from kit.model.settings import LlamaSettings
+    from kit.model.source import LlamaSource
 
     settings = LlamaSettings(max_tokens=8, temperature=0, seed=7, max_queue=4)
     source = LlamaSource(settings)

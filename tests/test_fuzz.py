@@ -19,14 +19,14 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from kit import create_app
-from kit.app import DEFAULT_MAX_BODY_BYTES
-from kit.server import BackgroundServer
+from kit.serving.server import BackgroundServer
+from kit.web.app import DEFAULT_MAX_BODY_BYTES
 
 ROUTES = ("chat-stream", "chat")
 
 
 def echo(messages: list[dict[str, object]]) -> Iterator[str]:
-    # An empty reply is an error (kit.sources.texts), so an empty message gets a visible answer.
+    # An empty reply is an error (kit.pipeline.sources.texts), so an empty message gets a visible answer.
     text = str(messages[-1].get("text", "")) or "(an empty message)"
     for start in range(0, len(text), 7):
         yield text[start : start + 7]

@@ -5,7 +5,7 @@ import regex
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kit.granularity import pass_through, split_graphemes, split_words, splitter
+from kit.pipeline.granularity import pass_through, split_graphemes, split_words, splitter
 
 TRICKY = [
     "👩‍👩‍👧‍👦",  # ZWJ family

@@ -13,10 +13,10 @@ from langchain_core.tools import tool
 from langgraph.graph import END, START, MessagesState, StateGraph
 
 from kit import create_app
-from kit.client import stream_chat
-from kit.graphs import StepSelector, answer_from_state, graph_source
-from kit.llama import ChatLlama
-from kit.llama_tools import call_grammar, split_call_or_text, tool_mode
+from kit.adapters.graphs import StepSelector, answer_from_state, graph_source
+from kit.model.chat_model import ChatLlama
+from kit.model.tools import call_grammar, split_call_or_text, tool_mode
+from kit.serving.client import stream_chat
 from tests.helpers import wait_until
 from tests.test_compat_chains import WEATHER_QUESTION, get_weather, weather_agent
 
@@ -175,7 +175,7 @@ def test_stop_between_two_steps_keeps_the_next_step_from_running(serve) -> None:
     graph.add_edge("second", "third")
     graph.add_edge("third", END)
     source = graph_source(graph.compile())
-    from kit.pump import CancelToken
+    from kit.pipeline.pump import CancelToken
 
     cancel = CancelToken()
     stream = source([{"role": "user", "text": "go"}], cancel)
@@ -189,7 +189,7 @@ def test_stop_between_two_steps_keeps_the_next_step_from_running(serve) -> None:
 
 @pytest.mark.timeout(240)
 def test_chromium_shows_the_agents_tool_step_and_its_answer_in_two_bubbles(serve) -> None:  # type: ignore[no-untyped-def]
-    from kit.browser import chromium_page
+    from kit.testing.browser import chromium_page
 
     server = serve(create_app(graph_source(weather_agent(), steps_role="steps")))
     with chromium_page() as page:

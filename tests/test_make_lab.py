@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from kit.child_server import free_port
+from kit.notebook.child_server import free_port
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from kit import create_app
-from kit.client import chat_body, stream_chat
-from kit.shapes import SHAPES, read_text
+from kit.pipeline.shapes import SHAPES, read_text
+from kit.serving.client import chat_body, stream_chat
 
 
 @dataclass

@@ -13,13 +13,13 @@ import httpx
 import pytest
 
 from kit import create_app
-from kit.browser_url import browser_url
-from kit.child_server import ChildServer, free_port, wait_until_answering
-from kit.client import Received, chat_body, iter_stream, stream_chat
-from kit.fakes import ScriptedSource
-from kit.inspector import Inspector
 from kit.notebook import running, serve, show, stop_all
-from kit.server import PortInUse
+from kit.notebook.browser_url import browser_url
+from kit.notebook.child_server import ChildServer, free_port, wait_until_answering
+from kit.notebook.inspector import Inspector
+from kit.serving.client import Received, chat_body, iter_stream, stream_chat
+from kit.serving.server import PortInUse
+from kit.testing.fakes import ScriptedSource
 from tests.helpers import wait_until
 
 

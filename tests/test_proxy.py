@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from kit import create_app
-from kit.client import Reply, stream_chat
-from kit.demo import DEMO_TEXT
-from kit.doctor import Diagnosis, diagnose
-from kit.fakes import ScriptedSource
-from kit.server import BackgroundServer
+from kit.serving.client import Reply, stream_chat
+from kit.serving.demo import DEMO_TEXT
+from kit.serving.doctor import Diagnosis, diagnose
+from kit.serving.server import BackgroundServer
+from kit.testing.fakes import ScriptedSource
 from tests.nginx import Nginx, ProxySettings
 from tests.prod_server import REPO, ProdServer
 
@@ -45,11 +45,12 @@ def test_serve_prod_runs_gunicorn_workers_and_streams_the_demo(worker_class: str
 
 
 def test_the_gunicorn_config_imports_nothing_that_gevent_must_patch_first() -> None:
-    # gunicorn's master imports kit.production (its config) before a gevent worker monkey-patches: had it
+    # gunicorn's master imports kit.serving.production (its config) before a gevent worker monkey-patches: had it
     # brought in Flask or the streaming module, their locks would stay blocking ones under gevent.
-    probe = "import sys, kit.production; print(sorted(m for m in sys.modules if m.split('.')[0] in ('kit', 'flask')))"
+    modules = "sorted(m for m in sys.modules if m.split('.')[0] in ('kit', 'flask'))"
+    probe = f"import sys, kit.serving.production; print({modules})"
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
-    assert loaded.stdout.strip() == "['kit', 'kit.production']"
+    assert loaded.stdout.strip() == "['kit', 'kit.serving', 'kit.serving.production']"
 
 
 def test_stream_arrives_event_by_event_through_nginx_with_ordinary_defaults(serve) -> None:  # type: ignore[no-untyped-def]
@@ -152,7 +153,7 @@ def test_forced_buffering_still_streams_because_each_event_leaves_in_one_write(
 ) -> None:
     # nginx 1.22 buffering a chunked response passes on what it has read each time it reads; werkzeug
     # used to write an event in four sends, and the trailing CRLF arriving later held the event back until
-    # the next one (flaky, load-dependent). kit.server writes each chunk whole, so nothing waits.
+    # the next one (flaky, load-dependent). kit.serving.server writes each chunk whole, so nothing waits.
     diagnosis = doctor_results["buffering forced on (X-Accel-Buffering ignored)"]
     assert diagnosis.ok, diagnosis.report()
     assert diagnosis.timings["held_back_s"] < 0.5

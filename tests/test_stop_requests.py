@@ -11,10 +11,10 @@ import httpx
 from flask import Response, request
 
 from kit import create_app
-from kit.browser import chromium_page
-from kit.client import Received, chat_body, iter_stream
-from kit.fakes import ScriptedSource
-from kit.stop_requests import STREAM_ID_HEADER
+from kit.serving.client import Received, chat_body, iter_stream
+from kit.testing.browser import chromium_page
+from kit.testing.fakes import ScriptedSource
+from kit.web.stop_requests import STREAM_ID_HEADER
 from tests.helpers import wait_until
 
 STREAM_ID = "a1b2c3d4e5f60718293a4b5c6d7e8f90"

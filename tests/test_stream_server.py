@@ -14,10 +14,10 @@ from flask import Flask, Response
 from httpx_sse import connect_sse
 
 from kit import ServiceBusy, create_app
-from kit.client import chat_body, iter_stream, stream_chat
-from kit.fakes import ScriptedSource
-from kit.pump import live_producers
-from kit.streaming import INTERRUPTED
+from kit.pipeline.pump import live_producers
+from kit.pipeline.streaming import INTERRUPTED
+from kit.serving.client import chat_body, iter_stream, stream_chat
+from kit.testing.fakes import ScriptedSource
 from tests.helpers import wait_until
 
 
@@ -197,7 +197,7 @@ def test_a_client_leaving_mid_stream_prints_no_server_traceback(serve, capfd) ->
 
 
 def test_a_streamed_route_that_leaves_its_request_body_unread_still_ends(serve) -> None:  # type: ignore[no-untyped-def]
-    # Any Flask app served by kit.server (a peer, a user's own route), not only the kit's: werkzeug drains the
+    # Any Flask app served by kit.serving.server (a peer, a user's own route), not only the kit's: werkzeug drains the
     # unread body after the reply, so the last chunk must already be on its way to the client by then.
     def slow_pieces() -> Iterator[str]:
         for piece in "abc":

@@ -1,0 +1,191 @@
+"""LangGraph adapter: stream a compiled graph (an agent, a StateGraph) token by token into the kit.
+
+`create_app(graph)` uses `graph_source(graph)`. The graph runs with LangGraph's `stream_mode="messages"`,
+which reports every chat model's tokens inside any node (and subgraph) as they are produced, and the
+messages nodes write without a model (tool results, fixed replies). The answer is the AI text; tool calls
+(name and arguments) and tool results go to a `steps_role` bubble when one is given, and are left out
+otherwise. `answer_nodes=` names the nodes whose model text is the answer when a graph has several models
+talking (the others' text then counts as steps).
+
+The graph's input is built from Deep Chat's history: a graph over `messages` (MessagesState, agents) gets
+the whole conversation as LangChain messages; other input schemas are filled as for chains
+(`kit.adapters.inputs.default_to_input`). Stop closes the stream: LangGraph cancels the running step, and the kit's
+models inside it stop at their next token (the cancel token travels in the context LangGraph copies into
+its worker threads).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.pregel import Pregel
+
+from kit.adapters.admission import admit_models, released
+from kit.adapters.events import with_roles
+from kit.adapters.inputs import InputMapper, input_for_keys, to_messages
+from kit.errors import ChatError
+from kit.model.cancel import bind_cancel
+from kit.model.chat_model import ChatLlama
+from kit.pipeline.pump import CancelToken, close_iterator
+from kit.pipeline.sources import ANSWER_ROLE, Message, SourceAdapter, register_source_adapter
+
+_DONE = object()
+ANSWER_KEYS = ("answer", "output", "response", "result", "text", "content")
+
+
+def graph_input(graph: Pregel) -> InputMapper:
+    """Deep Chat's history as the graph's input: `{"messages": [...]}` for a graph over messages, else the
+    state's conventional keys (question/input, chat_history, system) filled as for chains."""
+    try:
+        schema = graph.get_input_jsonschema()
+        keys, required = list(schema.get("properties") or {}), list(schema.get("required") or [])
+    except Exception:  # pydantic cannot describe some states (a typing.TypedDict before Python 3.12)
+        keys, required = [name for name in graph.channels if not name.startswith("__")], []
+    if "messages" in keys or not keys:
+        return lambda messages: {"messages": to_messages(messages)}
+    return input_for_keys(keys, required)
+
+
+class StepSelector:
+    """Sorts the graph's messages into (role, text): AI text to the answer, tool calls and results to steps."""
+
+    def __init__(self, steps_role: str | None, answer_nodes: Sequence[str] | None) -> None:
+        self.steps_role = steps_role
+        self.answer_nodes = answer_nodes
+
+    def feed(self, message: BaseMessage, metadata: dict[str, Any]) -> Iterator[tuple[str, str]]:
+        if isinstance(message, ToolMessage):
+            if self.steps_role is not None:
+                yield self.steps_role, f"\n{message.name or 'tool'} returned: {message.text}\n"
+            return
+        if not isinstance(message, AIMessage | AIMessageChunk):
+            return  # the user's own messages, echoed back by nodes that rewrite the state
+        node = metadata.get("langgraph_node")
+        text_role = ANSWER_ROLE if self.answer_nodes is None or node in self.answer_nodes else self.steps_role
+        if text_role is not None and message.text:
+            yield text_role, message.text
+        if self.steps_role is not None:
+            yield from ((self.steps_role, text) for text in _written_calls(message))
+
+
+def _written_calls(message: AIMessage | AIMessageChunk) -> Iterator[str]:
+    """A call's name and arguments as text, piece by piece as a streaming model sends them."""
+    if isinstance(message, AIMessageChunk):
+        for chunk in message.tool_call_chunks:
+            if chunk.get("name"):
+                yield f"{'' if not chunk.get('index') else chr(10)}calling {chunk['name']} "
+            if chunk.get("args"):
+                yield str(chunk["args"])
+    else:
+        for index, call in enumerate(message.tool_calls):
+            yield f"{chr(10) if index else ''}calling {call['name']} {json.dumps(call['args'], ensure_ascii=False)}"
+
+
+class GraphSource:
+    """A kit source for a compiled LangGraph graph; build it with `graph_source`."""
+
+    def __init__(
+        self,
+        graph: Pregel,
+        *,
+        to_input: InputMapper | None = None,
+        steps_role: str | None = None,
+        answer_nodes: Sequence[str] | None = None,
+        config: RunnableConfig | None = None,
+        models: Sequence[ChatLlama] = (),
+    ) -> None:
+        self.graph = graph
+        self.to_input = to_input or graph_input(graph)
+        self.steps_role = steps_role
+        self.answer_nodes = answer_nodes
+        self.config = config
+        self.models = list(models)
+
+    def __call__(self, messages: list[Message], cancel: CancelToken) -> Iterator[Any]:
+        value = self.to_input(messages)
+        return released(self._stream(value, cancel), admit_models(self.models, cancel))
+
+    def _stream(self, value: Any, cancel: CancelToken) -> Iterator[Any]:
+        selector = StepSelector(self.steps_role, self.answer_nodes)
+        context = contextvars.copy_context()
+        context.run(bind_cancel, cancel)
+        # "values" too: a graph whose nodes write no messages (say, an `answer` key) still has a final state.
+        modes = ["messages", "values"]
+        iterator = context.run(self.graph.stream, value, self.config, stream_mode=modes, subgraphs=True)
+        final_state: Any = None
+        answered = False
+
+        def pieces() -> Iterator[tuple[str, str]]:
+            nonlocal final_state, answered
+            while not cancel.cancelled:
+                item = context.run(next, iterator, _DONE)
+                if item is _DONE:
+                    break
+                namespace, mode, payload = item
+                if mode == "values":
+                    final_state = payload if not namespace else final_state
+                    continue
+                for role, text in selector.feed(*payload):
+                    answered = answered or role == ANSWER_ROLE
+                    yield role, text
+            if not answered and not cancel.cancelled:
+                yield ANSWER_ROLE, answer_from_state(final_state)
+
+        try:
+            yield from with_roles(pieces())
+        finally:
+            context.run(close_iterator, iterator)
+
+
+def answer_from_state(state: Any) -> str:
+    """The answer of a graph that streamed no AI text: its final state's last AI message, or its answer key.
+
+    Raises ChatError naming the state's keys when there is none, so the reply is an error, not empty.
+
+    >>> answer_from_state({"question": "2+2?", "answer": "4"})
+    '4'
+    """
+    if isinstance(state, dict):
+        messages = state.get("messages")
+        if isinstance(messages, list) and messages and isinstance(messages[-1], AIMessage) and messages[-1].text:
+            return messages[-1].text
+        for key in ANSWER_KEYS:
+            if isinstance(state.get(key), str) and state[key]:
+                return state[key]
+    keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+    raise ChatError(
+        f"The graph finished without an answer: no AI message and no {'/'.join(ANSWER_KEYS)} text in its final "
+        f"state ({keys}); write the answer to one of those keys, or pass to_input=/answer_nodes= to graph_source"
+    )
+
+
+def graph_source(
+    graph: Pregel,
+    *,
+    to_input: InputMapper | None = None,
+    steps_role: str | None = None,
+    answer_nodes: Sequence[str] | None = None,
+    config: RunnableConfig | None = None,
+    models: Sequence[ChatLlama] = (),
+) -> GraphSource:
+    """A source for `create_app` that streams a compiled LangGraph graph (what `create_app(graph)` uses).
+
+    - `steps_role="steps"`: tool calls (name and arguments) and tool results stream into a bubble of that
+      role; without it only the answer reaches the chat.
+    - `answer_nodes`: the nodes whose model text is the answer (default: every node's AI text).
+    - `to_input(messages)`: the graph's input from Deep Chat's history (default: `{"messages": [...]}`).
+    - `config`: the graph's RunnableConfig (a `thread_id` for a checkpointer, a `recursion_limit`).
+    - `models`: the kit's models whose fair queue should admit the request before the first byte (a model
+      inside a node's function cannot be found automatically).
+    """
+    return GraphSource(
+        graph, to_input=to_input, steps_role=steps_role, answer_nodes=answer_nodes, config=config, models=models
+    )
+
+
+register_source_adapter(SourceAdapter("LangGraph graph", lambda o: isinstance(o, Pregel), graph_source))

@@ -1,0 +1,109 @@
+"""Deep Chat's history as a chain's input: messages, keyed dicts, the last question."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import Runnable
+
+from kit.pipeline.sources import (
+    Message,
+)
+
+InputMapper = Callable[[list[Message]], Any]
+"""Builds a chain's input from Deep Chat's history (system prompt first, then user/ai turns)."""
+
+QUESTION_KEYS = ("question", "input", "query", "message")
+HISTORY_KEYS = ("chat_history", "history", "messages")
+SYSTEM_KEYS = ("system", "system_prompt", "system_message")
+
+
+# -- input: Deep Chat history -> chain input ---------------------------------------------------------
+
+
+def to_messages(messages: Sequence[Message]) -> list[BaseMessage]:
+    """Deep Chat messages as LangChain messages (user -> human, ai -> ai, system -> system).
+
+    Other roles, such as a "steps" bubble the kit streamed earlier, are not part of the conversation.
+
+    >>> [m.type for m in to_messages([{"role": "system", "text": "Be brief"}, {"role": "user", "text": "Hi"},
+    ...                               {"role": "steps", "text": "..."}, {"role": "ai", "text": "Hello"}])]
+    ['system', 'human', 'ai']
+    """
+    kinds = {"user": HumanMessage, "ai": AIMessage, "assistant": AIMessage, "system": SystemMessage}
+    return [kinds[m["role"]](content=str(m.get("text", ""))) for m in messages if m.get("role") in kinds]
+
+
+def history_input(
+    question: str | None = "question", history: str | None = "chat_history", system: str | None = None
+) -> InputMapper:
+    """A mapper to a dict input: the last user message under `question`, the turns before it (as LangChain
+    messages) under `history`, and the system prompt under `system` (or, without a `system` key, first
+    in the history). A key set to None is left out; without `question` the history holds every turn.
+
+    >>> to_input = history_input()
+    >>> value = to_input([{"role": "user", "text": "Hi"}, {"role": "ai", "text": "Hello"},
+    ...                   {"role": "user", "text": "And?"}])
+    >>> value["question"], [m.type for m in value["chat_history"]]
+    ('And?', ['human', 'ai'])
+    """
+
+    def to_input(messages: list[Message]) -> dict[str, Any]:
+        turns = to_messages(messages)
+        system_text = "\n\n".join(str(m.content) for m in turns if m.type == "system")
+        turns = [m for m in turns if m.type != "system"]
+        value: dict[str, Any] = {}
+        if question is not None:
+            value[question] = str(turns.pop().content) if turns and turns[-1].type == "human" else ""
+        if system is not None:
+            value[system] = system_text
+        elif system_text:
+            turns.insert(0, SystemMessage(content=system_text))
+        if history is not None:
+            value[history] = turns
+        return value
+
+    return to_input
+
+
+def last_user_text(messages: list[Message]) -> str:
+    """The text of the last user message (for chains whose input is a plain string)."""
+    return next((str(m.get("text", "")) for m in reversed(messages) if m.get("role") == "user"), "")
+
+
+def default_to_input(chain: Runnable[Any, Any]) -> InputMapper:
+    """Guess the mapper from the chain's input schema: conventional keys (question/input, chat_history/
+    history/messages, system) are filled from the history; a string input gets the last user message;
+    anything else (a chat model, a messages list) gets the LangChain messages.
+
+    Raises TypeError naming the keys it cannot fill, so the fix (`to_input=`) is clear at app creation.
+    """
+    try:
+        schema = chain.get_input_jsonschema()
+    except Exception:  # some runnables cannot describe their input; messages are the common case
+        return to_messages
+    if schema.get("type") == "string":
+        return last_user_text
+    keys = list(schema.get("properties") or {})
+    if schema.get("type") != "object" or not keys:
+        return to_messages
+    return input_for_keys(keys, schema.get("required", []))
+
+
+def input_for_keys(keys: Sequence[str], required: Sequence[str] = ()) -> InputMapper:
+    """The mapper for a dict input with these keys: conventional names are filled from the history.
+
+    Raises TypeError naming the required keys it cannot fill.
+    """
+    question = next((k for k in QUESTION_KEYS if k in keys), None)
+    history = next((k for k in HISTORY_KEYS if k in keys and k != question), None)
+    system = next((k for k in SYSTEM_KEYS if k in keys), None)
+    unknown = [k for k in required if k not in (question, history, system)]
+    if unknown:
+        raise TypeError(
+            f"cannot tell how to fill the chain's input keys {unknown} from the chat history: pass "
+            "to_input=... to kit.adapters.runnables.runnable_source (for example history_input(question='q'))"
+        )
+    return history_input(question, history, system)

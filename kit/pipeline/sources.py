@@ -1,0 +1,205 @@
+"""Turn whatever the user hands to `create_app` into a stream of non-empty text pieces."""
+
+from __future__ import annotations
+
+import codecs
+import inspect
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from kit.errors import ChatError
+from kit.pipeline.pump import CancelToken, close_iterator
+from kit.pipeline.shapes import ACCEPTED, describe, read_text
+
+Message = dict[str, Any]
+"""One Deep Chat message: {"role": "user" | "ai" | "system", "text": str, "files"?: [...]}."""
+
+
+@runtime_checkable
+class Streamable(Protocol):
+    """Anything with LangChain's `.stream(input)`: a Runnable, a chain, a chat model."""
+
+    def stream(self, input: Any, *args: Any, **kwargs: Any) -> Iterator[Any]: ...
+
+
+@dataclass(frozen=True)
+class Role:
+    """A marker a source may yield between text pieces: the text after it goes into a new Deep Chat
+    bubble of this role (Deep Chat starts a new bubble when an event names another role), e.g. "steps"
+    for a chain's intermediate steps, then "ai" for its answer.
+    """
+
+    name: str
+
+
+ANSWER_ROLE = "ai"
+"""Deep Chat's role for the assistant's bubble."""
+
+
+def answer_text(pieces: Iterable[str | Role]) -> str:
+    """The text of a reply that is not streamed: the answer's, without other roles' bubbles (steps).
+
+    >>> answer_text(["Hi", Role("steps"), "thinking...", Role("ai"), " there"])
+    'Hi there'
+    """
+    parts: list[str] = []
+    in_answer = True
+    for piece in pieces:
+        if isinstance(piece, Role):
+            in_answer = piece.name == ANSWER_ROLE
+        elif in_answer:
+            parts.append(piece)
+    return "".join(parts)
+
+
+Source = Callable[..., Iterable[Any]] | Streamable | str
+"""A callable `(messages) -> iterable`, optionally taking `cancel=`; a Runnable; or a fixed reply."""
+
+SourceFn = Callable[[list[Message], CancelToken], Iterable[Any]]
+"""What every source becomes: called with the conversation and the cancel token, it returns the stream.
+Errors raised by the call itself (before the first item) can still become an HTTP status."""
+
+
+@dataclass(frozen=True)
+class SourceAdapter:
+    """One kind of object `create_app` accepts beyond plain callables and strings, and how it becomes a
+    SourceFn. `adapt` runs when the app is created, so it may raise TypeError with advice then."""
+
+    name: str
+    recognises: Callable[[object], bool]
+    adapt: Callable[[Any], SourceFn]
+
+
+log = logging.getLogger(__name__)
+
+_adapters: list[SourceAdapter] = []
+
+
+def register_source_adapter(adapter: SourceAdapter) -> None:
+    """Teach `adapt_source` a new kind of source (an adapter module calls this when it is imported).
+
+    Later registrations are tried first, so a specific kind (say, a LangGraph graph) wins over a general one
+    (any LangChain Runnable); registering a name again replaces the earlier adapter of that name.
+    """
+    _adapters[:] = [adapter, *(known for known in _adapters if known.name != adapter.name)]
+
+
+def adapt_source(source: object) -> SourceFn:
+    """Turn what the user passed to `create_app` into a SourceFn, or raise TypeError saying what to pass.
+
+    >>> list(adapt_source("Hi")([{"role": "user", "text": "Hello"}], CancelToken()))
+    ['Hi']
+    """
+    for adapter in _adapters:
+        if adapter.recognises(source):
+            return adapter.adapt(source)
+    if isinstance(source, str):
+        return lambda messages, cancel: [source]
+    if callable(source):
+        return _plain_callable(source)
+    known = "".join(f", a {adapter.name}" for adapter in _adapters)
+    raise TypeError(
+        f"source must be a callable taking the message list (returning an iterable of {ACCEPTED}){known}, "
+        f"or a str; got a {describe(source)}"
+    )
+
+
+def _plain_callable(function: Callable[..., Iterable[Any]]) -> SourceFn:
+    if _accepts_cancel(function):
+        return lambda messages, cancel: function(messages, cancel=cancel)
+    return lambda messages, cancel: function(messages)
+
+
+def _accepts_cancel(function: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return "cancel" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def with_system_prompt(messages: list[Message], system_prompt: str | None) -> list[Message]:
+    """Prepend the system prompt, if any, as a `system` message."""
+    if not system_prompt:
+        return messages
+    return [{"role": "system", "text": system_prompt}, *messages]
+
+
+def to_text(item: Any) -> str:
+    """The text carried by one streamed item, of any shape in `kit.pipeline.shapes.SHAPES` ("" for None).
+
+    Raises UnreadableItem naming the item's type when no shape fits.
+
+    >>> to_text({"choices": [{"delta": {"content": "Hi"}}]})
+    'Hi'
+    """
+    if item is None:
+        return ""
+    text = read_text(item)
+    if text is None:
+        raise UnreadableItem(f"The kit cannot read text out of a streamed {describe(item)}. {_ADVICE}")
+    return text
+
+
+_ADVICE = f"Yield str pieces, or one of: {ACCEPTED}."
+
+
+class UnreadableItem(ChatError, TypeError):
+    """A source's items carry no text the kit can read; the message names the item type and what to yield."""
+
+    status = 502
+
+
+def texts(items: Iterable[Any]) -> Iterator[str | Role]:
+    """Normalise items to non-empty text (Role markers pass as they are); bytes are decoded incrementally,
+    so a token that ends inside a UTF-8 sequence is joined with the next one instead of becoming U+FFFD.
+
+    Never silent: items no shape fits are skipped with a warning naming their type, and a source that
+    ends without any text raises UnreadableItem saying why, so the client gets an error, not an empty bubble.
+
+    >>> list(texts([b"caf\\xc3", b"\\xa9", "", " ok"]))
+    ['caf', 'é', ' ok']
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    iterator = iter(items)
+    count, produced, unread = 0, False, None
+    try:
+        for item in iterator:
+            if isinstance(item, Role):
+                yield item
+                continue
+            count += 1
+            text = decoder.decode(item) if isinstance(item, bytes | bytearray) else _readable(item)
+            if text is None:
+                if unread is None:
+                    unread = describe(item)
+                    log.warning("skipping streamed items the kit cannot read: %s. %s", unread, _ADVICE)
+                continue
+            if text:
+                produced = True
+                yield text
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            produced = True
+            yield tail
+        if not produced:
+            raise _no_text(count, unread)
+    finally:
+        close_iterator(iterator)
+
+
+def _readable(item: Any) -> str | None:
+    return "" if item is None else read_text(item)
+
+
+def _no_text(count: int, unread: str | None) -> UnreadableItem:
+    if unread is not None:
+        message = f"The source yielded {count} item(s) but no text: the kit cannot read a {unread}. {_ADVICE}"
+    elif count:
+        message = f"The source yielded {count} item(s), none with any text: the reply would be empty."
+    else:
+        message = "The source ended without yielding anything: the reply would be empty."
+    log.warning(message)
+    return UnreadableItem(message)

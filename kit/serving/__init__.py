@@ -1,0 +1,2 @@
+"""Serving: werkzeug in a thread, gunicorn, the demo apps, `kit doctor` and the SSE client. May import kit.web,
+kit.adapters, kit.testing (the demo's scripted text), kit.pipeline and kit.errors; nothing imports kit.__main__."""
