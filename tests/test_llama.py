@@ -143,7 +143,7 @@ def test_eight_simultaneous_chats_on_one_model_each_get_their_own_reply(engine: 
 
 
 def test_generations_are_served_first_come_first_served(engine: Engine) -> None:
-    blocker = CancelToken()
+    first_blocker, other_blockers = CancelToken(), CancelToken()
     started: list[str] = []
     lock = threading.Lock()
 
@@ -154,18 +154,26 @@ def test_generations_are_served_first_come_first_served(engine: Engine) -> None:
                     started.append(name)
 
     # Every slot taken by a long generation: later requests wait, and must start in their arrival order.
-    blockers = [f"blocker {i}" for i in range(engine.slots)]
-    threads = [threading.Thread(target=run, args=(name, LONG_PROMPT, blocker, 400)) for name in blockers]
-    for thread in threads:
+    blockers = [
+        threading.Thread(target=run, args=(f"blocker {i}", LONG_PROMPT, other_blockers if i else first_blocker, 400))
+        for i in range(engine.slots)
+    ]
+    for thread in blockers:
         thread.start()
     assert wait_until(lambda: len(started) == engine.slots, timeout=30)
     names = [f"request {i}" for i in range(5)]
+    requests = []
     for position, name in enumerate(names, start=1):
-        threads.append(threading.Thread(target=run, args=(name, f"Say the number {position}.", CancelToken(), 4)))
-        threads[-1].start()
+        requests.append(threading.Thread(target=run, args=(name, f"Say the number {position}.", CancelToken(), 4)))
+        requests[-1].start()
         assert wait_until(lambda position=position: engine.waiting == position)  # arrival order is known
-    blocker.cancel()
-    for thread in threads:
+    # One slot frees: the waiting requests pass through it one after another (two requests that start in
+    # the same decode step would reach their threads in any order, so the order seen here is the engine's).
+    first_blocker.cancel()
+    for thread in requests:
+        thread.join(60)
+    other_blockers.cancel()
+    for thread in blockers:
         thread.join(60)
     assert started[engine.slots :] == names
 
