@@ -1,4 +1,11 @@
-"""Stream LLM output into the Deep Chat web component from Flask, over Server-Sent Events."""
+"""Stream LLM output into the Deep Chat web component from Flask, over Server-Sent Events.
+
+The public names here: `create_app(source)` (the Flask app), `ChatError` and `ServiceBusy` (errors a source
+raises to tell the client what went wrong, with a status), `CancelToken` (set when the client leaves).
+Beyond them, each package's docstring says what it offers: `kit.notebook` (serve, show), `kit.model`
+(ChatLlama, LlamaSource, LlamaSettings), `kit.adapters` (runnable_source, callback_source, graph_source,
+openai_chat_model), `kit.serving` (the servers, `kit doctor`, the SSE client).
+"""
 
 from __future__ import annotations
 
