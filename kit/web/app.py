@@ -25,6 +25,7 @@ from kit.web.origins import OriginPolicy
 from kit.web.page import CONTENT_SECURITY_POLICY, render_page
 from kit.web.probe import PROBE_HEADER, probe_plan, probe_script
 from kit.web.stop_requests import STOP_ROUTE, STREAM_ID_HEADER, StopRequests
+from kit.web.threads import ChatThreads, Owner, ThreadStore  # threads (issue 17)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ def create_app(
     neutralize_links: bool = StreamSettings.neutralize_links,
     doctor_probe: bool = True,
     title: str = "Deep Chat streaming kit",
+    thread_store: str | ThreadStore | bool | None = None,  # threads (issue 17): see kit.web.threads.ChatThreads
+    thread_owner: Owner | None = None,  # threads (issue 17)
 ) -> Flask:
     """Build the app: `GET /` (the Deep Chat page), `POST /chat-stream` (SSE), `POST /chat-stream/stop` (Stop
     by stream id), `POST /chat` (one JSON reply), `GET /healthz`.
@@ -82,11 +85,13 @@ def create_app(
     # The doctor's probe bypasses the source, so it is cut as sent: its timing is what gets measured.
     probe_settings = dataclasses.replace(settings, granularity="chunk")
     origins = OriginPolicy(allowed_origins)
-    stop_requests = StopRequests()
+    threads = ChatThreads(start_source, store=thread_store, owner=thread_owner)  # threads (issue 17)
+    stop_requests = StopRequests(threads.shared_stops)  # threads (issue 17): Stop across worker processes
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.config["KIT_SETTINGS"] = settings
     app.config["KIT_TITLE"] = title  # kit.notebook.serve names a server after it
+    threads.register_routes(app)  # threads (issue 17): GET /threads/<id>/messages
 
     def start(messages: list[Message], cancel: CancelToken) -> Iterable[Any]:
         return start_source(with_system_prompt(messages, system_prompt), cancel)
@@ -104,6 +109,7 @@ def create_app(
     @app.post("/chat-stream")
     def chat_stream() -> Response:
         messages = parse_chat_request(request)
+        turn = threads.turn(request, messages)  # threads (issue 17): 400/404/503 before the first byte
         cancel = CancelToken()
         stop_requests.register(request.headers.get(STREAM_ID_HEADER), cancel)
         plan = probe_plan(request.headers.get(PROBE_HEADER)) if doctor_probe else None
@@ -111,10 +117,12 @@ def create_app(
             pump = start_pump(probe_script(plan, settings.heartbeat_s, cancel), cancel, probe_settings)
         else:
             # Called here, not in the stream, so that a failure to start still gets a proper HTTP status.
-            pump = start_pump(start(messages, cancel), cancel, settings)
+            with turn.scope():  # threads (issue 17)
+                pump = start_pump(start(messages, cancel), cancel, settings)
         events = sse_events(
             pump, settings, client_gone=client_gone_probe(request.environ), observers=observers_for(app, messages)
         )
+        events = turn.record(events)  # threads (issue 17): the transcript, when the reply ends or stops
         return Response(stream_with_context(events), headers=STREAM_HEADERS)
 
     @app.post(STOP_ROUTE)
@@ -125,12 +133,16 @@ def create_app(
     @app.post("/chat")
     def chat() -> Response:
         messages = parse_chat_request(request)
+        turn = threads.turn(request, messages)  # threads (issue 17)
         cancel = CancelToken()
         try:
-            text = answer_text(texts(start(messages, cancel)))
+            with turn.scope():  # threads (issue 17)
+                text = answer_text(texts(start(messages, cancel)))
         finally:
             cancel.cancel()
-        return jsonify(text=neutralize_text(text) if neutralize_links else text)
+        text = neutralize_text(text) if neutralize_links else text
+        turn.record_answer(text)  # threads (issue 17)
+        return jsonify(text=text)
 
     @app.before_request
     def check_origin() -> Response | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import threading
 import weakref
+from typing import Protocol
 
 from kit.errors import ChatError
 from kit.pipeline.pump import CancelToken
@@ -19,6 +20,14 @@ STREAM_ID_HEADER = "X-Kit-Stream-Id"
 STOP_ROUTE = "/chat-stream/stop"
 # Long and random (the page draws 128 bits), so that one user cannot guess another's stream.
 _STREAM_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
+class SharedStopBoard(Protocol):
+    """Stops shared by worker processes (kit.threads.stops.SharedStops): a stop posted on one reaches another."""
+
+    def post(self, stream_id: str) -> None: ...
+
+    def watch(self, stream_id: str, cancel: CancelToken) -> None: ...
 
 
 class StopRequests:
@@ -32,7 +41,8 @@ class StopRequests:
     (True, True, False)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shared: SharedStopBoard | None = None) -> None:
+        self.shared = shared  # several workers: a stop for a stream served elsewhere goes through this board
         self._lock = threading.Lock()
         self._running: weakref.WeakValueDictionary[str, CancelToken] = weakref.WeakValueDictionary()
 
@@ -41,6 +51,8 @@ class StopRequests:
         if stream_id is not None and _STREAM_ID.fullmatch(stream_id):
             with self._lock:
                 self._running[stream_id] = cancel
+            if self.shared is not None:
+                self.shared.watch(stream_id, cancel)
 
     def stop(self, stream_id: str) -> bool:
         """Cancel the stream with this id; False if none is running under it (it may have just ended)."""
@@ -49,6 +61,8 @@ class StopRequests:
         with self._lock:
             cancel = self._running.pop(stream_id, None)
         if cancel is None:
+            if self.shared is not None:
+                self.shared.post(stream_id)  # the stream may run on another worker process
             return False
         cancel.cancel()
         return True
