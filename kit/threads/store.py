@@ -261,7 +261,7 @@ class PostgresThreadStore(ThreadStore):
     def _create_schema(self) -> None:
         with self._connection() as connection:
             # Two workers starting at once would race on CREATE TABLE; one lock orders them.
-            connection.execute("SELECT pg_advisory_xact_lock(7_366_417)")
+            connection.execute("SELECT pg_advisory_xact_lock(7366417)")
             for statement in self.schema:
                 connection.execute(statement)
         log.info("threads: conversations are kept in %s", self.name)
