@@ -77,20 +77,16 @@ function addNewChatButton() {
 }
 
 if (chat) {
-  let loaded = false;
-  // Deep Chat calls this when it renders (index 0) and again when the user scrolls to the top: the whole
-  // thread comes at once, so later calls have nothing more to add.
-  chat.loadHistory = async () => {
-    if (loaded) return [];
-    loaded = true;
-    try {
-      const messages = await threadMessages(threadId);
+  // The thread's bubbles become Deep Chat's `history` (shown under the intro, in order). loadHistory would
+  // put the intro message below them, as it loads pages of older messages above what is shown.
+  threadMessages(threadId)
+    .then((messages) => {
+      if (messages.length) chat.history = messages;
       window.kitThread.restored = messages.length;
-      return messages;
-    } catch (error) {
+    })
+    .catch((error) => {
+      chat.history = [{ role: "ai", error: String(error.message || error) }];
       window.kitThread.restored = -1;
-      return [{ role: "ai", error: String(error.message || error) }];
-    }
-  };
+    });
   addNewChatButton();
 }
