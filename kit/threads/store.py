@@ -271,9 +271,14 @@ class PostgresThreadStore(ThreadStore):
         if self._saver is None:
             from langgraph.checkpoint.postgres import PostgresSaver
 
-            with self._guarded():
+            with self._guarded(), self.pool().connection() as lock:
                 saver = PostgresSaver(self.pool())
-                saver.setup()
+                # Workers starting together would race on the saver's migrations; a session lock orders them.
+                lock.execute("SELECT pg_advisory_lock(7366418)")
+                try:
+                    saver.setup()
+                finally:
+                    lock.execute("SELECT pg_advisory_unlock(7366418)")
             self._saver = saver
         return self._saver
 
