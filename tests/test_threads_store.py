@@ -13,6 +13,7 @@ from kit.pipeline.pump import CancelToken
 from kit.threads.ids import new_thread_id, validate_thread_id
 from kit.threads.stops import SharedStops
 from kit.threads.store import PostgresThreadStore, SqliteThreadStore, StoreDown, ThreadStore, open_store
+from tests.helpers import wait_until
 from tests.postgres import PostgresCluster, postgres_cluster  # noqa: F401  (the session fixture)
 
 
@@ -107,6 +108,13 @@ def test_a_sqlite_file_that_cannot_be_opened_is_a_503(tmp_path: Path) -> None:
     assert down.value.status == 503 and "unavailable" in down.value.message and "gone" not in down.value.message
 
 
+def answers(store: ThreadStore, thread_id: str) -> bool:
+    try:
+        return bool(store.messages(thread_id))
+    except StoreDown:
+        return False
+
+
 def test_a_postgres_outage_is_a_503_and_the_threads_are_intact_after(postgres_cluster: PostgresCluster) -> None:  # noqa: F811
     store = PostgresThreadStore(postgres_cluster.url, timeout_s=1.0)
     thread_id = new_thread_id()
@@ -118,6 +126,8 @@ def test_a_postgres_outage_is_a_503_and_the_threads_are_intact_after(postgres_cl
         assert down.value.status == 503 and "127.0.0.1" not in down.value.message
     finally:
         postgres_cluster.start()
+    # The pool reconnects on its own, with a back-off of a second or two.
+    assert wait_until(lambda: answers(store, thread_id), timeout=15)
     store.append(thread_id, [{"role": "user", "text": "after"}])
     assert [m["text"] for m in store.messages(thread_id)] == ["before", "after"]
     store.close()
