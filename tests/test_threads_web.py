@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import START, MessagesState, StateGraph
@@ -198,3 +199,23 @@ def test_a_store_that_is_down_before_streaming_is_a_503(serve, tmp_path: Path) -
         "error": "the conversation store is unavailable right now; please try again shortly"
     }
     assert httpx.get(server.url + "healthz").json() == {"status": "ok"}
+
+
+@pytest.mark.timeout(300)
+def test_the_demo_agent_remembers_its_thread_in_sqlite(serve, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from kit.serving.demo import THREAD_STORE_ENV, build_demo_app
+
+    monkeypatch.setenv(THREAD_STORE_ENV, str(tmp_path / "agent.sqlite"))
+    server = serve(build_demo_app("agent", 0))
+    thread_id, history = new_thread_id(), []
+    for question in ("What is the weather in Paris?", "And in Rome?"):
+        reply = chat(server.url, question, thread_id, history)
+        assert reply.errors == [] and reply.text_of("ai")
+        history += [{"role": "user", "text": question}, {"role": "ai", "text": reply.text_of("ai")}]
+    bubbles = thread_messages(server.url, thread_id).json()
+    assert [b["text"] for b in bubbles if b["role"] == "user"] == ["What is the weather in Paris?", "And in Rome?"]
+    assert [b["role"] for b in bubbles] == ["user", "steps", "ai"] * 2
+    assert "get_weather returned: It is sunny and 22 degrees in Rome." in bubbles[4]["text"]
+    # The memory is LangGraph's checkpoint in the SQLite file: the second turn's model read the first.
+    with sqlite3.connect(tmp_path / "agent.sqlite") as db:
+        assert db.execute("SELECT COUNT(DISTINCT thread_id) FROM checkpoints").fetchone() == (1,)
