@@ -139,3 +139,4 @@ def test_langgraphs_checkpointers_open_on_the_same_database(store: ThreadStore) 
     saver = store.checkpointer()
     assert isinstance(saver, BaseCheckpointSaver) and store.checkpointer() is saver
     assert saver.get_tuple({"configurable": {"thread_id": new_thread_id()}}) is None
+    store.close()

@@ -110,6 +110,7 @@ def test_a_checkpointed_graph_gets_one_turn_at_a_time_and_holds_each_message_onc
     assert reply.errors == [] and reply.text == "four heard; I hold 7 messages"
     threads = {row[0] for row in saver.conn.execute("SELECT DISTINCT thread_id FROM checkpoints")}
     assert threads == {thread_id}
+    saver.conn.close()
 
 
 def test_a_graph_without_a_checkpointer_still_gets_the_whole_history(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -200,6 +200,11 @@ class SqliteThreadStore(ThreadStore):
             self._saver = SqliteSaver(sqlite3.connect(self.path, check_same_thread=False, timeout=10.0))
         return self._saver
 
+    def close(self) -> None:
+        if self._saver is not None:
+            self._saver.conn.close()
+            self._saver = None
+
 
 class PostgresThreadStore(ThreadStore):
     """PostgreSQL, for several worker processes or hosts: a small connection pool per process, opened on first
