@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import html
 import logging
+import sys
 import threading
+import types
 from typing import Any
 
 from flask import Flask
@@ -68,9 +70,10 @@ def serve(
 ) -> Server:
     """Serve `app` in the background and return once `/healthz` answers.
 
-    Serving again under the same `name` (by default the app's title) first stops the previous server, so
-    re-running a notebook cell leaks no port and no thread, even with a fixed `port`. `base` is the
-    Jupyter server's base URL when the browser must go through jupyter-server-proxy (see
+    Re-running the notebook cell that called `serve` first stops the server that cell started, so a cell run
+    again leaks no port and no thread, even with a fixed `port`; two cells keep two servers. An explicit
+    `name` wins: serving under a name replaces the server of that name, whichever cell started it. `base` is
+    the Jupyter server's base URL when the browser must go through jupyter-server-proxy (see
     `kit.notebook.browser_url`).
 
     >>> import httpx
@@ -80,13 +83,13 @@ def serve(
     {'status': 'ok'}
     """
     _quiet_request_log()
-    name = name or str(app.config.get("KIT_TITLE") or app.name)
+    key = name or _calling_cell(sys._getframe(1))
     with _lock:
-        previous = _running.pop(name, None)
+        previous = _running.pop(key, None)
     if previous is not None:
         previous.stop()
     try:
-        server = Server(app, name, port, base)
+        server = Server(app, key, port, base)
     except PortInUse as error:
         holders = [other.name for other in list(_running.values()) if other.port == port]
         if holders:
@@ -101,8 +104,27 @@ def serve(
         server.stop()
         raise
     with _lock:
-        _running[name] = server
+        _running[key] = server
     return server
+
+
+def _calling_cell(frame: types.FrameType) -> str:
+    """What names the code that called `serve`: the notebook cell's id (JupyterLab and Notebook 7 send it
+    with each execution, and it stays the same when the cell is edited and run again), otherwise the
+    calling line (IPython names a cell's code after its content, so an unchanged cell keeps its name)."""
+    cell_id = _current_cell_id()
+    if cell_id:
+        return f"cell {cell_id}"
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def _current_cell_id() -> str | None:
+    shell = sys.modules.get("IPython")
+    get_ipython = getattr(shell, "get_ipython", None)
+    header = getattr(get_ipython(), "parent_header", None) if get_ipython else None
+    metadata = header.get("metadata") if isinstance(header, dict) else None
+    cell_id = metadata.get("cellId") if isinstance(metadata, dict) else None
+    return cell_id if isinstance(cell_id, str) else None
 
 
 def running() -> dict[str, Server]:
