@@ -152,3 +152,20 @@ def test_no_module_of_the_kit_imports_another_that_imports_it_back() -> None:
 def test_nothing_imports_the_command_line() -> None:
     importers = [name for name, targets in import_graph().items() if "kit.__main__" in targets]
     assert importers == []
+
+
+def long_functions(limit: int = 60) -> list[str]:
+    """Functions of the kit longer than `limit` lines (docstring included): each should be split by job."""
+    found = []
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno is not None:
+                length = node.end_lineno - node.lineno + 1
+                if length > limit:
+                    found.append(f"{_module_name(path)}.{node.name}: {length} lines")
+    return found
+
+
+def test_no_function_is_over_60_lines() -> None:
+    assert long_functions() == []
+    assert long_functions(limit=5)  # the check does see functions

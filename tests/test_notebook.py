@@ -87,7 +87,7 @@ def test_serve_is_keyed_by_the_calling_code_so_two_cells_keep_two_servers() -> N
     again = serve_in_one_cell("again")  # the same cell, run again: replaces its server
     other = serve(create_app("other", title="the same default title"))  # another cell: kept beside it
     assert not one.running and again.running and other.running
-    assert len(running()) == 2
+    assert sorted(running()) == ["the same default title", "the same default title #2"]
     assert stream_chat(again.url + "chat-stream", "hi").text == "again"
     assert stream_chat(other.url + "chat-stream", "hi").text == "other"
     named = serve(create_app("named"), name="Chat A")
@@ -119,8 +119,11 @@ def test_in_a_real_kernel_serve_is_keyed_by_the_cell_id_even_when_the_cell_is_ed
         first = run_cell("a = serve(create_app('a'))", "cell-a")
         edited = run_cell("a = serve(create_app('a, edited'))  # same cell, new code", "cell-a")
         both = run_cell("b = serve(create_app('b'))", "cell-b")
+        pair = run_cell("pair = [serve(create_app('c')), serve(create_app('d'))]", "cell-c")  # one run, two chats
+        pair_again = run_cell("pair = [serve(create_app('c')), serve(create_app('d'))]", "cell-c")
         assert first.count("http") == 1 and edited.count("http") == 1 and first != edited
-        assert both.count("http") == 2
+        assert both.count("http") == 2 and pair.count("http") == 4 and pair_again.count("http") == 4
+        assert pair != pair_again  # the cell's two earlier servers were replaced by two new ones
         run_cell("stop_all()", "teardown")
     finally:
         client.stop_channels()

@@ -23,6 +23,7 @@ def create_app(source: Source, settings: StreamSettings | None = None, **options
     settings = (settings or StreamSettings()).with_options(**options)
     app = Flask(__name__, static_folder=None)  # the blueprint serves the page's static files
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["KIT_TITLE"] = settings.title  # kit.notebook.serve names a server after it
     app.register_blueprint(create_blueprint(source, settings, name="kit_chat"))
 
     @app.errorhandler(HTTPException)
