@@ -60,7 +60,7 @@ def _turns(url: str, thread_id: str) -> Iterator[tuple[float, int]]:
         history += [{"role": "user", "text": question}, {"role": "ai", "text": text}]
 
 
-def _bare_model_ttft(model: Any, url: str, graph: Any, thread_id: str) -> float:
+def _bare_model_ttft(model: Any, graph: Any, thread_id: str) -> float:
     """The limit: the model's own first token for the conversation the graph's model read at turn 10."""
     messages = graph.get_state({"configurable": {"thread_id": thread_id}}).values["messages"][:-1]
     asked = time.perf_counter()
@@ -85,7 +85,7 @@ def turn_figures(runs: int) -> dict[str, Any]:
             BackgroundServer(create_app(checkpointed, thread_store=store)) as memory,
             BackgroundServer(create_app(stateless, thread_store=store)) as plain,
         ):
-            list(_turns(plain.url, new_thread_id()))[:1]  # warm-up: the model loads
+            next(_turns(plain.url, new_thread_id()))  # warm-up: the model loads
             for _run in range(runs):
                 thread_id = new_thread_id()
                 kept = list(_turns(memory.url, thread_id))
@@ -95,7 +95,7 @@ def turn_figures(runs: int) -> dict[str, Any]:
                     ("checkpointed turn 10 ttft_s", kept[-1][0]),
                     ("history-fed turn 1 ttft_s", sent[0][0]),
                     ("history-fed turn 10 ttft_s", sent[-1][0]),
-                    ("bare model, turn-10 conversation ttft_s", _bare_model_ttft(model, "", checkpointed, thread_id)),
+                    ("bare model, turn-10 conversation ttft_s", _bare_model_ttft(model, checkpointed, thread_id)),
                     ("request body turn 10 bytes", kept[-1][1]),
                     ("request body turn 1 bytes", kept[0][1]),
                 ):

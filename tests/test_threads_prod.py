@@ -20,11 +20,11 @@ import pytest
 from flask import Flask, Response
 
 from kit import create_app
-from kit.pipeline.pump import CancelToken
+from kit.pipeline.cancel import CancelToken
 from kit.serving.client import Received, Reply, chat_body, iter_stream
 from kit.threads.ids import THREAD_ID_HEADER, new_thread_id
 from kit.threads.store import PostgresThreadStore
-from kit.web.stop_requests import STREAM_ID_HEADER
+from kit.web.blueprint import STREAM_ID_HEADER
 from tests.helpers import wait_until
 from tests.postgres import PostgresCluster, postgres_cluster  # noqa: F401  (the session fixture)
 from tests.prod_server import ProdServer

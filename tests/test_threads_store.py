@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kit.errors import ChatError
-from kit.pipeline.pump import CancelToken
+from kit.pipeline.cancel import CancelToken
 from kit.threads.ids import new_thread_id, validate_thread_id
 from kit.threads.stops import SharedStops
 from kit.threads.store import PostgresThreadStore, SqliteThreadStore, StoreDown, ThreadStore, open_store

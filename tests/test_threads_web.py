@@ -18,7 +18,7 @@ from kit import create_app
 from kit.serving.client import Received, Reply, chat_body, iter_stream
 from kit.testing.fakes import ScriptedSource
 from kit.threads.ids import THREAD_ID_HEADER, new_thread_id
-from kit.web.stop_requests import STREAM_ID_HEADER
+from kit.web.blueprint import STREAM_ID_HEADER
 from tests.helpers import wait_until
 
 

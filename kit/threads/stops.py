@@ -8,7 +8,7 @@ import threading
 import weakref
 
 from kit.errors import ChatError
-from kit.pipeline.pump import CancelToken
+from kit.pipeline.cancel import CancelToken
 from kit.threads.store import ThreadStore
 
 log = logging.getLogger(__name__)

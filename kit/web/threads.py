@@ -18,6 +18,7 @@ from pathlib import Path
 from flask import Blueprint, Flask, Request, Response, jsonify
 
 from kit.errors import ChatError
+from kit.pipeline.cancel import STREAM_ID, CancelToken
 from kit.pipeline.sources import Message
 from kit.threads.ids import THREAD_ID_HEADER, thread_scope, validate_thread_id
 from kit.threads.stops import SharedStops
@@ -60,6 +61,16 @@ class ChatThreads:
         self.store = None if store is False else open_store(None if store is True else store)
         self.owner = owner
         self.shared_stops = SharedStops(self.store) if self.store is not None else None
+
+    def watch_stop(self, stream_id: str | None, cancel: CancelToken) -> None:
+        """Let a stop posted on another worker process end this stream (a well-formed id and a store needed)."""
+        if self.shared_stops is not None and stream_id is not None and STREAM_ID.fullmatch(stream_id):
+            self.shared_stops.watch(stream_id, cancel)
+
+    def post_stop(self, stream_id: str) -> None:
+        """A stop for a stream this process does not serve: recorded for the others (503 if the store is down)."""
+        if self.shared_stops is not None:
+            self.shared_stops.post(stream_id)
 
     def register_routes(self, target: Flask | Blueprint) -> None:
         """Add `GET /threads/<id>/messages` to an app or a Blueprint."""
