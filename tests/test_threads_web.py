@@ -220,3 +220,32 @@ def test_the_demo_agent_remembers_its_thread_in_sqlite(serve, tmp_path: Path, mo
     # The memory is LangGraph's checkpoint in the SQLite file: the second turn's model read the first.
     with sqlite3.connect(tmp_path / "agent.sqlite") as db:
         assert db.execute("SELECT COUNT(DISTINCT thread_id) FROM checkpoints").fetchone() == (1,)
+
+
+def test_a_blueprint_behind_an_apps_login_binds_threads_to_its_users(tmp_path: Path) -> None:
+    from flask import Flask, session
+
+    from kit import create_blueprint
+
+    app = Flask("host")
+    app.secret_key = "test only"
+
+    @app.post("/login/<name>")
+    def login(name: str) -> str:
+        session["user"] = name
+        return "ok"
+
+    owner = lambda: session.get("user")  # noqa: E731  (the one hook)
+    app.register_blueprint(
+        create_blueprint(ScriptedSource(["Hi"]), thread_store=tmp_path / "t.sqlite", thread_owner=owner),
+        url_prefix="/chat",
+    )
+    alice, bob = app.test_client(), app.test_client()
+    alice.post("/login/alice")
+    bob.post("/login/bob")
+    thread = {THREAD_ID_HEADER: new_thread_id()}
+    assert alice.post("/chat/chat", json=chat_body("mine"), headers=thread).json == {"text": "Hi"}
+    url = f"/chat/threads/{thread[THREAD_ID_HEADER]}/messages"
+    assert alice.get(url).json == [{"role": "user", "text": "mine"}, {"role": "ai", "text": "Hi"}]
+    assert bob.get(url).status_code == 404 and bob.get(url).json == {"error": "no such thread"}
+    assert bob.post("/chat/chat", json=chat_body("x"), headers=thread).status_code == 404
