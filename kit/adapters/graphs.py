@@ -36,6 +36,9 @@ from kit.pipeline.pump import close_iterator
 from kit.pipeline.sources import ANSWER_ROLE, Message
 
 _DONE = object()
+WAITING_ROLE = "approval"
+WAITING_TEXT = "Waiting for your decision."
+"""The bubble a reply ends with when the graph stopped at an interrupt: the page shows the decision to make."""
 ANSWER_KEYS = ("answer", "output", "response", "result", "text", "content")
 
 
@@ -112,6 +115,15 @@ class GraphSource:
         value = run.input(messages, self.to_input)
         return released(run.around(self._stream(value, cancel, run.config)), admit_models(self.models, cancel))
 
+    def resume(self, resume: dict[str, Any], cancel: CancelToken) -> Iterator[Any]:
+        """Go on from the current thread's interrupts: `resume` maps interrupt ids to their values
+        (LangGraph's `Command(resume=...)`); the continuation streams like a reply."""
+        from langgraph.types import Command
+
+        run = GraphRun(self.graph, self.config)
+        stream = self._stream(Command(resume=resume), cancel, run.config)
+        return released(stream, admit_models(self.models, cancel))
+
     @property
     def keeps_threads(self) -> bool:
         """Compiled with a checkpointer over `messages`: the graph keeps each thread (kit.threads.ThreadMemory)."""
@@ -144,7 +156,9 @@ class GraphSource:
                 for role, text in selector.feed(*payload):
                     answered = answered or role == ANSWER_ROLE
                     yield role, text
-            if not answered and not cancel.cancelled:
+            if isinstance(final_state, dict) and final_state.get("__interrupt__") and not cancel.cancelled:
+                yield WAITING_ROLE, WAITING_TEXT  # stopped for a person (kit.adapters.interrupts): no answer yet
+            elif not answered and not cancel.cancelled:
                 yield ANSWER_ROLE, answer_from_state(final_state)
 
         try:
@@ -200,8 +214,10 @@ def graph_source(
 
 
 def recognises(source: object) -> bool:
-    """A compiled LangGraph graph (kit.adapters.registry asks)."""
-    return isinstance(source, Pregel)
+    """A compiled LangGraph graph, or one already wrapped by `graph_source` (kit.adapters.registry asks)."""
+    return isinstance(source, Pregel | GraphSource)
 
 
-adapt = graph_source
+def adapt(source: Pregel | GraphSource) -> GraphSource:
+    """The graph's source; a `graph_source(...)` stays itself, so the routes still see its threads and interrupts."""
+    return source if isinstance(source, GraphSource) else graph_source(source)

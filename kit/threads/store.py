@@ -96,6 +96,25 @@ class ThreadStore:
             self._execute_many(f"DELETE FROM kit_stop_requests WHERE stream_id IN ({marks})", [tuple(found)])
         return found
 
+    def claim_interrupt(self, thread_id: str, interrupt_id: str) -> bool:
+        """Take the right to resume this interrupt: True for exactly one caller, in any process (issue 18)."""
+        sql = (
+            "INSERT INTO kit_interrupt_claims (thread_id, interrupt_id, created) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING"
+        )
+        with self._guarded() as connection:
+            return connection.execute(self._sql(sql), (thread_id, interrupt_id, time.time())).rowcount == 1
+
+    def interrupt_claimed(self, thread_id: str, interrupt_id: str) -> bool:
+        """Whether someone already resumed (or is resuming) this interrupt."""
+        sql = "SELECT 1 AS claimed FROM kit_interrupt_claims WHERE thread_id = ? AND interrupt_id = ?"
+        return bool(self._query(sql, (thread_id, interrupt_id)))
+
+    def release_interrupt(self, thread_id: str, interrupt_id: str) -> None:
+        """Give a claim back: the resume never got past the interrupt, so it may be decided again."""
+        sql = "DELETE FROM kit_interrupt_claims WHERE thread_id = ? AND interrupt_id = ?"
+        self._execute_many(sql, [(thread_id, interrupt_id)])
+
     def checkpointer(self) -> Any:
         """LangGraph's checkpointer on this database, for a graph whose memory should live here."""
         raise NotImplementedError
@@ -164,6 +183,8 @@ class SqliteThreadStore(ThreadStore):
         "CREATE INDEX IF NOT EXISTS kit_thread_messages_by_thread ON kit_thread_messages (thread_id, id)",
         "CREATE TABLE IF NOT EXISTS kit_thread_owners (thread_id TEXT PRIMARY KEY, owner TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_stop_requests (stream_id TEXT PRIMARY KEY, created REAL NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS kit_interrupt_claims (thread_id TEXT NOT NULL, interrupt_id TEXT NOT NULL, "
+        "created REAL NOT NULL, PRIMARY KEY (thread_id, interrupt_id))",
     )
 
     def __init__(self, path: str | Path = DEFAULT_SQLITE_FILE) -> None:
@@ -217,6 +238,8 @@ class PostgresThreadStore(ThreadStore):
         "CREATE INDEX IF NOT EXISTS kit_thread_messages_by_thread ON kit_thread_messages (thread_id, id)",
         "CREATE TABLE IF NOT EXISTS kit_thread_owners (thread_id TEXT PRIMARY KEY, owner TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_stop_requests (stream_id TEXT PRIMARY KEY, created DOUBLE PRECISION NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS kit_interrupt_claims (thread_id TEXT NOT NULL, interrupt_id TEXT NOT NULL, "
+        "created DOUBLE PRECISION NOT NULL, PRIMARY KEY (thread_id, interrupt_id))",
     )
 
     def __init__(self, conninfo: str, *, max_connections: int = 8, timeout_s: float = 5.0) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
@@ -19,6 +19,7 @@ from kit.pipeline.sources import Message, Source, SourceFn, with_system_prompt
 from kit.pipeline.sse import STREAM_HEADERS
 from kit.pipeline.streaming import collect_answer, public_message, sse_events, start_pump
 from kit.web.chat_request import parse_chat_request
+from kit.web.interrupts import ChatInterrupts  # approvals (issue 18)
 from kit.web.observers import observers_for
 from kit.web.origins import OriginPolicy
 from kit.web.page import CONTENT_SECURITY_POLICY, render_page
@@ -63,15 +64,18 @@ class ChatRoutes:
         else:
             with turn.scope():  # threads (issue 17)
                 pump = self.start(messages, cancel)
-        events = sse_events(
+        events = turn.record(self.events(pump, messages))  # threads (issue 17): the transcript, when it ends
+        return Response(stream_with_context(events), headers=STREAM_HEADERS)
+
+    def events(self, pump: Pump, messages: list[Message]) -> Iterator[str]:
+        """The SSE events of a running pump for this request (its stream id, its client, the app's observers)."""
+        return sse_events(
             pump,
             self.settings,
             stream_id=request.headers.get(STREAM_ID_HEADER),
             client_gone=client_gone_probe(request.environ),
             observers=observers_for(current_app, messages),
         )
-        events = turn.record(events)  # threads (issue 17): the transcript, when the reply ends or stops
-        return Response(stream_with_context(events), headers=STREAM_HEADERS)
 
     def answer(self) -> Response:
         """`POST chat`: the same pipeline as the stream, the whole answer as one JSON object."""
@@ -122,6 +126,7 @@ def create_blueprint(
     blueprint.add_url_rule(STOP_ROUTE, "stop_stream", routes.stop_stream, methods=["POST"])
     blueprint.add_url_rule("/chat", "chat", routes.answer, methods=["POST"])
     routes.threads.register_routes(blueprint)  # threads (issue 17): GET /threads/<id>/messages
+    ChatInterrupts(routes).register_routes(blueprint)  # approvals (issue 18): interrupts and POST resume
     _guard(blueprint, settings)
     return blueprint
 

@@ -96,6 +96,10 @@ class ChatThreads:
         store = self.store if self.memory is None else None  # a graph with memory keeps its own thread
         return Turn(thread_id, new_user_messages(messages), store)
 
+    def check_owner(self, thread_id: str) -> None:
+        """NoSuchThread (404) when the thread belongs to another user than the current one."""
+        self._check_owner(thread_id, claim=False)
+
     def _check_owner(self, thread_id: str, *, claim: bool) -> None:
         if self.owner is None or self.store is None:
             return
