@@ -38,30 +38,53 @@ def get_weather(city: str) -> str:
     return f"It is sunny and 22 degrees in {city}."  # a demo: no weather service is called
 
 
+SENT_EMAILS: list[dict[str, str]] = []
+"""What the demo's `send_email` "sent" in this process (a demo: no mail leaves the machine)."""
+
+
+def send_email(to: str, subject: str, body: str) -> str:
+    """Send an email to someone. A person approves, edits or rejects each call before it runs."""
+    SENT_EMAILS.append({"to": to, "subject": subject, "body": body})
+    return f"Email to {to} sent: {subject}"
+
+
 def demo_agent(store: Any = None, model: Any = None) -> Any:
-    """The agent behind `serve --demo agent`: the embedded model with a weather tool (LangChain's
-    `create_agent`), compiled with LangGraph's checkpointer on the thread store (SQLite by default), so it
-    remembers each thread's earlier turns. `store`: a ThreadStore, a path or a `postgresql://` URL."""
+    """The agent behind `serve --demo agent`: the embedded model with a weather tool and a `send_email` tool
+    that waits for a person's approval (LangChain's `create_agent` with `HumanInTheLoopMiddleware`), compiled
+    with LangGraph's checkpointer on the thread store (SQLite by default), so it remembers each thread's earlier
+    turns and its pending approvals. `store`: a ThreadStore, a path or a `postgresql://` URL."""
     from langchain.agents import create_agent
+    from langchain.agents.middleware import HumanInTheLoopMiddleware
 
     from kit.model.chat_model import ChatLlama
     from kit.threads.store import open_store
 
     model = model if model is not None else ChatLlama(max_tokens=64, temperature=0, seed=1)
     saver = open_store(store).checkpointer()
-    return create_agent(model, tools=[get_weather], system_prompt=AGENT_SYSTEM_PROMPT, checkpointer=saver)
+    decisions: list[Any] = ["approve", "edit", "reject"]
+    asked = {"allowed_decisions": decisions, "description": "The assistant wants to send this email."}
+    approval = HumanInTheLoopMiddleware(interrupt_on={"send_email": asked})
+    return create_agent(
+        model,
+        tools=[get_weather, send_email],
+        system_prompt=AGENT_SYSTEM_PROMPT,
+        middleware=[approval],
+        checkpointer=saver,
+    )
 
 
-def demo_agent_app(store: Any = None) -> Flask:
-    """`create_app` around `demo_agent`: tool calls and results in a steps bubble, the answer after them."""
+def demo_agent_app(store: Any = None, model: Any = None) -> Flask:
+    """`create_app` around `demo_agent`: tool calls and results in a steps bubble, the answer after them;
+    `model` replaces the embedded one (a scripted model in tests and notebooks)."""
     from kit.adapters.graphs import graph_source
     from kit.model.chat_model import ChatLlama
     from kit.threads.store import open_store
 
     store = open_store(store)
-    model = ChatLlama(max_tokens=64, temperature=0, seed=1)
+    model = model if model is not None else ChatLlama(max_tokens=64, temperature=0, seed=1)
     # The model sits inside the agent's node: named here, its fair queue admits a request before the first byte.
-    source = graph_source(demo_agent(store, model), steps_role="steps", models=[model])
+    models = [model] if isinstance(model, ChatLlama) else []
+    source = graph_source(demo_agent(store, model), steps_role="steps", models=models)
     return create_app(source, thread_store=store, title="Deep Chat kit: agent demo")
 
 

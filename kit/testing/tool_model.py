@@ -47,8 +47,8 @@ class ScriptedToolModel(BaseChatModel):
                 name, args = call
                 return AIMessage("", tool_calls=[{"name": name, "args": args, "id": f"call_{uuid.uuid4().hex[:12]}"}])
             return AIMessage(f"You said: {last.text}")
-        if isinstance(last, ToolMessage):
-            return AIMessage(f"Done: {last.text}")
+        if isinstance(last, ToolMessage):  # the result's last line (an edited call's result starts with a notice)
+            return AIMessage(f"Done: {(last.text.splitlines() or [''])[-1]}")
         return AIMessage(f"Done: {json.dumps(last.text)}")
 
     def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:

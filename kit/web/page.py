@@ -28,6 +28,7 @@ _TEMPLATE = """<!doctype html>
 <script type="module" src="static/vendor/deepChat.bundle.js"></script>
 <script type="module" src="static/page.js"></script>
 <script type="module" src="static/threads.js"></script>
+<script type="module" src="static/interrupts.js"></script>
 </head>
 <body>
 {body}

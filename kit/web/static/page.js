@@ -15,14 +15,16 @@ function streamId() {
 const plainFetch = window.fetch.bind(window);
 window.fetch = (input, init = {}) => {
   const url = new URL(typeof input === "string" ? input : input.url, document.baseURI);
-  if (!url.pathname.endsWith("/" + STREAM_ROUTE) || !init.signal) {
+  const streamed = [STREAM_ROUTE, STREAM_ROUTE + "/resume"].some((route) => url.pathname.endsWith("/" + route));
+  if (!streamed || !init.signal) {
     return plainFetch(input, init);
   }
   const id = streamId();
   const headers = new Headers(init.headers);
   headers.set("X-Kit-Stream-Id", id);
   let ended = false; // the whole reply was read: nothing left to stop
-  const stop = () => ended || navigator.sendBeacon(url.href + "/stop", id);
+  const stopUrl = new URL(STREAM_ROUTE + "/stop", document.baseURI).href; // a resumed run stops the same way
+  const stop = () => ended || navigator.sendBeacon(stopUrl, id);
   init.signal.addEventListener("abort", stop, { once: true });
   return plainFetch(input, { ...init, headers }).then((response) => {
     if (!response.body) {

@@ -1,0 +1,225 @@
+// Approvals: when the thread's graph waits for a person (a LangGraph interrupt), a card per tool call with the
+// decisions it allows (approve; edit the arguments; reject with a reason), or a question answered in the input
+// box. The decision goes out as Deep Chat's next request, rewritten to POST chat-stream/resume, so the
+// continuation streams into the chat like any reply (Stop included). Cards are read from
+// GET threads/<id>/interrupts when the page opens and after every reply, so a reload or a second tab shows them.
+// Everything in a card came from the model: it is set with textContent only, never as markup.
+const RESUME_ROUTE = "chat-stream/resume";
+const chat = document.getElementById("chat");
+let pending = []; // the thread's interrupts, as the server described them
+let queued = null; // the decision the next chat request carries
+const decided = new Map(); // interrupt id -> decisions made so far (one per tool call)
+
+const STYLE = `
+#kit-interrupts { position: fixed; left: 50%; transform: translateX(-50%); bottom: 76px; z-index: 10;
+  width: min(560px, calc(100% - 24px)); max-height: 60vh; overflow: auto; font: 14px system-ui, sans-serif; }
+.kit-card { background: #fff; border: 1px solid #d0d7de; border-left: 4px solid #d4a72c; border-radius: 8px;
+  padding: 10px 12px; margin-top: 8px; box-shadow: 0 2px 8px rgba(0,0,0,.12); }
+.kit-card-title { font-size: 12px; text-transform: uppercase; letter-spacing: .04em; color: #7d5e00; }
+.kit-card-tool { font: 600 15px ui-monospace, monospace; margin: 4px 0; overflow-wrap: anywhere; }
+.kit-card-description, .kit-card-question { white-space: pre-wrap; color: #444; margin: 4px 0; overflow-wrap: anywhere; }
+.kit-card-args { background: #f6f8fa; border-radius: 6px; padding: 6px 8px; margin: 6px 0; white-space: pre-wrap;
+  font: 13px ui-monospace, monospace; overflow-wrap: anywhere; }
+textarea.kit-card-args { width: 100%; box-sizing: border-box; min-height: 5em; border: 1px solid #888; }
+.kit-card input { width: 100%; box-sizing: border-box; margin: 4px 0; padding: 4px 6px; font: inherit; }
+.kit-card button { margin: 4px 6px 0 0; padding: 4px 14px; border-radius: 6px; border: 1px solid #c8c8c8;
+  background: #fff; cursor: pointer; font: inherit; }
+.kit-card button.kit-approve { background: #1f883d; border-color: #1f883d; color: #fff; }
+.kit-card button.kit-reject { color: #cf222e; }
+.kit-card button:disabled { opacity: .5; cursor: default; }
+.kit-card-error { color: #cf222e; white-space: pre-wrap; }
+.kit-card-done { color: #555; font-style: italic; }
+`;
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text; // never innerHTML: the text is the model's
+  return node;
+}
+
+function button(label, className, onClick) {
+  const node = element("button", className, label);
+  node.type = "button";
+  node.addEventListener("click", onClick);
+  return node;
+}
+
+function panel() {
+  let node = document.getElementById("kit-interrupts");
+  if (!node) {
+    const style = element("style", "", STYLE);
+    document.head.appendChild(style);
+    node = element("div");
+    node.id = "kit-interrupts";
+    node.setAttribute("aria-live", "polite");
+    document.body.appendChild(node);
+  }
+  return node;
+}
+
+function shown(value) {
+  return typeof value === "string" ? value : JSON.stringify(value, null, 2);
+}
+
+function disableCard(card) {
+  card.querySelectorAll("button, input, textarea").forEach((node) => { node.disabled = true; });
+}
+
+// One tool call: its name, description and arguments, and a button per decision the request allows.
+function toolCard(item, action, index) {
+  const card = element("div", "kit-card");
+  card.dataset.interrupt = item.id;
+  card.dataset.action = String(index);
+  card.append(element("div", "kit-card-title", "Approval needed"), element("div", "kit-card-tool", action.name));
+  if (action.description) card.append(element("div", "kit-card-description", action.description));
+  const args = element("pre", "kit-card-args", JSON.stringify(action.args, null, 2));
+  const error = element("div", "kit-card-error");
+  const buttons = element("div", "kit-card-buttons");
+  card.append(args, error, buttons);
+  const allowed = action.allowed_decisions || [];
+  const decide = (decision, label) => {
+    disableCard(card); // a double click sends one decision; the server refuses a second one anyway
+    card.append(element("div", "kit-card-done", label));
+    record(item, index, decision, label);
+  };
+  if (allowed.includes("approve")) {
+    buttons.append(button("Approve", "kit-approve", () => decide({ type: "approve" }, "Approved")));
+  }
+  if (allowed.includes("edit")) buttons.append(button("Edit", "kit-edit", () => editArgs(card, action, decide)));
+  if (allowed.includes("reject")) buttons.append(button("Reject", "kit-reject", () => askReason(card, decide)));
+  return card;
+}
+
+function editArgs(card, action, decide) {
+  const shownArgs = card.querySelector(".kit-card-args");
+  const editor = element("textarea", "kit-card-args");
+  editor.value = JSON.stringify(action.args, null, 2);
+  shownArgs.replaceWith(editor);
+  editor.focus();
+  const buttons = card.querySelector(".kit-card-buttons");
+  buttons.replaceChildren(button("Save and run", "kit-approve kit-save", () => {
+    let args;
+    try {
+      args = JSON.parse(editor.value);
+    } catch (error) {
+      card.querySelector(".kit-card-error").textContent = `Not JSON: ${error.message}`;
+      return;
+    }
+    if (!args || typeof args !== "object" || Array.isArray(args)) {
+      card.querySelector(".kit-card-error").textContent = "The arguments are a JSON object: {...}";
+      return;
+    }
+    decide({ type: "edit", edited_action: { name: action.name, args } }, "Edited and approved");
+  }));
+}
+
+function askReason(card, decide) {
+  const reason = element("input", "kit-reason");
+  reason.placeholder = "Why not? (optional, the model reads it)";
+  const buttons = card.querySelector(".kit-card-buttons");
+  buttons.replaceChildren(reason, button("Reject", "kit-reject kit-confirm-reject", () => {
+    const message = reason.value.trim();
+    decide(message ? { type: "reject", message } : { type: "reject" }, message ? `Rejected: ${message}` : "Rejected");
+  }));
+  reason.focus();
+}
+
+// A decision per tool call of the interrupt; when the last is made, the chat sends them.
+function record(item, index, decision, label) {
+  const made = decided.get(item.id) || [];
+  made[index] = { decision, label };
+  decided.set(item.id, made);
+  if (made.filter(Boolean).length < item.actions.length) return;
+  decided.delete(item.id);
+  queued = { interrupt_id: item.id, decisions: made.map((entry) => entry.decision) };
+  chat.submitUserMessage({ text: made.map((entry) => entry.label).join("; ") });
+}
+
+function questionCard(item) {
+  const card = element("div", "kit-card");
+  card.dataset.interrupt = item.id;
+  card.append(element("div", "kit-card-title", "The assistant asks"));
+  const value = item.value && typeof item.value === "object" && "question" in item.value ? item.value.question : item.value;
+  card.append(element("div", "kit-card-question", shown(value)), element("div", "kit-card-done", "Answer in the box below."));
+  return card;
+}
+
+function setPlaceholder(text) {
+  const input = chat.shadowRoot && chat.shadowRoot.getElementById("text-input");
+  if (!input) return;
+  if (!input.dataset.kitPlaceholder) input.dataset.kitPlaceholder = input.getAttribute("deep-chat-placeholder-text") || "";
+  input.setAttribute("deep-chat-placeholder-text", text || input.dataset.kitPlaceholder);
+}
+
+function render() {
+  const node = panel();
+  node.replaceChildren();
+  for (const item of pending) {
+    if (item.kind === "tool_calls") item.actions.forEach((action, index) => node.append(toolCard(item, action, index)));
+    else node.append(questionCard(item));
+  }
+  const question = pending.find((item) => item.kind === "question");
+  if (question) setPlaceholder("Type your answer to the question above");
+  else if (pending.length) setPlaceholder("Waiting for your decision on the card above (a message here rejects it)");
+  else setPlaceholder(null);
+  window.kitInterrupts.shown = pending.length;
+}
+
+async function refresh() {
+  const id = window.kitThread && window.kitThread.id();
+  if (!id) return;
+  try {
+    const response = await plainFetch(`threads/${encodeURIComponent(id)}/interrupts`, { cache: "no-store" });
+    pending = response.ok ? await response.json() : [];
+  } catch {
+    pending = [];
+  }
+  decided.clear();
+  render();
+}
+
+// The request's body for the resume route: a queued card decision, the answer to a question, or a typed
+// message that rejects the pending tool call(s) with itself as the reason.
+function resumeBody(init) {
+  if (queued) return queued;
+  const question = pending.find((item) => item.kind === "question");
+  const messages = JSON.parse(init.body || "{}").messages || [];
+  const text = messages.length ? messages[messages.length - 1].text : "";
+  if (question) return { interrupt_id: question.id, answer: text };
+  const item = pending.find((entry) => entry.actions.every((action) => action.allowed_decisions.includes("reject")));
+  return item ? { interrupt_id: item.id, decisions: item.actions.map(() => ({ type: "reject", message: text })) } : null;
+}
+
+function afterReply(response) {
+  if (!response.body) {
+    refresh();
+    return response;
+  }
+  const body = response.body.pipeThrough(new TransformStream({ flush: () => { refresh(); } }));
+  return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+}
+
+const plainFetch = window.fetch;
+window.fetch = (input, init = {}) => {
+  const url = new URL(typeof input === "string" ? input : input.url, document.baseURI);
+  if (!url.pathname.endsWith("/chat-stream")) return plainFetch(input, init);
+  const body = pending.length || queued ? resumeBody(init) : null;
+  queued = null;
+  if (!body) return plainFetch(input, init).then(afterReply);
+  pending = [];
+  render(); // the cards go at once: the decision is on its way
+  const headers = new Headers(init.headers);
+  headers.set("X-Kit-Thread-Id", window.kitThread.id());
+  headers.set("Content-Type", "application/json");
+  const resumeUrl = new URL(RESUME_ROUTE, document.baseURI).href;
+  return plainFetch(resumeUrl, { ...init, headers, body: JSON.stringify(body) }).then(afterReply);
+};
+
+window.kitInterrupts = { refresh, pending: () => pending, shown: 0 };
+if (chat) {
+  // The input box exists once Deep Chat has rendered; the thread's id once threads.js ran (it ran before this).
+  customElements.whenDefined("deep-chat").then(() => setTimeout(refresh, 0));
+  // "New chat" (threads.js) switches thread: its own handler runs first, then the new thread's cards show.
+  document.addEventListener("click", (event) => { if (event.target.id === "kit-new-chat") refresh(); });
+}
