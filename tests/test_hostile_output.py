@@ -235,3 +235,63 @@ def test_a_page_on_another_origin_is_refused_unless_its_origin_is_listed(serve) 
         streamed = foreign_fetch(page, listed.url + "chat-stream", "application/json")
         assert streamed["status"] == 200 and 'data: {"text": "the model answered"}' in str(streamed["text"])
         assert len(calls) == 2
+
+
+# ----------------------------------------------------------------------------------------------------
+# Approval cards (issue 18): tool names, arguments, descriptions and questions come from the model.
+
+HOSTILE_NAME = "<img src=x onerror=\"window.__pwned='name';alert('name')\">"
+HOSTILE_ARGS = {"<script>alert('key')</script>": "[x](javascript:window.__pwned='arg';alert('arg'))"}
+HOSTILE_QUESTION = "<a href=\"javascript:alert('q')\" id=pwn>answer here</a><svg onload=alert('svg')>"
+
+
+def hostile_interrupts_graph(saver: object) -> object:
+    """Two branches that stop at once: a HITL-shaped request with hostile fields, and a hostile question."""
+    from langgraph.graph import START, MessagesState, StateGraph
+    from langgraph.types import interrupt
+
+    def review(state: MessagesState) -> dict[str, list[object]]:
+        action = {"name": HOSTILE_NAME, "args": HOSTILE_ARGS, "description": HOSTILE_QUESTION}
+        interrupt(
+            {
+                "action_requests": [action],
+                "review_configs": [{"action_name": HOSTILE_NAME, "allowed_decisions": ["approve"]}],
+            }
+        )
+        return {"messages": []}
+
+    def ask(state: MessagesState) -> dict[str, list[object]]:
+        interrupt(HOSTILE_QUESTION)
+        return {"messages": []}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("review", review)
+    graph.add_node("ask", ask)
+    graph.add_edge(START, "review")
+    graph.add_edge(START, "ask")
+    return graph.compile(checkpointer=saver)
+
+
+def test_hostile_approval_cards_show_text_and_execute_nothing(serve, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from kit.adapters.graphs import graph_source
+
+    graph = hostile_interrupts_graph(InMemorySaver())
+    # Without the CSP too: the cards themselves must never turn the model's text into markup.
+    server = serve(without_csp(create_app(graph_source(graph), thread_store=tmp_path / "t.sqlite")))
+    with chromium_page() as page:
+        dialogs: list[str] = []
+        page.context.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.goto(server.url)
+        page.locator("#text-input").click()
+        page.keyboard.type("go")
+        page.keyboard.press("Enter")
+        page.locator("#kit-interrupts .kit-card").nth(1).wait_for()
+        panel = page.locator("#kit-interrupts")
+        assert panel.locator("img, script, a, svg").count() == 0
+        text = panel.inner_text()
+        assert HOSTILE_NAME in text and "<script>alert('key')</script>" in text and text.count(HOSTILE_QUESTION) == 2
+        page.locator("#kit-interrupts .kit-card-tool").click()
+        time.sleep(0.3)
+        assert page.evaluate("() => window.__pwned ?? null") is None and dialogs == []
