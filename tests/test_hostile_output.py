@@ -131,18 +131,24 @@ HOSTILE_REPLY = (
 )
 
 
+def chat_watching_dialogs(page, url: str, text: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """Open the chat, send `text`; returns the list that collects every dialog the context opens from now on."""
+    dialogs: list[str] = []
+    # Every page of the context, popups included; a dialog is the loudest sign a script ran.
+    page.context.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto(url)
+    page.locator("#text-input").click()
+    page.keyboard.type(text)
+    page.keyboard.press("Enter")
+    return dialogs
+
+
 def render_hostile_reply(app: Flask, serve):  # type: ignore[no-untyped-def]
     """Chat once on the kit's page, click every link the reply rendered, then open the first in place
     (as a user who opens it in the same tab would). Returns (hrefs, the page's flag, dialogs seen)."""
     server = serve(app)
     with chromium_page() as page:
-        dialogs: list[str] = []
-        # Every page of the context, popups included; a dialog is the loudest sign a script ran.
-        page.context.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-        page.goto(server.url)
-        page.locator("#text-input").click()
-        page.keyboard.type("say something nasty")
-        page.keyboard.press("Enter")
+        dialogs = chat_watching_dialogs(page, server.url, "say something nasty")
         links = page.locator(".ai-message-text a")
         links.first.wait_for()
         page.wait_for_function("() => document.querySelector('deep-chat').shadowRoot.textContent.includes('Also')")
@@ -281,12 +287,7 @@ def test_hostile_approval_cards_show_text_and_execute_nothing(serve, tmp_path) -
     # Without the CSP too: the cards themselves must never turn the model's text into markup.
     server = serve(without_csp(create_app(graph_source(graph), thread_store=tmp_path / "t.sqlite")))
     with chromium_page() as page:
-        dialogs: list[str] = []
-        page.context.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-        page.goto(server.url)
-        page.locator("#text-input").click()
-        page.keyboard.type("go")
-        page.keyboard.press("Enter")
+        dialogs = chat_watching_dialogs(page, server.url, "go")
         page.locator("#kit-interrupts .kit-card").nth(1).wait_for()
         panel = page.locator("#kit-interrupts")
         assert panel.locator("img, script, a, svg").count() == 0
