@@ -29,8 +29,9 @@ if TYPE_CHECKING:
     from kit.pipeline.sources import Role, texts
     from kit.pipeline.streaming import INTERRUPTED
     from kit.serving.client import chat_body, iter_stream, stream_chat
-    from kit.serving.demo import DEMO_TEXT, demo_agent
+    from kit.serving.demo import DEMO_TEXT, SENT_EMAILS, demo_agent
     from kit.testing.fakes import ScriptedSource
+    from kit.testing.tool_model import ScriptedToolModel
     from kit.threads.ids import THREAD_ID_HEADER
     from kit.threads.store import open_store
     from kit.web.app import create_app
@@ -64,6 +65,9 @@ _HOMES = {
     "ScriptedSource": "kit.testing.fakes",
     "DEMO_TEXT": "kit.serving.demo",
     "demo_agent": "kit.serving.demo",
+    # approvals: the demo agent's send_email and a scripted tool-calling model (docs/approvals.md)
+    "SENT_EMAILS": "kit.serving.demo",
+    "ScriptedToolModel": "kit.testing.tool_model",
     # threads: conversations kept on the server (docs/threads.md)
     "THREAD_ID_HEADER": "kit.threads.ids",
     "open_store": "kit.threads.store",
@@ -89,6 +93,7 @@ _HOMES = {
 __all__ = [
     "DEMO_TEXT",
     "INTERRUPTED",
+    "SENT_EMAILS",
     "THREAD_ID_HEADER",
     "CancelToken",
     "ChatError",
@@ -97,6 +102,7 @@ __all__ = [
     "LlamaSource",
     "Role",
     "ScriptedSource",
+    "ScriptedToolModel",
     "ServiceBusy",
     "StreamObserver",
     "StreamSettings",
