@@ -19,7 +19,7 @@ ToolCallFor = Callable[[str], tuple[str, dict[str, Any]] | None]
 
 class ScriptedToolModel(BaseChatModel):
     """Calls a tool for each new user message (as `tool_call_for` says), then, once the tool answered (or a
-    person rejected the call), replies `Done: <the tool's result>` word by word.
+    person rejected the call), replies `Done: <the result's last line>` word by word.
 
     >>> model = ScriptedToolModel(tool_call_for=lambda text: ("send_email", {"to": text}))
     >>> model.invoke("bob").tool_calls[0]["args"]
