@@ -31,3 +31,16 @@ def bind_cancel(cancel: CancelToken) -> None:
 def current_cancel() -> CancelToken | None:
     """The token set by the innermost `cancel_scope`, if any."""
     return _current_cancel.get()
+
+
+def bound_context(cancel: CancelToken) -> contextvars.Context:
+    """A copy of the current context in which `cancel` is the token: run a chain in it (`context.run`), or
+    hand it to an asyncio task, and the models inside obey the token.
+
+    >>> token = CancelToken()
+    >>> bound_context(token).run(current_cancel) is token
+    True
+    """
+    context = contextvars.copy_context()
+    context.run(bind_cancel, cancel)
+    return context

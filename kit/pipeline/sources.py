@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from kit.errors import ChatError
+from kit.pipeline.async_sources import is_async_iterable, with_async
 from kit.pipeline.pump import CancelToken, close_iterator
 from kit.pipeline.shapes import ACCEPTED, describe, read_text
 
@@ -97,19 +98,21 @@ def adapt_source(source: object) -> SourceFn:
             return adapter.adapt(source)
     if isinstance(source, str):
         return lambda messages, cancel: [source]
-    if callable(source):
+    if callable(source) or is_async_iterable(source):
         return _plain_callable(source)
     known = "".join(f", a {adapter.name}" for adapter in _adapters)
     raise TypeError(
-        f"source must be a callable taking the message list (returning an iterable of {ACCEPTED}){known}, "
-        f"or a str; got a {describe(source)}"
+        f"source must be a callable taking the message list (returning an iterable of {ACCEPTED}; async "
+        f"generator and coroutine functions too){known}, an object with __aiter__, or a str; got a {describe(source)}"
     )
 
 
 def _plain_callable(function: Callable[..., Iterable[Any]]) -> SourceFn:
     if _accepts_cancel(function):
-        return lambda messages, cancel: function(messages, cancel=cancel)
-    return lambda messages, cancel: function(messages)
+        call: SourceFn = lambda messages, cancel: function(messages, cancel=cancel)  # noqa: E731
+    else:
+        call = lambda messages, cancel: function(messages)  # noqa: E731
+    return with_async(function, call)  # async functions run on the kit's event loop (kit.pipeline.async_sources)
 
 
 def _accepts_cancel(function: Callable[..., Any]) -> bool:
