@@ -57,7 +57,7 @@ def async_only_parts(runnable: object) -> list[str]:
         if id(part) in seen:
             continue
         seen.add(id(part))
-        if getattr(part, "afunc", None) is not None and getattr(part, "func", None) is None:
+        if _async_only(part):
             found.append(str(getattr(part, "name", None) or type(part).__name__))
         for attribute in _PART_ATTRIBUTES:
             value = getattr(part, attribute, None)
@@ -68,6 +68,14 @@ def async_only_parts(runnable: object) -> list[str]:
             elif value is not None and not isinstance(value, str | int | float | bool):
                 pending.append(value)
     return sorted(found)
+
+
+def _async_only(part: object) -> bool:
+    # A lambda or graph node (`func`/`afunc`), a generator (`_transform`/`_atransform`), with only the async one.
+    return any(
+        getattr(part, f"{prefix}a{name}", None) is not None and getattr(part, f"{prefix}{name}", None) is None
+        for prefix, name in (("", "func"), ("_", "transform"))
+    )
 
 
 # -- sources --------------------------------------------------------------------------------------------
