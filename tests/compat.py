@@ -27,7 +27,7 @@ from kit.serving.client import Received, Reply, chat_body, iter_stream, stream_c
 from kit.serving.server import BackgroundServer
 
 # Rows live next to the tests that own them; each module has a CASES list.
-CASE_MODULES = ("tests.test_compat_items", "tests.test_compat_chains")
+CASE_MODULES = ("tests.test_compat_items", "tests.test_compat_chains", "tests.test_compat_async")
 
 
 @dataclass(frozen=True)
