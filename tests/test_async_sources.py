@@ -31,6 +31,7 @@ from kit.adapters.graphs import graph_source
 from kit.adapters.inputs import last_user_text
 from kit.adapters.runnables import async_only_parts, runnable_source
 from kit.model.cancel import current_cancel
+from kit.pipeline.async_sources import iterate
 from kit.pipeline.event_loop import owned_loop, pending_tasks
 from kit.pipeline.pump import live_producers
 from kit.pipeline.shapes import SHAPES
@@ -287,6 +288,22 @@ def test_a_one_shot_async_iterator_is_refused_when_the_app_is_created() -> None:
     asyncio.run(stream.aclose())
 
 
+def test_a_fast_async_source_waits_for_a_slow_reader_without_running_ahead() -> None:
+    produced = [0]
+
+    async def fast() -> AsyncIterator[int]:
+        for number in range(2000):
+            produced[0] += 1
+            yield number
+
+    consumed, lead = [], 0
+    for number in iterate(fast(), CancelToken(), queue_size=4):
+        consumed.append(number)
+        lead = max(lead, produced[0] - len(consumed))
+    assert consumed == list(range(2000))  # woken each time the reader made room: nothing lost, nothing stuck
+    assert lead <= 4 + 1  # the queue's bound, and the item waiting for room
+
+
 # -- Stop: the task is cancelled at its next await, and its cleanup runs --------------------------------------
 
 
@@ -400,17 +417,22 @@ def _fake_model(text: str = "The capital of France is Paris.") -> GenericFakeCha
     return GenericFakeChatModel(messages=iter([AIMessage(text)] * 20))
 
 
+def one_node_graph(node: Callable[[MessagesState], Any]) -> Any:
+    """LangGraph's quickstart graph (MessagesState, one node) around `node`, named after its function."""
+    graph = StateGraph(MessagesState)
+    graph.add_node(node)
+    graph.add_edge(START, node.__name__)
+    graph.add_edge(node.__name__, END)
+    return graph.compile()
+
+
 def async_node_graph(model: Any, seen_tokens: list[CancelToken | None] | None = None) -> Any:
     async def call_model(state: MessagesState) -> dict[str, list[BaseMessage]]:
         if seen_tokens is not None:
             seen_tokens.append(current_cancel())
         return {"messages": [await model.ainvoke(state["messages"])]}
 
-    graph = StateGraph(MessagesState)
-    graph.add_node("call_model", call_model)
-    graph.add_edge(START, "call_model")
-    graph.add_edge("call_model", END)
-    return graph.compile()
+    return one_node_graph(call_model)
 
 
 def test_a_graph_with_async_nodes_streams_token_by_token_with_the_cancel_token_bound(serve) -> None:  # type: ignore[no-untyped-def]
@@ -429,10 +451,7 @@ def test_a_sync_graph_still_runs_under_sync_stream() -> None:
     def call_model(state: MessagesState) -> dict[str, list[BaseMessage]]:
         return {"messages": [AIMessage("sync")]}
 
-    graph = StateGraph(MessagesState)
-    graph.add_node("call_model", call_model)
-    graph.add_edge(START, "call_model")
-    compiled = graph.compile()
+    compiled = one_node_graph(call_model)
     assert async_only_parts(compiled) == [] and not graph_source(compiled).asynchronous
 
 

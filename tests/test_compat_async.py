@@ -25,7 +25,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableGenerator, RunnableLambda
-from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.graph import MessagesState
 
 from kit.adapters.inputs import last_user_text
 from kit.adapters.runnables import runnable_source
@@ -35,6 +35,7 @@ from kit.pipeline.pump import CancelToken
 from kit.pipeline.sources import Message
 from tests.compat import CompatCase, check_case, llama_server_url, stop_llama_server
 from tests.sdk_peers import PEER_ANSWER, pieces
+from tests.test_async_sources import one_node_graph
 from tests.test_compat_chains import idle, kit_model
 from tests.test_compat_items import MAX_TOKENS, QUESTION, Peer
 
@@ -148,18 +149,14 @@ def ollama_async_chat(peer: Peer, runs: Runs) -> AsyncSource:
 
 
 def async_node_graph(runs: Runs) -> Any:
-    """LangGraph's quickstart graph with its node written `async def`: only `astream` can run it."""
+    """The quickstart graph with its node written `async def`: only `astream` can run it."""
     model = kit_model()
 
     async def call_model(state: MessagesState) -> dict[str, list[BaseMessage]]:
         async with runs.watch():
             return {"messages": [await model.ainvoke(state["messages"])]}
 
-    graph = StateGraph(MessagesState)
-    graph.add_node("model", call_model)
-    graph.add_edge(START, "model")
-    graph.add_edge("model", END)
-    return graph.compile()
+    return one_node_graph(call_model)
 
 
 def async_steps_chain(runs: Runs) -> Any:

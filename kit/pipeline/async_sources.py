@@ -188,40 +188,69 @@ def iterate(
     >>> list(iterate(count(), CancelToken()))
     [0, 1, 2]
     """
-    out: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
-    task = _Task(_drain(stream, out, owned), context if context is not None else contextvars.copy_context())
+    handoff = _Handoff(queue_size)
+    task = _Task(_drain(stream, handoff, owned), context if context is not None else contextvars.copy_context())
     forget = cancel.on_cancel(task.cancel)
     try:
-        yield from receive(out, cancel, POLL_S)
+        for item in receive(handoff.items, cancel, POLL_S):
+            handoff.taken()
+            yield item
     finally:
         forget()
         task.cancel()  # the consumer left early (an error downstream, the pump closing us): the source stops
         task.wait_cleanup(CLEANUP_TIMEOUT_S)
 
 
-async def _drain(stream: AsyncIterable[Any], out: queue.Queue[Any], owned: bool) -> None:
+class _Handoff:
+    """The bounded queue between the source's task and the consumer thread. A full queue (a client reading
+    slowly) makes the task wait without holding the loop, which runs every other stream too, and the consumer
+    wakes it as soon as it takes an item (polling instead capped a fast source at a queue per poll)."""
+
+    def __init__(self, size: int) -> None:
+        self.items: queue.Queue[Any] = queue.Queue(maxsize=size)
+        self._waiting = False  # the task waits for room: the consumer's next take wakes it
+        self._room: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def taken(self) -> None:
+        """Called by the consumer thread after each item it takes."""
+        if self._waiting and self._loop is not None and self._room is not None:
+            self._waiting = False
+            with contextlib.suppress(RuntimeError):  # the loop closed with the interpreter
+                self._loop.call_soon_threadsafe(self._room.set)
+
+    async def put(self, item: Any) -> None:
+        """Called by the task; returns once the item is queued, however long the consumer takes."""
+        while True:
+            try:
+                self.items.put_nowait(item)
+                return
+            except queue.Full:
+                pass
+            if self._room is None:
+                self._room, self._loop = asyncio.Event(), asyncio.get_running_loop()
+            self._room.clear()
+            self._waiting = True
+            try:  # the consumer may have taken an item before it could see the flag: try once more
+                self.items.put_nowait(item)
+                self._waiting = False
+                return
+            except queue.Full:
+                await self._room.wait()  # cancelled here too, when Stop comes while the queue is full
+
+
+async def _drain(stream: AsyncIterable[Any], handoff: _Handoff, owned: bool) -> None:
     iterator = aiter(stream)
     ending: Finished | Failed = Finished()
     try:
         try:
             async for item in iterator:
-                await _put(out, item)
+                await handoff.put(item)
         finally:
             await _close(iterator, stream if owned else None)
     except Exception as error:  # the same in-band error as a sync source's; the traceback goes with it
         ending = Failed(error)
-    await _put(out, ending)
-
-
-async def _put(out: queue.Queue[Any], item: Any) -> None:
-    # Non-blocking: the loop runs every other stream too. A full queue (a client reading slowly) makes this
-    # stream wait its turn without holding the loop, and cancelling it still works while it waits.
-    while True:
-        try:
-            out.put_nowait(item)
-            return
-        except queue.Full:
-            await asyncio.sleep(POLL_S)
+    await handoff.put(ending)
 
 
 async def _close(iterator: Any, stream: Any) -> None:
