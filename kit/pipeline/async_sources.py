@@ -107,11 +107,11 @@ class _Task:
     def __init__(self, coroutine: Awaitable[Any], context: contextvars.Context) -> None:
         self.done = threading.Event()
         self._task: asyncio.Task[Any] | None = None
-        self._loop = owned_loop()
         try:
+            self._loop = owned_loop()
             # The task runs in a copy of `context`: the caller's context variables (a bound cancel token) follow.
             self._loop.call_soon_threadsafe(self._create, coroutine, context=context.copy())
-        except RuntimeError:  # the loop is closing with the interpreter
+        except BaseException:  # no loop (the interpreter is exiting): the coroutine will never run
             getattr(coroutine, "close", lambda: None)()
             raise
 
