@@ -34,6 +34,10 @@ CLEANUP_TIMEOUT_S = 10.0
 POLL_S = 0.05
 
 
+class StreamStopped(ChatError):
+    """An async source's task was cancelled (Stop, a client that left, the process stopping) before it ended."""
+
+
 class CoroutineReturned(ChatError, TypeError):
     """A plain function source returned a coroutine: it calls an async API without awaiting it."""
 
@@ -104,9 +108,15 @@ def _checked(result: Any, cancel: CancelToken, source: object) -> Any:
 class _Task:
     """One coroutine running as a task on the kit's loop, cancellable once from any thread."""
 
-    def __init__(self, coroutine: Awaitable[Any], context: contextvars.Context) -> None:
+    def __init__(
+        self,
+        coroutine: Awaitable[Any],
+        context: contextvars.Context,
+        on_done: Callable[[asyncio.Task[Any]], None] | None = None,
+    ) -> None:
         self.done = threading.Event()
         self._task: asyncio.Task[Any] | None = None
+        self._on_done = on_done
         try:
             self._loop = owned_loop()
             # The task runs in a copy of `context`: the caller's context variables (a bound cancel token) follow.
@@ -122,6 +132,8 @@ class _Task:
     def _finished(self, task: asyncio.Task[Any]) -> None:
         if not task.cancelled():
             task.exception()  # retrieved, so asyncio does not log it again: the caller reads it from `result`
+        if self._on_done is not None:
+            self._on_done(task)
         self.done.set()
 
     def result(self) -> Any:
@@ -189,7 +201,8 @@ def iterate(
     [0, 1, 2]
     """
     handoff = _Handoff(queue_size)
-    task = _Task(_drain(stream, handoff, owned), context if context is not None else contextvars.copy_context())
+    context = context if context is not None else contextvars.copy_context()
+    task = _Task(_drain(stream, handoff, owned), context, on_done=handoff.ended)
     forget = cancel.on_cancel(task.cancel)
     try:
         for item in receive(handoff.items, cancel, POLL_S):
@@ -211,6 +224,13 @@ class _Handoff:
         self._waiting = False  # the task waits for room: the consumer's next take wakes it
         self._room: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def ended(self, task: asyncio.Task[Any]) -> None:
+        """The task ended. A cancelled one put no ending of its own: the reader learns of it now, not at its
+        next poll, so the producer thread ends with the source."""
+        if task.cancelled():
+            with contextlib.suppress(queue.Full):  # a full queue: the reader's poll sees the cancelled token
+                self.items.put_nowait(Failed(StreamStopped("The reply was stopped before it finished.")))
 
     def taken(self) -> None:
         """Called by the consumer thread after each item it takes."""
