@@ -2,7 +2,7 @@
 pieces per second the async bridge carries. `python -m bench.async_sources [--trials N] [--pieces N]`.
 
 The sync twin is the real limit: a generator that waits on the cancel token (it wakes at once) and a plain
-generator of pieces. Both run through the same stages as in the app (`adapt_source`, `start_pump`).
+generator of pieces. Both run through the same stages as in the app (`kit.adapters.registry.adapt`, `start_pump`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from bench.measure import summary
-from kit.pipeline.pump import CancelToken, Finished, Pump
-from kit.pipeline.sources import adapt_source
-from kit.pipeline.streaming import StreamSettings, start_pump
+from kit.adapters.registry import adapt as adapt_source
+from kit.pipeline.cancel import CancelToken
+from kit.pipeline.pump import Finished, Pump
+from kit.pipeline.settings import StreamSettings
+from kit.pipeline.streaming import start_pump
 
 MESSAGES = [{"role": "user", "text": "hi"}]
 

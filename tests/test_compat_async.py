@@ -31,7 +31,7 @@ from kit.adapters.inputs import last_user_text
 from kit.adapters.runnables import runnable_source
 from kit.model.source import to_llama_messages
 from kit.pipeline.async_sources import run
-from kit.pipeline.pump import CancelToken
+from kit.pipeline.cancel import CancelToken
 from kit.pipeline.sources import Message
 from tests.compat import CompatCase, check_case, llama_server_url, stop_llama_server
 from tests.sdk_peers import PEER_ANSWER, pieces

@@ -20,8 +20,9 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterator
 from typing import Any
 
 from kit.errors import ChatError
+from kit.pipeline.cancel import CancelToken
 from kit.pipeline.event_loop import owned_loop
-from kit.pipeline.pump import CancelToken, Failed, Finished, receive
+from kit.pipeline.pump import Failed, Finished, receive
 
 log = logging.getLogger(__name__)
 

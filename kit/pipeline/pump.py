@@ -7,59 +7,13 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from kit.pipeline.cancel import CancelToken
+
 log = logging.getLogger(__name__)
-
-
-class CancelToken:
-    """Tells a running source that nobody is listening any more; sources may poll it or wait on it."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._lock = threading.Lock()
-        self._callbacks: list[Callable[[], None]] = []
-
-    def cancel(self) -> None:
-        with self._lock:
-            self._event.set()
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:
-                log.exception("a cancel callback failed")
-
-    def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call `callback` once, in the cancelling thread, when the token is cancelled (here and now if it
-        already is), for sources that cannot poll, such as an asyncio task; returns a function that forgets it.
-
-        >>> token, seen = CancelToken(), []
-        >>> forget = token.on_cancel(lambda: seen.append("stopped"))
-        >>> token.cancel(); seen
-        ['stopped']
-        """
-        with self._lock:
-            if not self._event.is_set():
-                self._callbacks.append(callback)
-                return lambda: self._forget(callback)
-        callback()
-        return lambda: None
-
-    def _forget(self, callback: Callable[[], None]) -> None:
-        with self._lock:
-            if callback in self._callbacks:
-                self._callbacks.remove(callback)
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-    def wait(self, timeout: float) -> bool:
-        """Sleep up to `timeout` seconds, waking early on cancel; True when cancelled."""
-        return self._event.wait(timeout)
 
 
 @dataclass(frozen=True)
