@@ -13,10 +13,11 @@ from kit.errors import ChatError
 from kit.pipeline.coalesce import Coalescer
 from kit.pipeline.granularity import splitter
 from kit.pipeline.observe import EndReason, StreamObserver, WriteKind
-from kit.pipeline.pump import CancelToken, Failed, Pump, Timeout
+from kit.pipeline.pump import TIMEOUT, CancelToken, Failed, Pump, Timeout
 from kit.pipeline.sanitize import neutralize_links, scrub_surrogates
 from kit.pipeline.sources import Role, texts
 from kit.pipeline.sse import HEARTBEAT, error_event, text_event
+from kit.pipeline.thinking import Bubbles, check_mode, thinking_stages
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,8 +48,11 @@ class StreamSettings:
     stall_timeout_s: float = 30.0
     # Model output is untrusted: `javascript:` and similar link schemes are rewritten (kit.pipeline.sanitize).
     neutralize_links: bool = True
+    # A reasoning model's thinking (kit.pipeline.thinking): "show" in a bubble of its own, "hide", or "inline".
+    thinking: str = "show"
 
     def __post_init__(self) -> None:
+        check_mode(self.thinking)
         splitter(self.granularity)  # raises ValueError naming the valid choices
         Coalescer(self.coalesce_ms / 1000, self.max_event_chars)  # validates both
         if self.heartbeat_s <= 0:
@@ -64,7 +68,7 @@ def start_pump(items: Iterable[object], cancel: CancelToken, settings: StreamSet
     possible link), so the client gets all the text produced before the error, then the error.
     """
     failure: list[Exception] = []
-    text = scrub_surrogates(_until_failure(texts(items), failure))
+    text = scrub_surrogates(thinking_stages(_until_failure(texts(items), failure), settings.thinking))
     if settings.neutralize_links:
         text = neutralize_links(text)
     pieces = _then_raise(splitter(settings.granularity)(text), failure)
@@ -121,6 +125,11 @@ class _Watchers:
             for observer in self.observers:
                 observer.piece(chars, at)
 
+    def role(self, name: str) -> None:
+        at = time.perf_counter()
+        for observer in self.observers:
+            observer.role(name, at)
+
     def wrote(self, kind: WriteKind, data: str) -> str:
         if self.observers:
             at, nbytes = time.perf_counter(), len(data.encode())
@@ -152,12 +161,10 @@ def sse_events(
     coalescer = Coalescer(settings.coalesce_ms / 1000, settings.max_event_chars)
     last_write = clock()
     reason: EndReason = "client_gone"  # unless the loop reaches the end of the source
-    role: str | None = None  # from a Role marker: sent with the next text event, which opens a new bubble
+    bubbles = Bubbles(settings.thinking)  # a role is sent with the next text event, which opens a new bubble
 
     def text_out(text: str) -> str:
-        nonlocal role
-        data, role = text_event(text, role), None
-        return watch.wrote("text", data)
+        return watch.wrote("text", text_event(text, bubbles.announce()))
 
     try:
         while True:
@@ -170,17 +177,20 @@ def sse_events(
             now = clock()
             if isinstance(item, str):
                 watch.piece(len(item))
-                text = coalescer.add(item, now)
-                if text is not None:
-                    last_write = now
-                    yield text_out(text)
-                continue
+                if bubbles.bubble is not None:
+                    text = coalescer.add(item, now)
+                    if text is not None:
+                        last_write = now
+                        yield text_out(text)
+                    continue
+                item = TIMEOUT  # hidden thinking: nothing to send, so to the client it is a silence
             if isinstance(item, Role):
                 pending = coalescer.flush(now)  # text before the marker stays in the bubble it belongs to
                 if pending is not None:
                     last_write = now
                     yield text_out(pending)
-                role = item.name
+                bubbles.switch(item.name)
+                watch.role(item.name)
                 continue
             if isinstance(item, Timeout):
                 deadline = coalescer.deadline()

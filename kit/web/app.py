@@ -18,6 +18,7 @@ from kit.pipeline.sanitize import neutralize_text
 from kit.pipeline.sources import Message, Source, adapt_source, answer_text, texts, with_system_prompt
 from kit.pipeline.sse import STREAM_HEADERS
 from kit.pipeline.streaming import StreamSettings, public_message, sse_events, start_pump
+from kit.pipeline.thinking import split_think_tags
 from kit.web.chat_request import parse_chat_request
 from kit.web.disconnect import client_gone_probe
 from kit.web.observers import observers_for
@@ -59,6 +60,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     stall_timeout_s: float = StreamSettings.stall_timeout_s,
     neutralize_links: bool = StreamSettings.neutralize_links,
+    thinking: str = StreamSettings.thinking,
     doctor_probe: bool = True,
     title: str = "Deep Chat streaming kit",
 ) -> Flask:
@@ -78,6 +80,7 @@ def create_app(
         heartbeat_s=heartbeat_s,
         stall_timeout_s=stall_timeout_s,
         neutralize_links=neutralize_links,
+        thinking=thinking,
     )
     # The doctor's probe bypasses the source, so it is cut as sent: its timing is what gets measured.
     probe_settings = dataclasses.replace(settings, granularity="chunk")
@@ -127,7 +130,7 @@ def create_app(
         messages = parse_chat_request(request)
         cancel = CancelToken()
         try:
-            text = answer_text(texts(start(messages, cancel)))
+            text = answer_text(split_think_tags(texts(start(messages, cancel))))
         finally:
             cancel.cancel()
         return jsonify(text=neutralize_text(text) if neutralize_links else text)
