@@ -202,9 +202,9 @@ def texts(items: Iterable[Any]) -> Iterator[str | Role]:
                     unread = describe(item)
                     log.warning("skipping streamed items the kit cannot read: %s. %s", unread, _ADVICE)
                 continue
-            for role, text in zip((THINKING_ROLE, base), parts, strict=True):
-                if text:
-                    produced, thought = produced or role != THINKING_ROLE, True
+            for is_text, role, text in zip((False, True), (THINKING_ROLE, base), parts, strict=True):
+                if text:  # an item's thinking alone does not make a reply: a source's own text does
+                    produced, thought = produced or is_text, True
                     if role != current:
                         current = role
                         yield Role(role)
