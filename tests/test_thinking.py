@@ -15,7 +15,7 @@ from kit import CancelToken, create_app
 from kit.notebook.inspector import Inspector
 from kit.pipeline.shapes import read_parts
 from kit.pipeline.sources import Role, UnreadableItem, texts
-from kit.pipeline.thinking import CLOSE, THINKING, ThinkTagSplitter, split_think_tags
+from kit.pipeline.thinking import _MAX_LEAD, CLOSE, THINKING, ThinkTagSplitter, split_think_tags
 from kit.serving.client import chat_body, stream_chat
 from kit.testing.fakes import ScriptedSource
 from tests.helpers import wait_until
@@ -54,7 +54,7 @@ def reference(text: str, opened: bool = False) -> list[tuple[str, str]]:
             text = text[match.end() :]
         opened = False
         end = text.find(CLOSE)
-        thought, text = (text, "") if end < 0 else (text[:end], text[end + len(CLOSE) :])
+        thought, text = (text, "") if end < 0 else (text[:end].rstrip(), text[end + len(CLOSE) :])
         if thought:
             runs.append(("thinking", thought))
         if end < 0:
@@ -85,7 +85,7 @@ def test_tags_torn_anywhere_across_chunks() -> None:
     text = "<think>\nThe user asks for 2+2. That is 4.\n</think>\n\nIt is 4."
     for cut in range(len(text) + 1):
         runs = merged(list(split_think_tags([text[:cut], text[cut:]])))
-        assert runs == [("thinking", "The user asks for 2+2. That is 4.\n"), ("ai", "It is 4.")], cut
+        assert runs == [("thinking", "The user asks for 2+2. That is 4."), ("ai", "It is 4.")], cut
     assert merged(list(split_think_tags(list(text)))) == runs  # one character per piece
 
 
@@ -122,7 +122,7 @@ def test_the_splitter_holds_at_most_a_tags_length_so_it_runs_in_linear_time() ->
     splitter = ThinkTagSplitter()
     for piece in itertools.chain(["<think>"], "long thought </thin </ k" * 2000):
         list(splitter.feed(piece))
-        assert len(splitter.held) < len(CLOSE)
+        assert len(splitter.held) < len(CLOSE) + _MAX_LEAD
 
 
 # -- the shapes' thinking ---------------------------------------------------------------------------------
@@ -243,4 +243,4 @@ def test_a_source_can_say_its_text_starts_inside_thinking() -> None:
     cancel = CancelToken()
     source = ScriptedSource(["The template opened the tag. ", "</th", "ink>", "Answer."])
     pieces = list(split_think_tags(texts([THINKING, *source([], cancel)])))
-    assert merged(pieces) == [("thinking", "The template opened the tag. "), ("ai", "Answer.")]
+    assert merged(pieces) == [("thinking", "The template opened the tag."), ("ai", "Answer.")]

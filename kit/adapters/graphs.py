@@ -25,6 +25,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Tool
 from langchain_core.runnables import RunnableConfig
 from langgraph.pregel import Pregel
 
+from kit.adapters import runnables as _runnables  # noqa: F401 (registered first, so a graph is tried before it)
 from kit.adapters.admission import admit_models, released
 from kit.adapters.events import with_roles
 from kit.adapters.inputs import InputMapper, input_for_keys, to_messages
@@ -32,7 +33,8 @@ from kit.errors import ChatError
 from kit.model.cancel import bind_cancel
 from kit.model.chat_model import ChatLlama
 from kit.pipeline.pump import CancelToken, close_iterator
-from kit.pipeline.sources import ANSWER_ROLE, Message, SourceAdapter, register_source_adapter
+from kit.pipeline.shapes import read_thinking
+from kit.pipeline.sources import ANSWER_ROLE, THINKING_ROLE, Message, SourceAdapter, register_source_adapter
 
 _DONE = object()
 ANSWER_KEYS = ("answer", "output", "response", "result", "text", "content")
@@ -65,6 +67,7 @@ class StepSelector:
             return
         if not isinstance(message, AIMessage | AIMessageChunk):
             return  # the user's own messages, echoed back by nodes that rewrite the state
+        yield THINKING_ROLE, read_thinking(message)  # a reasoning model's thinking, whichever node it serves
         node = metadata.get("langgraph_node")
         text_role = ANSWER_ROLE if self.answer_nodes is None or node in self.answer_nodes else self.steps_role
         if text_role is not None and message.text:

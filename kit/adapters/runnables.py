@@ -22,7 +22,7 @@ from typing import Any
 from langchain_core.runnables import Runnable, RunnableConfig
 
 from kit.adapters.admission import admit_models, kit_models, released
-from kit.adapters.events import AnswerSelector, EventFilter, with_roles
+from kit.adapters.events import AnswerSelector, EventFilter, ThoughtTap, answer_only, with_roles
 from kit.adapters.inputs import InputMapper, default_to_input, to_messages
 from kit.model.cancel import bind_cancel
 from kit.model.chat_model import ChatLlama
@@ -112,13 +112,15 @@ class RunnableSource:
         # A context of its own carries the cancel token into the chain (and its executor threads).
         context = contextvars.copy_context()
         context.run(bind_cancel, cancel)
-        iterator = context.run(self.chain.stream, value, self.config)
+        tap = ThoughtTap()  # the models' thinking, which a parser at the chain's end would drop
+        iterator = context.run(self.chain.stream, value, tap.config(self.config))
         try:
             while not cancel.cancelled:
                 item = context.run(next, iterator, _DONE)
+                yield from tap.drain()
                 if item is _DONE:
                     return
-                yield item
+                yield answer_only(item)
         finally:
             context.run(close_iterator, iterator)
 

@@ -8,9 +8,10 @@ role, whatever the chunks cut (`<th` + `ink>`), in one pass over the text.
 
 The tag rule (docs/reasoning.md): `<think>` opens thinking only at the start of the model's text (after
 whitespace) or right after a `</think>`; anywhere else, say in code that mentions it, it is text of the
-answer. Thinking ends at the first `</think>`; a reply that ends inside it keeps it as thinking. A reply whose
-template opened the tag in the prompt (so the model's text starts inside it, with a `</think>` and no
-`<think>`) says so by starting with the `THINKING` marker: a normal model's answer is never held back for it.
+answer. Thinking ends at the first `</think>`; a reply that ends inside it keeps it as thinking. Whitespace
+just inside and just after the tags is dropped. A reply whose template opened the tag in the prompt (so the
+model's text starts inside it, with a `</think>` and no `<think>`) says so by starting with the `THINKING`
+marker: a normal model's answer is never held back for it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ THINKING = Role(THINKING_ROLE)
 `</think>` is then thinking (DeepSeek-R1 and Qwen3 templates served as plain text)."""
 
 OPEN, CLOSE = "<think>", "</think>"
-# Whitespace before a possible `<think>` is held, but not without bound: past this it is plain text.
+# Whitespace before a possible `<think>` (or before a possible `</think>`) is held, but not without bound.
 _MAX_LEAD = 64
 _START, _ANSWER, _THINK = "start", "answer", "think"
 
@@ -99,11 +100,13 @@ class ThinkTagSplitter:
             self.strip = not text
         at = text.find(CLOSE)
         if at < 0:
-            keep = _partial_tail(text, CLOSE)
-            yield from self._out(THINKING_ROLE, text[: len(text) - keep])
-            self.held = text[len(text) - keep :]
+            body = text[: len(text) - _partial_tail(text, CLOSE)]
+            trimmed = body.rstrip()  # whitespace that may turn out to be just before `</think>`
+            cut = len(trimmed) if len(body) - len(trimmed) <= _MAX_LEAD else len(body)
+            yield from self._out(THINKING_ROLE, text[:cut])
+            self.held = text[cut:]
             return ""
-        yield from self._out(THINKING_ROLE, text[:at])
+        yield from self._out(THINKING_ROLE, text[:at].rstrip())
         self.state, self.after_close = _START, True
         return text[at + len(CLOSE) :]
 
