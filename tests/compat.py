@@ -64,6 +64,7 @@ class CompatResult:
     events: int
     first_event_s: float  # from sending the request to the first text event
     first_answer_s: float  # from sending the request to the first event of the answer's bubble
+    thinking_events: int  # text events of the thinking bubble(s)
     total_s: float
     stop_s: float  # from closing the connection to the source's producer thread ending
 
@@ -163,7 +164,8 @@ def _check_thinking(case: CompatCase, reply: Reply, text_items: list[Received]) 
 
 
 def _result(name: str, reply: Reply, text_items: list[Received], stop_s: float) -> CompatResult:
-    answers = (item.at for item, role in zip(text_items, roles_of(text_items), strict=True) if role == "ai")
+    roles = roles_of(text_items)
+    answers = (item.at for item, role in zip(text_items, roles, strict=True) if role == "ai")
     answer_at = next(answers, text_items[0].at)
     return CompatResult(
         name=name,
@@ -171,6 +173,7 @@ def _result(name: str, reply: Reply, text_items: list[Received], stop_s: float) 
         events=len(text_items),
         first_event_s=text_items[0].at - reply.started,
         first_answer_s=answer_at - reply.started,
+        thinking_events=roles.count("thinking"),
         total_s=reply.items[-1].at - reply.started,
         stop_s=stop_s,
     )
@@ -183,11 +186,12 @@ def _cell(text: str) -> str:
 def table(results: list[CompatResult]) -> str:
     """The results as a Markdown table."""
     lines = [
-        "| source | events | first event ms | first answer ms | whole reply ms | stop ms | chars |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| source | events | thinking events | first event ms | first answer ms | whole reply ms | stop ms | chars |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     lines += [
-        f"| {_cell(r.name)} | {r.events} | {r.first_event_s * 1000:.0f} | {r.first_answer_s * 1000:.0f} "
+        f"| {_cell(r.name)} | {r.events} | {r.thinking_events} | {r.first_event_s * 1000:.0f} "
+        f"| {r.first_answer_s * 1000:.0f} "
         f"| {r.total_s * 1000:.0f} "
         f"| {r.stop_s * 1000:.0f} | {len(r.text)} |"
         for r in results
