@@ -81,8 +81,9 @@ class AnswerSelector:
     def feed(self, event: dict[str, Any]) -> Iterator[tuple[str, str]]:
         kind = event["event"]
         is_model_token = kind in _MODEL_TOKEN_EVENTS
-        if is_model_token:  # every model's thinking shows: it is the chain at work, whichever step it serves
-            yield THINKING_ROLE, read_thinking(event.get("data", {}).get("chunk"))
+        thought = read_thinking(event.get("data", {}).get("chunk")) if is_model_token else ""
+        if thought:  # every model's thinking shows: it is the chain at work, whichever step it serves
+            yield THINKING_ROLE, thought
         if self.filter.active or not self.final_only:
             if is_model_token:
                 chosen = self.filter.matches(event) if self.filter.active else True

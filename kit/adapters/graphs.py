@@ -67,7 +67,9 @@ class StepSelector:
             return
         if not isinstance(message, AIMessage | AIMessageChunk):
             return  # the user's own messages, echoed back by nodes that rewrite the state
-        yield THINKING_ROLE, read_thinking(message)  # a reasoning model's thinking, whichever node it serves
+        thought = read_thinking(message)
+        if thought:  # a reasoning model's thinking, whichever node it serves
+            yield THINKING_ROLE, thought
         node = metadata.get("langgraph_node")
         text_role = ANSWER_ROLE if self.answer_nodes is None or node in self.answer_nodes else self.steps_role
         if text_role is not None and message.text:
