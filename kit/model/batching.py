@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kit.errors import ChatError
-from kit.pipeline.pump import CancelToken, Failed, Finished
+from kit.pipeline.cancel import CancelToken
+from kit.pipeline.pump import Failed, Finished
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from typing import Any
 
 from kit.errors import ServiceBusy
 from kit.model.batching import DEFAULT_SLOTS, TURN, Request, Scheduler, check_options
-from kit.model.cancel import current_cancel
 from kit.model.settings import INSTALL_LLAMA, LlamaSettings, ModelUnavailable
-from kit.pipeline.pump import CancelToken, receive
+from kit.pipeline.cancel import CancelToken, current_cancel
+from kit.pipeline.pump import receive
 
 log = logging.getLogger(__name__)
 
