@@ -158,19 +158,30 @@ def texts(items: Iterable[Any]) -> Iterator[str | Role]:
                     yield item
                 continue
             count += 1
-            parts = ("", decoder.decode(item)) if isinstance(item, bytes | bytearray) else _readable(item)
-            if parts is None:
-                if unread is None:
-                    unread = describe(item)
-                    log.warning("skipping streamed items the kit cannot read: %s. %s", unread, _ADVICE)
-                continue
-            for is_text, role, text in zip((False, True), (THINKING_ROLE, base), parts, strict=True):
-                if text:  # an item's thinking alone does not make a reply: a source's own text does
-                    produced, thought = produced or is_text, True
-                    if role != current:
-                        current = role
-                        yield Role(role)
-                    yield text
+            if isinstance(item, str):  # the common case, without a look through the shapes table
+                thinking, text = "", item
+            elif isinstance(item, bytes | bytearray):
+                thinking, text = "", decoder.decode(item)
+            else:
+                parts = _readable(item)
+                if parts is None:
+                    if unread is None:
+                        unread = describe(item)
+                        log.warning("skipping streamed items the kit cannot read: %s. %s", unread, _ADVICE)
+                    continue
+                thinking, text = parts
+            if thinking:  # thinking alone does not make a reply: the source's own text does
+                thought = True
+                if current != THINKING_ROLE:
+                    current = THINKING_ROLE
+                    yield Role(THINKING_ROLE)
+                yield thinking
+            if text:
+                produced = True
+                if current != base:
+                    current = base
+                    yield Role(base)
+                yield text
         tail = decoder.decode(b"", final=True)
         if tail:
             produced = True

@@ -60,6 +60,7 @@ class ThinkTagSplitter:
     def _segment(self, role: str) -> None:
         self.role = role  # the source's role for this segment
         self.state = {ANSWER_ROLE: _START, THINKING_ROLE: _THINK}.get(role, _ANSWER)
+        self.passing = self.state == _ANSWER and role == self.emitted  # pieces pass as they are, unlooked at
         self.held = ""
         self.after_close = False  # whitespace after `</think>` is dropped
         self.strip = False  # whitespace after `<think>` is dropped
@@ -79,6 +80,7 @@ class ThinkTagSplitter:
         while text:
             if self.state == _ANSWER:
                 yield from self._out(self._answer_role(), text)
+                self.passing = True  # decided for the rest of the segment, its role announced
                 return
             if self.state == _THINK:
                 text = yield from self._think(text)
@@ -115,10 +117,10 @@ class ThinkTagSplitter:
         held = self.held.lstrip() if self.after_close and self.state == _START else self.held
         yield from self._out(THINKING_ROLE if self.state == _THINK else self._answer_role(), held)
         if role is not None:
-            self._segment(role)
             if role != self.emitted:
                 self.emitted = role
                 yield Role(role)
+            self._segment(role)
 
 
 def split_think_tags(pieces: Iterable[str | Role]) -> Iterator[str | Role]:
@@ -137,6 +139,9 @@ def split_think_tags(pieces: Iterable[str | Role]) -> Iterator[str | Role]:
         for piece in iterator:
             if isinstance(piece, Role):
                 yield from splitter.end_segment(piece.name)
+            elif splitter.passing:  # the common case: an answer already told from thinking
+                if piece:
+                    yield piece
             else:
                 yield from splitter.feed(piece)
         yield from splitter.end_segment(None)
