@@ -34,7 +34,8 @@ from kit.model.chat_model import ChatLlama
 from kit.pipeline.async_sources import iterate
 from kit.pipeline.cancel import CancelToken, bound_context
 from kit.pipeline.pump import close_iterator
-from kit.pipeline.sources import ANSWER_ROLE, Message
+from kit.pipeline.shapes import read_thinking
+from kit.pipeline.sources import ANSWER_ROLE, THINKING_ROLE, Message
 
 _DONE = object()
 ANSWER_KEYS = ("answer", "output", "response", "result", "text", "content")
@@ -67,6 +68,9 @@ class StepSelector:
             return
         if not isinstance(message, AIMessage | AIMessageChunk):
             return  # the user's own messages, echoed back by nodes that rewrite the state
+        thought = read_thinking(message)
+        if thought:  # a reasoning model's thinking, whichever node it serves
+            yield THINKING_ROLE, thought
         node = metadata.get("langgraph_node")
         text_role = ANSWER_ROLE if self.answer_nodes is None or node in self.answer_nodes else self.steps_role
         if text_role is not None and message.text:

@@ -17,7 +17,7 @@ from typing import Any
 from langchain_core.runnables import Runnable, RunnableConfig
 
 from kit.adapters.admission import admit_models, kit_models, released
-from kit.adapters.events import AnswerSelector, EventFilter, with_roles
+from kit.adapters.events import AnswerSelector, EventFilter, ThoughtTap, answer_only, with_roles
 from kit.adapters.inputs import InputMapper, default_to_input, to_messages
 from kit.model.chat_model import ChatLlama
 from kit.pipeline.async_sources import iterate
@@ -123,16 +123,19 @@ class RunnableSource:
     def _output(self, value: Any, cancel: CancelToken) -> Iterator[Any]:
         # A context of its own carries the cancel token into the chain (and its executor threads or tasks).
         context = bound_context(cancel)
+        tap = ThoughtTap()  # the models' thinking, which a parser at the chain's end would drop
+        config = tap.config(self.config)
         if self.asynchronous:  # `.stream()` cannot run async-only parts: the async stream runs on the kit's loop
-            iterator = iterate(self.chain.astream(value, self.config), cancel, owned=True, context=context)
+            iterator = iterate(self.chain.astream(value, config), cancel, owned=True, context=context)
         else:
-            iterator = context.run(self.chain.stream, value, self.config)
+            iterator = context.run(self.chain.stream, value, config)
         try:
             while not cancel.cancelled:
                 item = context.run(next, iterator, _DONE)
+                yield from tap.drain()
                 if item is _DONE:
                     return
-                yield item
+                yield answer_only(item)
         finally:
             context.run(close_iterator, iterator)
 
