@@ -244,3 +244,23 @@ def test_a_source_can_say_its_text_starts_inside_thinking() -> None:
     source = ScriptedSource(["The template opened the tag. ", "</th", "ink>", "Answer."])
     pieces = list(split_think_tags(texts([THINKING, *source([], cancel)])))
     assert merged(pieces) == [("thinking", "The template opened the tag."), ("ai", "Answer.")]
+
+
+def test_a_legacy_callback_chain_streams_its_models_thinking_into_the_thinking_bubble(serve) -> None:  # type: ignore[no-untyped-def]
+    from langchain_core.messages import AIMessageChunk
+    from langchain_core.outputs import ChatGenerationChunk
+
+    from kit import callback_source, create_app, stream_chat
+
+    def chain(inputs: object, callbacks: list) -> str:  # type: ignore[type-arg]
+        chunks = [AIMessageChunk(content="", additional_kwargs={"reasoning_content": f"step {i} "}) for i in range(3)]
+        chunks += [AIMessageChunk(content=word) for word in ("The ", "answer.")]
+        for chunk in chunks:
+            for handler in callbacks:
+                handler.on_llm_new_token(chunk.content, chunk=ChatGenerationChunk(message=chunk))
+        return "The answer."
+
+    server = serve(create_app(callback_source(chain), coalesce_ms=0))
+    reply = stream_chat(server.url + "chat-stream", "hi")
+    assert reply.text_of("thinking") == "step 0 step 1 step 2 "
+    assert reply.text_of("ai") == "The answer."
