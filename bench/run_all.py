@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import bench_users, bench_words, browser, concurrency, pipeline, report
+from bench import bench_threads, bench_users, bench_words, browser, concurrency, pipeline, report
 from bench.measure import ROOT, server_process
 
 DOCS = ROOT / "docs"
@@ -34,6 +34,14 @@ def users_figures() -> dict[str, Any]:
         return json.loads(Path(out.name).read_text())
 
 
+def threads_figures(runs: int) -> dict[str, Any]:
+    """Threads: turn 10 against turn 1, and reloads on SQLite and PostgreSQL (its own process: it loads the model)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        command = [sys.executable, "-m", "bench.bench_threads", "--runs", str(runs), "--postgres", "auto"]
+        subprocess.run([*command, "--json", out.name], cwd=ROOT, check=True)
+        return json.loads(Path(out.name).read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (medians and spreads over them)")
@@ -50,6 +58,7 @@ def main() -> None:
     DOCS.mkdir(exist_ok=True)
     results["users"] = users_figures()
     results["words"] = bench_words.run(runs=max(args.runs, 5))
+    results["threads"] = threads_figures(args.runs)
     with server_process("bench.targets", "--chars", "1000") as server:
         development = concurrency.held_streams_memory(f"{server.url}/idle/chat-stream", server.pid)
     results["concurrency"] = {"development (werkzeug threads)": development}
@@ -63,6 +72,7 @@ def main() -> None:
     DOCS.mkdir(exist_ok=True)
     table = report.markdown(results) + "\n\n" + bench_words.describe(results["words"]) + "\n"
     table += "\n" + bench_users.describe(results["users"]) + "\n\n![many users](bench_users.png)\n"
+    table += "\n" + bench_threads.describe(results["threads"]) + "\n"
     (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=1))
     (DOCS / "benchmarks.md").write_text(
         f"# Benchmark results\n\nReproduce with `make bench` ({results['seconds']:.0f} s on this 2-core machine; "

@@ -29,8 +29,10 @@ if TYPE_CHECKING:
     from kit.pipeline.sources import Role, texts
     from kit.pipeline.streaming import INTERRUPTED
     from kit.serving.client import chat_body, iter_stream, stream_chat
-    from kit.serving.demo import DEMO_TEXT
+    from kit.serving.demo import DEMO_TEXT, demo_agent
     from kit.testing.fakes import ScriptedSource
+    from kit.threads.ids import THREAD_ID_HEADER
+    from kit.threads.store import open_store
     from kit.web.app import create_app
     from kit.web.blueprint import create_blueprint
     from kit.web.observers import add_observer
@@ -61,6 +63,10 @@ _HOMES = {
     "openai_chat_model": "kit.adapters.ready_made",
     "ScriptedSource": "kit.testing.fakes",
     "DEMO_TEXT": "kit.serving.demo",
+    "demo_agent": "kit.serving.demo",
+    # threads: conversations kept on the server (docs/threads.md)
+    "THREAD_ID_HEADER": "kit.threads.ids",
+    "open_store": "kit.threads.store",
     # the embedded model
     "ChatLlama": "kit.model.chat_model",
     "LlamaSource": "kit.model.source",
@@ -83,6 +89,7 @@ _HOMES = {
 __all__ = [
     "DEMO_TEXT",
     "INTERRUPTED",
+    "THREAD_ID_HEADER",
     "CancelToken",
     "ChatError",
     "ChatLlama",
@@ -98,12 +105,14 @@ __all__ = [
     "chat_body",
     "create_app",
     "create_blueprint",
+    "demo_agent",
     "demo_chain",
     "end_open_streams",
     "graph_source",
     "history_input",
     "iter_stream",
     "last_user_text",
+    "open_store",
     "openai_chat_model",
     "runnable_source",
     "serve",

@@ -1,13 +1,14 @@
-"""Command line: `python -m kit serve --demo word|char|chain [--prod] ...` and `python -m kit doctor URL`."""
+"""Command line: `python -m kit serve --demo word|char|chain|agent [--prod] ...` and `python -m kit doctor URL`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
-from kit.serving.demo import DEMOS, build_demo_app
+from kit.serving.demo import DEMOS, THREAD_STORE_ENV, build_demo_app
 from kit.serving.production import WORKER_CLASSES
 from kit.serving.server import PortInUse, bind, serve_forever
 from kit.web.probe import DEFAULT_SILENCE_S
@@ -21,6 +22,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
     serve.add_argument("--delay-ms", type=float, default=40.0, help="pause between pieces (default: 40)")
+    serve.add_argument(  # threads (issue 17)
+        "--thread-store",
+        help="where conversations live: a SQLite file (default: kit-threads.sqlite here) or postgresql://...",
+    )
     prod = serve.add_argument_group("production (gunicorn)")
     prod.add_argument("--prod", action="store_true", help="run under gunicorn: several workers, threads or gevent")
     prod.add_argument("--workers", type=int, default=2, help="worker processes (default: 2; use 1 for --demo chain)")
@@ -88,6 +93,8 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "thread_store", None):  # threads (issue 17): gunicorn workers inherit it too
+        os.environ[THREAD_STORE_ENV] = args.thread_store
     if args.command == "doctor":
         return _doctor(args)
     if args.prod:

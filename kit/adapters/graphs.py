@@ -27,6 +27,7 @@ from langgraph.pregel import Pregel
 
 from kit.adapters.admission import admit_models, released
 from kit.adapters.events import with_roles
+from kit.adapters.graph_threads import GraphRun, checkpoint_messages, keeps_messages
 from kit.adapters.inputs import InputMapper, input_for_keys, to_messages
 from kit.adapters.runnables import async_only_parts
 from kit.errors import ChatError
@@ -116,19 +117,29 @@ class GraphSource:
         self.models = list(models)
 
     def __call__(self, messages: list[Message], cancel: CancelToken) -> Iterator[Any]:
-        value = self.to_input(messages)
-        return released(self._stream(value, cancel), admit_models(self.models, cancel))
+        run = GraphRun(self.graph, self.config)  # a checkpointer: the request's thread, only the new turn as input
+        value = run.input(messages, self.to_input)
+        return released(run.around(self._stream(value, cancel, run.config)), admit_models(self.models, cancel))
 
-    def _stream(self, value: Any, cancel: CancelToken) -> Iterator[Any]:
+    @property
+    def keeps_threads(self) -> bool:
+        """Compiled with a checkpointer over `messages`: the graph keeps each thread (kit.threads.ThreadMemory)."""
+        return keeps_messages(self.graph)
+
+    def thread_messages(self, thread_id: str) -> list[Message]:
+        """The thread's bubbles from the graph's checkpoint, laid out as they streamed."""
+        return checkpoint_messages(self.graph, thread_id, StepSelector(self.steps_role, None).feed)
+
+    def _stream(self, value: Any, cancel: CancelToken, config: RunnableConfig | None) -> Iterator[Any]:
         selector = StepSelector(self.steps_role, self.answer_nodes)
         context = bound_context(cancel)
         # "values" too: a graph whose nodes write no messages (say, an `answer` key) still has a final state.
         modes = ["messages", "values"]
         if self.asynchronous:  # its async stream runs on the kit's event loop; the token is bound in its task
-            stream = self.graph.astream(value, self.config, stream_mode=modes, subgraphs=True)
+            stream = self.graph.astream(value, config, stream_mode=modes, subgraphs=True)
             iterator = iterate(stream, cancel, owned=True, context=context)
         else:
-            iterator = context.run(self.graph.stream, value, self.config, stream_mode=modes, subgraphs=True)
+            iterator = context.run(self.graph.stream, value, config, stream_mode=modes, subgraphs=True)
         final_state: Any = None
         answered = False
 

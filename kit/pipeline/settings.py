@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,12 @@ class StreamSettings:
     # client could otherwise hold a request thread for a minute outside the model's queue.
     doctor_probe: bool | None = None
     title: str = "Deep Chat streaming kit"
+    # -- threads (kit.web.threads, issue 17) -------------------------------------------------------------------
+    # Where conversations live: None for kit-threads.sqlite in the working directory, a path, a postgresql://
+    # URL, a kit.threads.store.ThreadStore, or False for none.
+    thread_store: Any = None
+    # Called during a request: the signed-in user's id (or None); binds each thread to its first user.
+    thread_owner: Callable[[], str | None] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))

@@ -1,6 +1,10 @@
-"""The built-in demos behind `python -m kit serve --demo word|char|chain`: a paced scripted text, or a chain."""
+"""The built-in demos behind `python -m kit serve --demo word|char|chain|agent`: a paced scripted text, a chain,
+or an agent with a tool and memory across turns."""
 
 from __future__ import annotations
+
+import os
+from typing import Any
 
 from flask import Flask
 
@@ -24,13 +28,51 @@ def demo_source(granularity: str, delay_ms: float) -> ScriptedSource:
     return ScriptedSource(pieces, delay_s=delay_ms / 1000)
 
 
-DEMOS = ("word", "char", "chain")
+DEMOS = ("word", "char", "chain", "agent")
+THREAD_STORE_ENV = "KIT_THREAD_STORE"  # `serve --thread-store`: read by each gunicorn worker too
+AGENT_SYSTEM_PROMPT = "You are a friendly assistant. Answer in one or two short sentences."
+
+
+def get_weather(city: str) -> str:
+    """Get the current weather in a city."""
+    return f"It is sunny and 22 degrees in {city}."  # a demo: no weather service is called
+
+
+def demo_agent(store: Any = None, model: Any = None) -> Any:
+    """The agent behind `serve --demo agent`: the embedded model with a weather tool (LangChain's
+    `create_agent`), compiled with LangGraph's checkpointer on the thread store (SQLite by default), so it
+    remembers each thread's earlier turns. `store`: a ThreadStore, a path or a `postgresql://` URL."""
+    from langchain.agents import create_agent
+
+    from kit.model.chat_model import ChatLlama
+    from kit.threads.store import open_store
+
+    model = model if model is not None else ChatLlama(max_tokens=64, temperature=0, seed=1)
+    saver = open_store(store).checkpointer()
+    return create_agent(model, tools=[get_weather], system_prompt=AGENT_SYSTEM_PROMPT, checkpointer=saver)
+
+
+def demo_agent_app(store: Any = None) -> Flask:
+    """`create_app` around `demo_agent`: tool calls and results in a steps bubble, the answer after them."""
+    from kit.adapters.graphs import graph_source
+    from kit.model.chat_model import ChatLlama
+    from kit.threads.store import open_store
+
+    store = open_store(store)
+    model = ChatLlama(max_tokens=64, temperature=0, seed=1)
+    # The model sits inside the agent's node: named here, its fair queue admits a request before the first byte.
+    source = graph_source(demo_agent(store, model), steps_role="steps", models=[model])
+    return create_app(source, thread_store=store, title="Deep Chat kit: agent demo")
 
 
 def build_demo_app(demo: str, delay_ms: float) -> Flask:
     """The app behind `serve --demo NAME` (and, in each gunicorn worker, `serve --prod --demo NAME`)."""
+    store = os.environ.get(THREAD_STORE_ENV)  # None: kit-threads.sqlite in the working directory
+    if demo == "agent":
+        return demo_agent_app(store)
     if demo == "chain":  # a LangChain chain on the embedded model; LangChain is imported for this demo only
         from kit.adapters.ready_made import demo_chain
 
-        return create_app(demo_chain(), title="Deep Chat kit: chain demo")
-    return create_app(demo_source(demo, delay_ms), granularity=demo, title=f"Deep Chat kit: {demo} demo")
+        return create_app(demo_chain(), title="Deep Chat kit: chain demo", thread_store=store)
+    source = demo_source(demo, delay_ms)
+    return create_app(source, granularity=demo, title=f"Deep Chat kit: {demo} demo", thread_store=store)

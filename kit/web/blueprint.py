@@ -23,6 +23,7 @@ from kit.web.observers import observers_for
 from kit.web.origins import OriginPolicy
 from kit.web.page import CONTENT_SECURITY_POLICY, render_page
 from kit.web.probe import PROBE_HEADER, probe_allowed, probe_plan, probe_script
+from kit.web.threads import ChatThreads  # threads (issue 17)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class ChatRoutes:
         self.settings = settings
         # The doctor's probe bypasses the source, so it is cut as sent: its timing is what gets measured.
         self.probe_settings = settings.with_options(granularity="chunk")
+        self.threads = ChatThreads(source, store=settings.thread_store, owner=settings.thread_owner)  # issue 17
 
     def start(self, messages: list[Message], cancel: CancelToken) -> Pump:
         # Called in the view, not in the stream, so that a failure to start still gets a proper HTTP status.
@@ -50,14 +52,17 @@ class ChatRoutes:
     def stream(self) -> Response:
         """`POST chat-stream`: the reply as Server-Sent Events."""
         messages = parse_chat_request(request)
+        turn = self.threads.turn(request, messages)  # threads (issue 17): 400/404/503 before the first byte
         cancel = CancelToken()
+        self.threads.watch_stop(request.headers.get(STREAM_ID_HEADER), cancel)  # threads: Stop from other workers
         plan = probe_plan(request.headers.get(PROBE_HEADER))
         if plan is not None and probe_allowed(self.settings.doctor_probe, request.environ):
             # `python -m kit doctor`: a bounded, known script instead of the model.
             script = probe_script(plan, self.settings.heartbeat_s, cancel)
             pump = start_pump(script, cancel, self.probe_settings)
         else:
-            pump = self.start(messages, cancel)
+            with turn.scope():  # threads (issue 17)
+                pump = self.start(messages, cancel)
         events = sse_events(
             pump,
             self.settings,
@@ -65,12 +70,26 @@ class ChatRoutes:
             client_gone=client_gone_probe(request.environ),
             observers=observers_for(current_app, messages),
         )
+        events = turn.record(events)  # threads (issue 17): the transcript, when the reply ends or stops
         return Response(stream_with_context(events), headers=STREAM_HEADERS)
 
     def answer(self) -> Response:
         """`POST chat`: the same pipeline as the stream, the whole answer as one JSON object."""
         messages = parse_chat_request(request)
-        return jsonify(text=collect_answer(self.start(messages, CancelToken())))
+        turn = self.threads.turn(request, messages)  # threads (issue 17)
+        with turn.scope():
+            text = collect_answer(self.start(messages, CancelToken()))
+        turn.record_answer(text)  # threads (issue 17)
+        return jsonify(text=text)
+
+    def stop_stream(self) -> Response:
+        """`POST chat-stream/stop`: the page's Stop, for proxies that keep reading after the browser left
+        (jupyter-server-proxy does); a stream on another worker process is reached through the thread store."""
+        stream_id = request.get_data(as_text=True).strip()
+        stopped = OPEN_STREAMS.stop(stream_id)
+        if not stopped:
+            self.threads.post_stop(stream_id)  # threads (issue 17)
+        return jsonify(stopped=stopped)
 
     def page(self) -> Response:
         response = Response(render_page(self.settings.title), mimetype="text/html")
@@ -100,15 +119,11 @@ def create_blueprint(
     blueprint.add_url_rule("/", "page", routes.page, methods=["GET"])
     blueprint.add_url_rule("/healthz", "healthz", lambda: jsonify(status="ok"), methods=["GET"])
     blueprint.add_url_rule("/chat-stream", "chat_stream", routes.stream, methods=["POST"])
-    blueprint.add_url_rule(STOP_ROUTE, "stop_stream", _stop_stream, methods=["POST"])
+    blueprint.add_url_rule(STOP_ROUTE, "stop_stream", routes.stop_stream, methods=["POST"])
     blueprint.add_url_rule("/chat", "chat", routes.answer, methods=["POST"])
+    routes.threads.register_routes(blueprint)  # threads (issue 17): GET /threads/<id>/messages
     _guard(blueprint, settings)
     return blueprint
-
-
-def _stop_stream() -> Response:
-    # The page's Stop, for proxies that keep reading after the browser left (jupyter-server-proxy does).
-    return jsonify(stopped=OPEN_STREAMS.stop(request.get_data(as_text=True).strip()))
 
 
 def _guard(blueprint: Blueprint, settings: StreamSettings) -> None:

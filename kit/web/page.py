@@ -27,6 +27,7 @@ _TEMPLATE = """<!doctype html>
 <script type="application/json" id="kit-config">{config}</script>
 <script type="module" src="static/vendor/deepChat.bundle.js"></script>
 <script type="module" src="static/page.js"></script>
+<script type="module" src="static/threads.js"></script>
 </head>
 <body>
 {body}

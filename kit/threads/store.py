@@ -1,0 +1,342 @@
+"""The thread store: each thread's visible messages (for sources that keep none), its owner, and stop requests,
+in plain tables of an embedded SQLite file or a PostgreSQL database shared by several processes.
+
+Plain tables rather than a LangGraph checkpoint: a transcript is append-only rows read back in order, and a
+checkpoint would re-serialise the whole conversation at every turn. Graphs keep their own checkpointer;
+`checkpointer()` gives LangGraph's saver on the same database for the kit's own agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from kit.errors import ChatError
+from kit.pipeline.sources import Message
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SQLITE_FILE = "kit-threads.sqlite"
+STOP_REQUEST_TTL_S = 600.0  # a stop for a stream that never shows up is forgotten after this
+
+
+class StoreDown(ChatError):
+    """The thread store cannot be reached: a 503, with the cause in the server log only."""
+
+    status = 503
+
+
+_DOWN = "the conversation store is unavailable right now; please try again shortly"
+
+
+class ThreadStore:
+    """Transcripts, owners and stop requests over SQL; the dialects differ only in connections and DDL.
+
+    Every method raises StoreDown (503) when the database fails, and logs why.
+    """
+
+    placeholder = "?"
+    schema: tuple[str, ...] = ()
+    name = "thread store"
+
+    def __init__(self) -> None:
+        self._schema_lock = threading.Lock()
+        self._schema_ready = False
+
+    # -- what the kit uses -------------------------------------------------------------------------------
+
+    def messages(self, thread_id: str) -> list[Message]:
+        """The thread's visible messages in order, as Deep Chat shows them ([] for a thread never seen)."""
+        rows = self._query("SELECT role, text FROM kit_thread_messages WHERE thread_id = ? ORDER BY id", (thread_id,))
+        return [{"role": row["role"], "text": row["text"]} for row in rows]
+
+    def append(self, thread_id: str, messages: Sequence[Message]) -> None:
+        """Add messages at the end of the thread's transcript, all or none."""
+        now = time.time()
+        rows = [(thread_id, str(m["role"]), str(m.get("text", "")), now) for m in messages]
+        if rows:
+            sql = "INSERT INTO kit_thread_messages (thread_id, role, text, created) VALUES (?, ?, ?, ?)"
+            self._execute_many(sql, rows)
+
+    def claim(self, thread_id: str, owner: str) -> str:
+        """Bind the thread to `owner` unless it has one already; returns the thread's owner after the call."""
+        self._execute_many(
+            "INSERT INTO kit_thread_owners (thread_id, owner) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [(thread_id, owner)],
+        )
+        return self.owner(thread_id) or owner
+
+    def owner(self, thread_id: str) -> str | None:
+        """Whom the thread belongs to (None: nobody claimed it)."""
+        rows = self._query("SELECT owner FROM kit_thread_owners WHERE thread_id = ?", (thread_id,))
+        return rows[0]["owner"] if rows else None
+
+    def post_stop(self, stream_id: str) -> None:
+        """Ask whichever process serves this stream to stop it (it polls `take_stops`)."""
+        now = time.time()
+        self._execute_many("DELETE FROM kit_stop_requests WHERE created < ?", [(now - STOP_REQUEST_TTL_S,)])
+        sql = "INSERT INTO kit_stop_requests (stream_id, created) VALUES (?, ?) ON CONFLICT DO NOTHING"
+        self._execute_many(sql, [(stream_id, now)])
+
+    def take_stops(self, stream_ids: Sequence[str]) -> set[str]:
+        """The ids among these that someone asked to stop; their requests are consumed."""
+        if not stream_ids:
+            return set()
+        marks = ", ".join("?" * len(stream_ids))
+        rows = self._query(f"SELECT stream_id FROM kit_stop_requests WHERE stream_id IN ({marks})", tuple(stream_ids))
+        found = {row["stream_id"] for row in rows}
+        if found:
+            marks = ", ".join("?" * len(found))
+            self._execute_many(f"DELETE FROM kit_stop_requests WHERE stream_id IN ({marks})", [tuple(found)])
+        return found
+
+    def checkpointer(self) -> Any:
+        """LangGraph's checkpointer on this database, for a graph whose memory should live here."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections (the store reopens them on next use)."""
+
+    # -- SQL plumbing ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Any]:
+        raise NotImplementedError
+        yield
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        return (sqlite3.Error,)
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", self.placeholder)
+
+    @contextlib.contextmanager
+    def _guarded(self) -> Iterator[Any]:
+        try:
+            self._ensure_schema()
+            with self._connection() as connection:
+                yield connection
+        except self._errors() as error:
+            log.warning("%s failed: %s", self.name, error, exc_info=error)
+            raise StoreDown(_DOWN) from None
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        with self._guarded() as connection:
+            return list(connection.execute(self._sql(sql), params).fetchall())
+
+    def _execute_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        with self._guarded() as connection:
+            connection.cursor().executemany(self._sql(sql), rows)
+
+    def _ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if not self._schema_ready:
+                self._create_schema()
+                self._schema_ready = True
+
+    def _create_schema(self) -> None:
+        with self._connection() as connection:
+            for statement in self.schema:
+                connection.execute(statement)
+
+
+class SqliteThreadStore(ThreadStore):
+    """The embedded default: one SQLite file (WAL mode, so readers never wait for the writer).
+
+    >>> import tempfile, os
+    >>> store = SqliteThreadStore(os.path.join(tempfile.mkdtemp(), "threads.sqlite"))
+    >>> store.append("0123456789abcdef", [{"role": "user", "text": "Hi"}, {"role": "ai", "text": "Hello"}])
+    >>> store.messages("0123456789abcdef")
+    [{'role': 'user', 'text': 'Hi'}, {'role': 'ai', 'text': 'Hello'}]
+    """
+
+    schema = (
+        "CREATE TABLE IF NOT EXISTS kit_thread_messages (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "thread_id TEXT NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, created REAL NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS kit_thread_messages_by_thread ON kit_thread_messages (thread_id, id)",
+        "CREATE TABLE IF NOT EXISTS kit_thread_owners (thread_id TEXT PRIMARY KEY, owner TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS kit_stop_requests (stream_id TEXT PRIMARY KEY, created REAL NOT NULL)",
+    )
+
+    def __init__(self, path: str | Path = DEFAULT_SQLITE_FILE) -> None:
+        super().__init__()
+        self.path = Path(path).resolve()
+        self.name = f"SQLite thread store {self.path}"
+        self._saver: Any = None
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        # A connection per call: a few microseconds for SQLite, and safe in any thread or forked worker.
+        connection = sqlite3.connect(self.path, timeout=10.0)
+        connection.row_factory = sqlite3.Row
+        try:
+            with connection:  # one transaction: committed on success, rolled back on error
+                yield connection
+        finally:
+            connection.close()
+
+    def _create_schema(self) -> None:
+        if not self.path.parent.is_dir():
+            raise sqlite3.OperationalError(f"no directory {self.path.parent} for the SQLite file")
+        with self._connection() as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+        super()._create_schema()
+        log.info("threads: conversations are kept in the SQLite file %s", self.path)
+
+    def checkpointer(self) -> Any:
+        """LangGraph's SqliteSaver on the same file (one shared connection; the saver locks around it)."""
+        if self._saver is None:
+            from langgraph.checkpoint.sqlite import SqliteSaver
+
+            self._ensure_schema()
+            self._saver = SqliteSaver(sqlite3.connect(self.path, check_same_thread=False, timeout=10.0))
+        return self._saver
+
+    def close(self) -> None:
+        if self._saver is not None:
+            self._saver.conn.close()
+            self._saver = None
+
+
+class PostgresThreadStore(ThreadStore):
+    """PostgreSQL, for several worker processes or hosts: a small connection pool per process, opened on first
+    use (after gunicorn forks); a database that does not answer within `timeout_s` is a 503."""
+
+    placeholder = "%s"
+    schema = (
+        "CREATE TABLE IF NOT EXISTS kit_thread_messages (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+        "thread_id TEXT NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, created DOUBLE PRECISION NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS kit_thread_messages_by_thread ON kit_thread_messages (thread_id, id)",
+        "CREATE TABLE IF NOT EXISTS kit_thread_owners (thread_id TEXT PRIMARY KEY, owner TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS kit_stop_requests (stream_id TEXT PRIMARY KEY, created DOUBLE PRECISION NOT NULL)",
+    )
+
+    def __init__(self, conninfo: str, *, max_connections: int = 8, timeout_s: float = 5.0) -> None:
+        super().__init__()
+        self.conninfo = conninfo
+        self.max_connections = max_connections
+        self.timeout_s = timeout_s
+        self.name = f"PostgreSQL thread store {_without_password(conninfo)}"
+        self._pool: Any = None
+        self._pool_lock = threading.Lock()
+        self._saver: Any = None
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        import psycopg
+        import psycopg_pool
+
+        return (psycopg.Error, psycopg_pool.PoolTimeout, OSError)  # OSError: TimeoutError too
+
+    def pool(self) -> Any:
+        """The process's connection pool (autocommit, rows as dicts: what LangGraph's PostgresSaver needs)."""
+        with self._pool_lock:
+            if self._pool is None:
+                from psycopg.rows import dict_row
+                from psycopg_pool import ConnectionPool
+
+                self._pool = ConnectionPool(
+                    self.conninfo,
+                    min_size=1,
+                    max_size=self.max_connections,
+                    timeout=self.timeout_s,
+                    open=False,
+                    check=ConnectionPool.check_connection,  # a restarted server: no stale connection handed out
+                    kwargs={
+                        "autocommit": True,
+                        "row_factory": dict_row,
+                        "connect_timeout": max(int(self.timeout_s), 1),
+                    },
+                )
+                self._pool.open(wait=False)
+            return self._pool
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Any]:
+        with self.pool().connection() as connection, connection.transaction():
+            yield connection
+
+    def _create_schema(self) -> None:
+        with self._connection() as connection:
+            # Two workers starting at once would race on CREATE TABLE; one lock orders them.
+            connection.execute("SELECT pg_advisory_xact_lock(7366417)")
+            for statement in self.schema:
+                connection.execute(statement)
+        log.info("threads: conversations are kept in %s", self.name)
+
+    def checkpointer(self) -> Any:
+        """LangGraph's PostgresSaver on the same pool (its tables are created once)."""
+        if self._saver is None:
+            from langgraph.checkpoint.postgres import PostgresSaver
+
+            saver = PostgresSaver(self.pool())
+            try:
+                self._ensure_schema()
+                # Workers starting together would race on the saver's migrations; a session lock orders them.
+                # No transaction stays open meanwhile: a migration builds an index CONCURRENTLY, which waits
+                # for every open transaction, this process's own included.
+                with self.pool().connection() as lock:
+                    _take_advisory_lock(lock, 7366418, self.timeout_s * 12)
+                    try:
+                        saver.setup()
+                    finally:
+                        lock.execute("SELECT pg_advisory_unlock(7366418)")
+            except self._errors() as error:
+                log.warning("%s failed: %s", self.name, error, exc_info=error)
+                raise StoreDown(_DOWN) from None
+            self._saver = saver
+        return self._saver
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+        self._saver = None
+        self._schema_ready = False
+
+
+def _take_advisory_lock(connection: Any, key: int, timeout_s: float) -> None:
+    """A session lock, asked for again every 0.1 s rather than waited for in one statement: a waiting
+    statement holds a snapshot, which the holder's CREATE INDEX CONCURRENTLY would wait for (a deadlock)."""
+    deadline = time.monotonic() + timeout_s
+    while not connection.execute("SELECT pg_try_advisory_lock(%s) AS locked", (key,)).fetchone()["locked"]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"another process held the set-up lock for over {timeout_s:g} s")
+        time.sleep(0.1)
+
+
+def _without_password(conninfo: str) -> str:
+    """A connection string fit for a log line.
+
+    >>> _without_password("postgresql://kit:secret@127.0.0.1:5432/kit")
+    'postgresql://kit:***@127.0.0.1:5432/kit'
+    """
+    head, at, tail = conninfo.rpartition("@")
+    if not at or "://" not in head:
+        return conninfo
+    scheme, _, credentials = head.partition("://")
+    user, colon, _ = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{tail}"
+
+
+def open_store(where: str | Path | ThreadStore | None = None) -> ThreadStore:
+    """A store from a URL or path: `postgresql://...` (or `postgres://`), `sqlite:///path`, a plain file path,
+    a store object as it is, or None for `kit-threads.sqlite` in the working directory.
+
+    >>> open_store("postgresql://127.0.0.1/kit").name
+    'PostgreSQL thread store postgresql://127.0.0.1/kit'
+    """
+    if isinstance(where, ThreadStore):
+        return where
+    text = str(where) if where is not None else DEFAULT_SQLITE_FILE
+    if text.startswith(("postgresql://", "postgres://")):
+        return PostgresThreadStore(text)
+    return SqliteThreadStore(text.removeprefix("sqlite:///").removeprefix("sqlite://"))

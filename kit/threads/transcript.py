@@ -1,0 +1,64 @@
+"""Transcripts: a reply's bubbles as Deep Chat showed them, and the sources that keep their own thread instead."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from kit.pipeline.sources import ANSWER_ROLE, Message
+
+
+@runtime_checkable
+class ThreadMemory(Protocol):
+    """A source that may keep its own conversations (a LangGraph graph compiled with a checkpointer)."""
+
+    @property
+    def keeps_threads(self) -> bool:
+        """True when the source keeps each thread itself (else the kit keeps a transcript for it)."""
+        ...
+
+    def thread_messages(self, thread_id: str) -> list[Message]:
+        """The thread's visible messages in Deep Chat's format ([] for a thread never seen)."""
+        ...
+
+
+class Bubbles:
+    """Collects a reply's text as Deep Chat lays it out: text goes to the current bubble, a new role opens a
+    new bubble (the first bubble is the answer's).
+
+    >>> bubbles = Bubbles()
+    >>> for role, text in [(None, "Hi"), ("steps", "calling x"), ("steps", " done"), ("ai", "Bye")]:
+    ...     bubbles.add(text, role)
+    >>> bubbles.messages()
+    [{'role': 'ai', 'text': 'Hi'}, {'role': 'steps', 'text': 'calling x done'}, {'role': 'ai', 'text': 'Bye'}]
+    """
+
+    def __init__(self) -> None:
+        self._bubbles: list[Message] = []
+
+    def add(self, text: str, role: str | None = None) -> None:
+        if not text:
+            return
+        current = self._bubbles[-1]["role"] if self._bubbles else ANSWER_ROLE
+        role = role or current
+        if not self._bubbles or role != current:
+            self._bubbles.append({"role": role, "text": text})
+        else:
+            self._bubbles[-1]["text"] += text
+
+    def messages(self) -> list[Message]:
+        return [dict(bubble) for bubble in self._bubbles]
+
+
+def new_user_messages(messages: Sequence[Message]) -> list[Message]:
+    """The messages a request adds to its thread: the user messages after the last reply.
+
+    >>> new_user_messages([{"role": "user", "text": "a"}, {"role": "ai", "text": "b"}, {"role": "user", "text": "c"}])
+    [{'role': 'user', 'text': 'c'}]
+    """
+    new: list[Message] = []
+    for message in reversed(messages):
+        if message.get("role") != "user":
+            break
+        new.insert(0, {"role": "user", "text": str(message.get("text", ""))})
+    return new

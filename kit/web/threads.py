@@ -1,0 +1,156 @@
+"""A thread per chat on the web side: the `X-Kit-Thread-Id` header, the owner hook, the transcript of each reply,
+and `GET /threads/<id>/messages`, which gives a thread's bubbles back to a page that reloads.
+
+A graph compiled with a checkpointer keeps its threads itself (kit.threads.ThreadMemory); for every other
+source the kit appends each reply, as the client saw it, to the thread store when the reply ends or stops.
+No route lists threads: an id (128 random bits from the kit's page) is the key to its conversation, and an
+app that knows its users binds each thread to one with `owner=`, after which anyone else gets a 404.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from flask import Blueprint, Flask, Request, Response, jsonify
+
+from kit.errors import ChatError
+from kit.pipeline.cancel import STREAM_ID, CancelToken
+from kit.pipeline.sources import Message
+from kit.threads.ids import THREAD_ID_HEADER, thread_scope, validate_thread_id
+from kit.threads.stops import SharedStops
+from kit.threads.store import ThreadStore, open_store
+from kit.threads.transcript import Bubbles, ThreadMemory, new_user_messages
+
+log = logging.getLogger(__name__)
+
+MESSAGES_ROUTE = "/threads/<thread_id>/messages"
+Owner = Callable[[], str | None]
+"""Called during a request: the signed-in user's id, or None for nobody."""
+
+
+class NoSuchThread(ChatError):
+    """Another user's thread, answered exactly as one that does not exist would be."""
+
+    status = 404
+
+
+class ChatThreads:
+    """The thread side of an app's chat routes: one per app (or Blueprint).
+
+    - `store`: where transcripts, owners and cross-worker stops live: None for `kit-threads.sqlite` in the
+      working directory, a path, `postgresql://...`, a ThreadStore, or False for no store at all (the header
+      still reaches a checkpointed graph).
+    - `owner`: returns the current user's id; a thread is bound to the first user who chats on it.
+
+    >>> import os, tempfile
+    >>> app = Flask(__name__)
+    >>> threads = ChatThreads(None, store=os.path.join(tempfile.mkdtemp(), "t.sqlite"))
+    >>> threads.register_routes(app)
+    >>> app.test_client().get("/threads/0123456789abcdef/messages").json
+    []
+    """
+
+    def __init__(
+        self, source: object, *, store: str | Path | ThreadStore | bool | None = None, owner: Owner | None = None
+    ):
+        self.memory = source if isinstance(source, ThreadMemory) and source.keeps_threads else None
+        self.store = None if store is False else open_store(None if store is True else store)
+        self.owner = owner
+        self.shared_stops = SharedStops(self.store) if self.store is not None else None
+
+    def watch_stop(self, stream_id: str | None, cancel: CancelToken) -> None:
+        """Let a stop posted on another worker process end this stream (a well-formed id and a store needed)."""
+        if self.shared_stops is not None and stream_id is not None and STREAM_ID.fullmatch(stream_id):
+            self.shared_stops.watch(stream_id, cancel)
+
+    def post_stop(self, stream_id: str) -> None:
+        """A stop for a stream this process does not serve: recorded for the others (503 if the store is down)."""
+        if self.shared_stops is not None:
+            self.shared_stops.post(stream_id)
+
+    def register_routes(self, target: Flask | Blueprint) -> None:
+        """Add `GET /threads/<id>/messages` to an app or a Blueprint."""
+        target.add_url_rule(MESSAGES_ROUTE, "thread_messages", self._messages_route, methods=["GET"])
+
+    def _messages_route(self, thread_id: str) -> Response:
+        return jsonify(self.messages(validate_thread_id(thread_id)))
+
+    def messages(self, thread_id: str) -> list[Message]:
+        """The thread's visible messages in Deep Chat's format; [] for a thread nobody has used."""
+        self._check_owner(thread_id, claim=False)
+        if self.memory is not None:
+            return self.memory.thread_messages(thread_id)
+        return self.store.messages(thread_id) if self.store is not None else []
+
+    def turn(self, request: Request, messages: list[Message]) -> Turn:
+        """The thread a chat request runs on (BadThreadId 400, NoSuchThread 404, StoreDown 503 before any byte)."""
+        header = request.headers.get(THREAD_ID_HEADER)
+        if header is None:
+            return Turn(None, [], None)
+        thread_id = validate_thread_id(header)
+        self._check_owner(thread_id, claim=True)
+        store = self.store if self.memory is None else None  # a graph with memory keeps its own thread
+        return Turn(thread_id, new_user_messages(messages), store)
+
+    def _check_owner(self, thread_id: str, *, claim: bool) -> None:
+        if self.owner is None or self.store is None:
+            return
+        user = self.owner()
+        owner = self.store.owner(thread_id)
+        if owner is None and claim and user is not None:
+            owner = self.store.claim(thread_id, user)
+        if owner is not None and owner != user:
+            raise NoSuchThread("no such thread")
+
+
+class Turn:
+    """One request on a thread: the scope the source starts in, and the transcript of its reply."""
+
+    def __init__(self, thread_id: str | None, asked: list[Message], store: ThreadStore | None) -> None:
+        self.thread_id = thread_id
+        self.asked = asked
+        self.store = store
+
+    def scope(self) -> contextlib.AbstractContextManager[None]:
+        """Start the source inside this: a checkpointed graph reads the thread id from it."""
+        return thread_scope(self.thread_id)
+
+    def record(self, events: Iterator[str]) -> Iterator[str]:
+        """The SSE events as they are; when they end (finished, failed or stopped) the question and the
+        bubbles the client saw are appended to the thread's transcript."""
+        if self.store is None or self.thread_id is None:
+            return events
+        return self._recorded(events)
+
+    def _recorded(self, events: Iterator[str]) -> Iterator[str]:
+        bubbles = Bubbles()
+        try:
+            for event in events:
+                _read_event(event, bubbles)
+                yield event
+        finally:
+            self._append(bubbles.messages())
+
+    def record_answer(self, text: str) -> None:
+        """The transcript of a reply that was not streamed (`POST /chat`)."""
+        if self.store is not None and self.thread_id is not None:
+            self._append([{"role": "ai", "text": text}] if text else [])
+
+    def _append(self, reply: list[Message]) -> None:
+        assert self.store is not None and self.thread_id is not None
+        try:
+            self.store.append(self.thread_id, [*self.asked, *reply])
+        except ChatError:
+            log.warning("thread %s: the reply could not be kept (the store is down)", self.thread_id)
+
+
+def _read_event(event: str, bubbles: Bubbles) -> None:
+    for line in event.splitlines():
+        if line.startswith("data: "):
+            payload = json.loads(line[len("data: ") :])
+            if isinstance(payload, dict) and isinstance(payload.get("text"), str):
+                bubbles.add(payload["text"], payload.get("role"))
