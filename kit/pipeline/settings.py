@@ -55,7 +55,7 @@ class StreamSettings:
     # client could otherwise hold a request thread for a minute outside the model's queue.
     doctor_probe: bool | None = None
     title: str = "Deep Chat streaming kit"
-    # -- threads (kit.web.threads, issue 17) -------------------------------------------------------------------
+    # -- threads (kit.web.threads) -------------------------------------------------------------------
     # Where conversations live: None for kit-threads.sqlite in the working directory, a path, a postgresql://
     # URL, a kit.threads.store.ThreadStore, or False for none.
     thread_store: Any = None
