@@ -7,12 +7,17 @@ Each row (`CompatCase`) builds one kind of source (an LCEL chain, a LangGraph ag
 - it arrived in more than one event (not held back and sent as one block at the end),
 - Stop ends it: closing the connection mid-reply ends the source's producer thread quickly.
 
+A reasoning row (`thinking=` its expected thinking) also proves that the thinking bubble holds the thinking
+alone and the answer's bubble the answer alone, each in more than one event, the thinking first, and Stop
+lands during the thinking (the harness closes after the first text event, a thinking one).
+
 `python -m tests.compat` prints the table (event count and time to first event per row) for the closing note.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +32,12 @@ from kit.serving.client import Received, Reply, chat_body, iter_stream, stream_c
 from kit.serving.server import BackgroundServer
 
 # Rows live next to the tests that own them; each module has a CASES list.
-CASE_MODULES = ("tests.test_compat_items", "tests.test_compat_chains")
+CASE_MODULES = (
+    "tests.test_compat_items",
+    "tests.test_compat_chains",
+    "tests.test_compat_thinking",
+    "tests.test_compat_async",
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,10 @@ class CompatCase:
     # Proof that Stop reached the source itself (for example a scripted source's `cancelled` count, or the
     # model engine going idle); the harness always checks that the producer thread ends.
     stopped: Callable[[], bool] | None = None
+    # A reasoning model's row: the text its thinking bubble(s) must hold (None: a model that does not think).
+    thinking: str | None = None
+    # Bubbles the reply opens, in order, when the row says (a reasoning agent: thinking, steps, thinking, ai).
+    bubbles: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,8 @@ class CompatResult:
     text: str
     events: int
     first_event_s: float  # from sending the request to the first text event
+    first_answer_s: float  # from sending the request to the first event of the answer's bubble
+    thinking_events: int  # text events of the thinking bubble(s)
     total_s: float
     stop_s: float  # from closing the connection to the source's producer thread ending
 
@@ -118,6 +134,8 @@ def check_case(case: CompatCase) -> CompatResult:
         assert answer_text == expected, f"{case.name}: streamed {answer_text!r}, expected {expected!r}"
         text_items = [item for item in reply.items if item.payload and item.payload.get("text")]
         assert len(text_items) > 1, f"{case.name}: the reply arrived in one event: {reply.events}"
+        if case.thinking is not None:
+            _check_thinking(case, reply, text_items)
 
         before = live_producers()
         _stop_mid_reply(server.url + "chat-stream", case.prompt, case.timeout_s)
@@ -130,12 +148,37 @@ def check_case(case: CompatCase) -> CompatResult:
     return _result(case.name, reply, text_items, stop_s)
 
 
+def roles_of(items: list[Received]) -> list[str]:
+    """The bubble (role) each text event goes to: an event without a role continues the previous one's."""
+    roles, current = [], "ai"
+    for item in items:
+        current = (item.payload or {}).get("role", current)
+        roles.append(current)
+    return roles
+
+
+def _check_thinking(case: CompatCase, reply: Reply, text_items: list[Received]) -> None:
+    roles = roles_of(text_items)
+    assert reply.text_of("thinking") == case.thinking, f"{case.name}: thinking {reply.text_of('thinking')!r}"
+    assert roles[0] == "thinking", f"{case.name}: the reply did not start with its thinking: {reply.events}"
+    for role in ("thinking", "ai"):
+        assert roles.count(role) > 1, f"{case.name}: the {role} bubble arrived in one event: {reply.events}"
+    if case.bubbles is not None:
+        opened = [role for index, role in enumerate(roles) if index == 0 or roles[index - 1] != role]
+        assert tuple(opened) == case.bubbles, f"{case.name}: bubbles {opened}"
+
+
 def _result(name: str, reply: Reply, text_items: list[Received], stop_s: float) -> CompatResult:
+    roles = roles_of(text_items)
+    answers = (item.at for item, role in zip(text_items, roles, strict=True) if role == "ai")
+    answer_at = next(answers, text_items[0].at)
     return CompatResult(
         name=name,
         text=reply.text,
         events=len(text_items),
         first_event_s=text_items[0].at - reply.started,
+        first_answer_s=answer_at - reply.started,
+        thinking_events=roles.count("thinking"),
         total_s=reply.items[-1].at - reply.started,
         stop_s=stop_s,
     )
@@ -148,11 +191,13 @@ def _cell(text: str) -> str:
 def table(results: list[CompatResult]) -> str:
     """The results as a Markdown table."""
     lines = [
-        "| source | events | first event ms | whole reply ms | stop ms | chars |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| source | events | thinking events | first event ms | first answer ms | whole reply ms | stop ms | chars |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     lines += [
-        f"| {_cell(r.name)} | {r.events} | {r.first_event_s * 1000:.0f} | {r.total_s * 1000:.0f} "
+        f"| {_cell(r.name)} | {r.events} | {r.thinking_events} | {r.first_event_s * 1000:.0f} "
+        f"| {r.first_answer_s * 1000:.0f} "
+        f"| {r.total_s * 1000:.0f} "
         f"| {r.stop_s * 1000:.0f} | {len(r.text)} |"
         for r in results
     ]
@@ -161,7 +206,7 @@ def table(results: list[CompatResult]) -> str:
 
 def main() -> None:
     results = []
-    for module_name in CASE_MODULES:
+    for module_name in sys.argv[1:] or CASE_MODULES:
         for case in importlib.import_module(module_name).CASES:
             results.append(check_case(case))
     print(table(results))

@@ -23,8 +23,10 @@ from kit.adapters.runnables import runnable_source
 from kit.model.chat_model import ChatLlama
 from kit.model.engine import Engine
 from kit.pipeline.cancel import CancelToken
+from kit.pipeline.observe import StreamObserver
 from kit.pipeline.sources import Role
 from kit.serving.client import Received, chat_body, iter_stream, stream_chat
+from kit.web.observers import add_observer
 from tests.helpers import wait_until
 
 HISTORY = [
@@ -307,7 +309,10 @@ def test_deep_chat_shows_steps_and_answer_in_two_bubbles_and_sends_both_back(ser
             time.sleep(0.05)
             yield piece
 
-    server = serve(create_app(source))
+    app = create_app(source)
+    sent: list[list[str]] = []  # what Deep Chat posted, as an observer of the app sees it
+    add_observer(app, lambda messages: sent.append([str(m["role"]) for m in messages]) or StreamObserver())
+    server = serve(app)
     with chromium_page() as page:
         page.goto(server.url)
         for question in ("Tell me about Paris", "More?"):
@@ -317,6 +322,7 @@ def test_deep_chat_shows_steps_and_answer_in_two_bubbles_and_sends_both_back(ser
             bubbles = page.locator(".ai-message-text")
             assert wait_until(lambda bubbles=bubbles: bubbles.last.inner_text() == "Paris is big.")
         steps = page.locator(".deep-chat-outer-container-role-steps .message-bubble")
-        assert steps.count() == 2 and steps.first.inner_text() == "Looking it up..."
-    # The steps bubble comes back with the history (to_messages keeps it from the model).
-    assert bodies == [["user"], ["user", "steps", "ai", "user"]]
+        assert steps.count() == 2 and steps.first.text_content().strip() == "Looking it up..."  # folded, kept
+    # The steps bubble comes back with the history; the source gets the conversation's turns only.
+    assert sent == [["user"], ["user", "steps", "ai", "user"]]
+    assert bodies == [["user"], ["user", "ai", "user"]]

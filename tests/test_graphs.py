@@ -200,7 +200,7 @@ def test_chromium_shows_the_agents_tool_step_and_its_answer_in_two_bubbles(serve
         answer = page.locator(".deep-chat-outer-container-role-ai .message-bubble")
         steps = page.locator(".deep-chat-outer-container-role-steps .message-bubble")
         assert wait_until(lambda: steps.count() == 1 and "22" in answer.last.inner_text(), timeout=120)
-        step_text = steps.first.inner_text()
+        step_text = steps.first.text_content().strip()  # folded under the answer: its text is in the DOM, hidden
         assert "calling get_weather" in step_text and "Paris" in step_text and "returned: It is sunny" in step_text
         assert json.loads(step_text.split("calling get_weather ", 1)[1].split("\n", 1)[0]) == {"city": "Paris"}
         assert "calling" not in answer.last.inner_text()

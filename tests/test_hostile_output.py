@@ -143,15 +143,18 @@ def chat_watching_dialogs(page, url: str, text: str) -> list[str]:  # type: igno
     return dialogs
 
 
-def render_hostile_reply(app: Flask, serve):  # type: ignore[no-untyped-def]
-    """Chat once on the kit's page, click every link the reply rendered, then open the first in place
-    (as a user who opens it in the same tab would). Returns (hrefs, the page's flag, dialogs seen)."""
+def render_hostile_reply(app: Flask, serve, bubble: str = ".ai-message-text"):  # type: ignore[no-untyped-def]
+    """Chat once on the kit's page, click every link the reply rendered (in `bubble`), then open the first in
+    place (as a user who opens it in the same tab would). Returns (hrefs, the page's flag, dialogs seen)."""
     server = serve(app)
     with chromium_page() as page:
         dialogs = chat_watching_dialogs(page, server.url, "say something nasty")
-        links = page.locator(".ai-message-text a")
-        links.first.wait_for()
+        links = page.locator(f"{bubble} a")
+        links.first.wait_for(state="attached")  # a thinking bubble may already be folded
         page.wait_for_function("() => document.querySelector('deep-chat').shadowRoot.textContent.includes('Also')")
+        if bubble != ".ai-message-text":  # a thinking bubble folds under the answer: open it to reach its links
+            page.wait_for_function("() => document.querySelector('deep-chat').shadowRoot.textContent.includes('Done')")
+            page.locator(bubble).click()
         hrefs = [links.nth(index).get_attribute("href") for index in range(links.count())]
         for index in range(links.count()):
             links.nth(index).click()
@@ -180,6 +183,29 @@ def test_a_hostile_reply_in_deep_chat_executes_nothing_and_its_links_are_defused
     hrefs, flag, dialogs = render_hostile_reply(create_app(hostile_source), serve)
     assert hrefs == ["about:blank#blocked:window.__pwned='link';alert('link')", "about:blank#blocked:alert('autolink')"]
     assert flag is None and dialogs == []
+
+
+def hostile_thinker(messages: list[dict[str, str]]) -> list[str]:
+    """The hostile reply as a reasoning model's thinking, in `<think>` tags torn across pieces, then an answer."""
+    text = f"<think>{HOSTILE_REPLY}</think>Done."
+    return [text[index : index + 5] for index in range(0, len(text), 5)]
+
+
+THINKING_BUBBLE = ".deep-chat-outer-container-role-thinking .message-bubble"
+
+
+def test_a_hostile_thinking_bubble_executes_nothing_and_its_links_are_defused(serve) -> None:  # type: ignore[no-untyped-def]
+    hrefs, flag, dialogs = render_hostile_reply(create_app(hostile_thinker), serve, THINKING_BUBBLE)
+    assert hrefs == ["about:blank#blocked:window.__pwned='link';alert('link')", "about:blank#blocked:alert('autolink')"]
+    assert flag is None and dialogs == []
+
+
+def test_control_a_thinking_bubble_with_both_defences_off_runs_the_same_link(serve) -> None:  # type: ignore[no-untyped-def]
+    # The thinking bubble is rendered like the answer's: only the kit's defences stand between a link and a run.
+    app = without_csp(create_app(hostile_thinker, neutralize_links=False))
+    hrefs, flag, dialogs = render_hostile_reply(app, serve, THINKING_BUBBLE)
+    assert hrefs[0].startswith("javascript:") and flag == "link" and dialogs == ["link"]
+    assert "script" not in dialogs and "img" not in dialogs  # raw HTML stays off in the thinking bubble too
 
 
 def test_with_links_left_live_the_page_csp_alone_still_stops_them(serve) -> None:  # type: ignore[no-untyped-def]

@@ -17,6 +17,7 @@ from kit.model.chat_model import ChatLlama
 from kit.model.engine import Cancelled
 from kit.pipeline.cancel import CancelToken, bind_cancel
 from kit.pipeline.pump import Failed, Finished, receive
+from kit.pipeline.shapes import read_thinking
 from kit.pipeline.sources import (
     Message,
     to_text,
@@ -40,7 +41,11 @@ class TokenBridge(BaseCallbackHandler):
     def on_llm_new_token(self, token: str, *, chunk: Any = None, **kwargs: Any) -> None:
         if self.cancel.cancelled:
             raise Cancelled("the client left; stopping the chain")
-        text = to_text(chunk.message) if chunk is not None and hasattr(chunk, "message") else token
+        message = getattr(chunk, "message", None)
+        thinking = read_thinking(message) if message is not None else ""
+        if thinking:  # a reasoning model's thought: the pipeline puts it in the thinking bubble
+            self.tokens.put({"thinking": thinking})
+        text = to_text(message) if message is not None else token
         if text:
             self.count += 1
             self.tokens.put(text)

@@ -1,13 +1,19 @@
-"""Which of LangChain's stream events carry the final answer, and which the other steps."""
+"""Which of LangChain's stream events carry the final answer, which the other steps, and which the thinking."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.runnables import RunnableConfig
+
+from kit.pipeline.shapes import read_text, read_thinking
 from kit.pipeline.sources import (
     ANSWER_ROLE,
+    THINKING_ROLE,
     Role,
     to_text,
 )
@@ -75,6 +81,9 @@ class AnswerSelector:
     def feed(self, event: dict[str, Any]) -> Iterator[tuple[str, str]]:
         kind = event["event"]
         is_model_token = kind in _MODEL_TOKEN_EVENTS
+        thought = read_thinking(event.get("data", {}).get("chunk")) if is_model_token else ""
+        if thought:  # every model's thinking shows: it is the chain at work, whichever step it serves
+            yield THINKING_ROLE, thought
         if self.filter.active or not self.final_only:
             if is_model_token:
                 chosen = self.filter.matches(event) if self.filter.active else True
@@ -104,6 +113,48 @@ class AnswerSelector:
 
 def _chunk_text(event: dict[str, Any]) -> str:
     return to_text(event.get("data", {}).get("chunk"))
+
+
+class ThoughtTap(BaseCallbackHandler):
+    """Collects the thinking of every model token of a chain run through `.stream()`, where an output parser at
+    the end (`StrOutputParser`) keeps the answer's text only. A model reports each token to its callbacks
+    before passing it on, so the thinking is here by the time the chain's output for that token is.
+    """
+
+    def __init__(self) -> None:
+        self.thoughts: deque[str] = deque()
+
+    def on_llm_new_token(self, token: str, *, chunk: Any = None, **kwargs: Any) -> None:
+        thought = read_thinking(getattr(chunk, "message", None))
+        if thought:
+            self.thoughts.append(thought)
+
+    def drain(self) -> Iterator[dict[str, str]]:
+        """The thinking collected so far, as items `kit.pipeline.sources.texts` reads as thinking."""
+        while self.thoughts:
+            yield {"thinking": self.thoughts.popleft()}
+
+    def config(self, config: RunnableConfig | None) -> RunnableConfig:
+        """`config` with this handler added to its callbacks (a list or a callback manager)."""
+        merged: dict[str, Any] = dict(config or {})
+        callbacks = merged.get("callbacks")
+        if callbacks is None or isinstance(callbacks, list):
+            merged["callbacks"] = [*(callbacks or []), self]
+        else:
+            manager = callbacks.copy()
+            manager.add_handler(self, inherit=True)
+            merged["callbacks"] = manager
+        return RunnableConfig(**merged)  # type: ignore[typeddict-item]
+
+
+def answer_only(item: Any) -> Any:
+    """An output item's text without its thinking (a ThoughtTap has that); an item of no known shape as it is.
+
+    >>> answer_only({"text": "Hi", "thinking": "Hmm"})
+    'Hi'
+    """
+    text = read_text(item)
+    return item if text is None else text
 
 
 def with_roles(pieces: Iterator[tuple[str, str]]) -> Iterator[str | Role]:

@@ -11,12 +11,12 @@ The graph's input is built from Deep Chat's history: a graph over `messages` (Me
 the whole conversation as LangChain messages; other input schemas are filled as for chains
 (`kit.adapters.inputs.default_to_input`). Stop closes the stream: LangGraph cancels the running step, and the kit's
 models inside it stop at their next token (the cancel token travels in the context LangGraph copies into
-its worker threads).
+its worker threads). A graph with `async def` nodes streams through `astream` on the kit's event loop
+(`kit.pipeline.event_loop`), where Stop cancels its task at the next await.
 """
 
 from __future__ import annotations
 
-import contextvars
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -29,11 +29,14 @@ from kit.adapters.admission import admit_models, released
 from kit.adapters.events import with_roles
 from kit.adapters.graph_threads import GraphRun, checkpoint_messages, keeps_messages
 from kit.adapters.inputs import InputMapper, input_for_keys, to_messages
+from kit.adapters.runnables import async_only_parts
 from kit.errors import ChatError
 from kit.model.chat_model import ChatLlama
-from kit.pipeline.cancel import CancelToken, bind_cancel
+from kit.pipeline.async_sources import iterate
+from kit.pipeline.cancel import CancelToken, bound_context
 from kit.pipeline.pump import close_iterator
-from kit.pipeline.sources import ANSWER_ROLE, Message
+from kit.pipeline.shapes import read_thinking
+from kit.pipeline.sources import ANSWER_ROLE, THINKING_ROLE, Message
 
 _DONE = object()
 WAITING_ROLE = "approval"
@@ -69,6 +72,9 @@ class StepSelector:
             return
         if not isinstance(message, AIMessage | AIMessageChunk):
             return  # the user's own messages, echoed back by nodes that rewrite the state
+        thought = read_thinking(message)
+        if thought:  # a reasoning model's thinking, whichever node it serves
+            yield THINKING_ROLE, thought
         node = metadata.get("langgraph_node")
         text_role = ANSWER_ROLE if self.answer_nodes is None or node in self.answer_nodes else self.steps_role
         if text_role is not None and message.text:
@@ -102,8 +108,11 @@ class GraphSource:
         answer_nodes: Sequence[str] | None = None,
         config: RunnableConfig | None = None,
         models: Sequence[ChatLlama] = (),
+        asynchronous: bool | None = None,
     ) -> None:
         self.graph = graph
+        # None: async when some node has only async code (`async def`), which `.stream()` cannot run.
+        self.asynchronous = bool(async_only_parts(graph)) if asynchronous is None else asynchronous
         self.to_input = to_input or graph_input(graph)
         self.steps_role = steps_role
         self.answer_nodes = answer_nodes
@@ -135,11 +144,14 @@ class GraphSource:
 
     def _stream(self, value: Any, cancel: CancelToken, config: RunnableConfig | None) -> Iterator[Any]:
         selector = StepSelector(self.steps_role, self.answer_nodes)
-        context = contextvars.copy_context()
-        context.run(bind_cancel, cancel)
+        context = bound_context(cancel)
         # "values" too: a graph whose nodes write no messages (say, an `answer` key) still has a final state.
         modes = ["messages", "values"]
-        iterator = context.run(self.graph.stream, value, config, stream_mode=modes, subgraphs=True)
+        if self.asynchronous:  # its async stream runs on the kit's event loop; the token is bound in its task
+            stream = self.graph.astream(value, config, stream_mode=modes, subgraphs=True)
+            iterator = iterate(stream, cancel, owned=True, context=context)
+        else:
+            iterator = context.run(self.graph.stream, value, config, stream_mode=modes, subgraphs=True)
         final_state: Any = None
         answered = False
 
@@ -197,6 +209,7 @@ def graph_source(
     answer_nodes: Sequence[str] | None = None,
     config: RunnableConfig | None = None,
     models: Sequence[ChatLlama] = (),
+    asynchronous: bool | None = None,
 ) -> GraphSource:
     """A source for `create_app` that streams a compiled LangGraph graph (what `create_app(graph)` uses).
 
@@ -207,9 +220,16 @@ def graph_source(
     - `config`: the graph's RunnableConfig (a `thread_id` for a checkpointer, a `recursion_limit`).
     - `models`: the kit's models whose fair queue should admit the request before the first byte (a model
       inside a node's function cannot be found automatically).
+    - `asynchronous`: run the graph's async stream on the kit's event loop (default: when a node is `async def`).
     """
     return GraphSource(
-        graph, to_input=to_input, steps_role=steps_role, answer_nodes=answer_nodes, config=config, models=models
+        graph,
+        to_input=to_input,
+        steps_role=steps_role,
+        answer_nodes=answer_nodes,
+        config=config,
+        models=models,
+        asynchronous=asynchronous,
     )
 
 

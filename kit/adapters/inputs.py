@@ -10,6 +10,7 @@ from langchain_core.runnables import Runnable
 
 from kit.pipeline.sources import (
     Message,
+    conversation,
 )
 
 InputMapper = Callable[[list[Message]], Any]
@@ -26,14 +27,16 @@ SYSTEM_KEYS = ("system", "system_prompt", "system_message")
 def to_messages(messages: Sequence[Message]) -> list[BaseMessage]:
     """Deep Chat messages as LangChain messages (user -> human, ai -> ai, system -> system).
 
-    Other roles, such as a "steps" bubble the kit streamed earlier, are not part of the conversation.
+    Other roles are not part of the conversation (`kit.pipeline.sources.conversation`): the "thinking" and
+    "steps" bubbles the kit streamed earlier come back with the history, and are not the assistant's words.
 
     >>> [m.type for m in to_messages([{"role": "system", "text": "Be brief"}, {"role": "user", "text": "Hi"},
-    ...                               {"role": "steps", "text": "..."}, {"role": "ai", "text": "Hello"}])]
+    ...                               {"role": "thinking", "text": "A greeting."}, {"role": "steps", "text": "..."},
+    ...                               {"role": "ai", "text": "Hello"}])]
     ['system', 'human', 'ai']
     """
     kinds = {"user": HumanMessage, "ai": AIMessage, "assistant": AIMessage, "system": SystemMessage}
-    return [kinds[m["role"]](content=str(m.get("text", ""))) for m in messages if m.get("role") in kinds]
+    return [kinds[m["role"]](content=str(m.get("text", ""))) for m in conversation(list(messages))]
 
 
 def history_input(

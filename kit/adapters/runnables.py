@@ -11,22 +11,18 @@ kit.adapters.graphs. Every source takes the kit's cancel token: models inside th
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextvars
-import queue
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from langchain_core.runnables import Runnable, RunnableConfig
 
 from kit.adapters.admission import admit_models, kit_models, released
-from kit.adapters.events import AnswerSelector, EventFilter, with_roles
+from kit.adapters.events import AnswerSelector, EventFilter, ThoughtTap, answer_only, with_roles
 from kit.adapters.inputs import InputMapper, default_to_input, to_messages
 from kit.model.chat_model import ChatLlama
-from kit.pipeline.cancel import CancelToken, bind_cancel
-from kit.pipeline.pump import Failed, Finished, close_iterator, receive
+from kit.pipeline.async_sources import iterate
+from kit.pipeline.cancel import CancelToken, bound_context
+from kit.pipeline.pump import close_iterator
 from kit.pipeline.sources import (
     Message,
     Role,
@@ -34,35 +30,50 @@ from kit.pipeline.sources import (
     Streamable,
 )
 
-# -- the event loop that runs astream_events ---------------------------------------------------------
-
-
-class _EventLoop:
-    """One asyncio loop in a daemon thread for every event-stream source of the process.
-
-    LangChain's event stream is async only; a loop per request would create and tear down a thread pool
-    each time. Sync model code runs in the loop's executor, sized so that requests waiting for a model
-    (in its fair queue) never starve the steps of other chains.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def get(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                loop.set_default_executor(
-                    concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="kit-chain-step")
-                )
-                threading.Thread(target=loop.run_forever, name="kit-chain-events", daemon=True).start()
-                self._loop = loop
-            return self._loop
-
-
-_events_loop = _EventLoop()
 _DONE = object()
+
+# Where LangChain keeps a runnable's parts: a sequence's steps, a parallel's branches, a binding's runnable, a
+# graph's nodes (and a node's runnable), a branch's or a fallback's runnables.
+_PART_ATTRIBUTES = ("steps", "steps__", "bound", "nodes", "branches", "default", "runnable", "fallbacks")
+
+
+def async_only_parts(runnable: object) -> list[str]:
+    """The names of a runnable's parts that have only async code (an `async def` lambda or graph node), which
+    `.stream()` cannot run: a chain or graph with any streams through its async API on the kit's loop.
+
+    >>> from langchain_core.runnables import RunnableLambda
+    >>> async def shout(text: str) -> str:
+    ...     return text.upper()
+    >>> async_only_parts(RunnableLambda(str.strip) | RunnableLambda(shout))
+    ['shout']
+    """
+    found: list[str] = []
+    seen: set[int] = set()
+    pending = [runnable]
+    while pending:
+        part = pending.pop()
+        if id(part) in seen:
+            continue
+        seen.add(id(part))
+        if _async_only(part):
+            found.append(str(getattr(part, "name", None) or type(part).__name__))
+        for attribute in _PART_ATTRIBUTES:
+            value = getattr(part, attribute, None)
+            if isinstance(value, dict):
+                value = list(value.values())
+            if isinstance(value, list | tuple):
+                pending.extend(item for entry in value for item in (entry if isinstance(entry, tuple) else (entry,)))
+            elif value is not None and not isinstance(value, str | int | float | bool):
+                pending.append(value)
+    return sorted(found)
+
+
+def _async_only(part: object) -> bool:
+    # A lambda or graph node (`func`/`afunc`), a generator (`_transform`/`_atransform`), with only the async one.
+    return any(
+        getattr(part, f"{prefix}a{name}", None) is not None and getattr(part, f"{prefix}{name}", None) is None
+        for prefix, name in (("", "func"), ("_", "transform"))
+    )
 
 
 # -- sources --------------------------------------------------------------------------------------------
@@ -85,8 +96,11 @@ class RunnableSource:
         filter: EventFilter | None = None,
         config: RunnableConfig | None = None,
         models: Sequence[ChatLlama] | None = None,
+        asynchronous: bool | None = None,
     ) -> None:
         self.chain = chain
+        # None: async when some part has no sync code (found when the source is built, not per request).
+        self.asynchronous = bool(async_only_parts(chain)) if asynchronous is None else asynchronous
         self.to_input = to_input or default_to_input(chain)
         self.final_only = final_only
         self.steps_role = steps_role
@@ -107,26 +121,33 @@ class RunnableSource:
         return released(stream, admissions)
 
     def _output(self, value: Any, cancel: CancelToken) -> Iterator[Any]:
-        # A context of its own carries the cancel token into the chain (and its executor threads).
-        context = contextvars.copy_context()
-        context.run(bind_cancel, cancel)
-        iterator = context.run(self.chain.stream, value, self.config)
+        # A context of its own carries the cancel token into the chain (and its executor threads or tasks).
+        context = bound_context(cancel)
+        tap = ThoughtTap()  # the models' thinking, which a parser at the chain's end would drop
+        config = tap.config(self.config)
+        if self.asynchronous:  # `.stream()` cannot run async-only parts: the async stream runs on the kit's loop
+            iterator = iterate(self.chain.astream(value, config), cancel, owned=True, context=context)
+        else:
+            iterator = context.run(self.chain.stream, value, config)
         try:
             while not cancel.cancelled:
                 item = context.run(next, iterator, _DONE)
+                yield from tap.drain()
                 if item is _DONE:
                     return
-                yield item
+                yield answer_only(item)
         finally:
             context.run(close_iterator, iterator)
 
     def _events(self, value: Any, cancel: CancelToken) -> Iterator[str | Role]:
         selector = AnswerSelector(final_only=self.final_only, filter=self.filter, steps_role=self.steps_role)
-        out: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        future = asyncio.run_coroutine_threadsafe(self._produce_events(value, cancel, out), _events_loop.get())
+        # LangChain's event stream is async only: it runs on the kit's event loop, with the cancel token bound
+        # in the task's context (the chain's tasks and executor calls inherit it).
+        stream = self.chain.astream_events(value, self.config, version="v2")
+        events = iterate(stream, cancel, owned=True, context=bound_context(cancel))
 
         def pieces() -> Iterator[tuple[str, str]]:
-            for item in receive(out, cancel):
+            for item in events:
                 yield from selector.feed(item)
             if not cancel.cancelled:
                 yield from selector.finish()
@@ -134,23 +155,7 @@ class RunnableSource:
         try:
             yield from with_roles(pieces())
         finally:
-            future.cancel()  # the chain stops at its next await; its models stop at their next token
-
-    async def _produce_events(self, value: Any, cancel: CancelToken, out: queue.SimpleQueue[Any]) -> None:
-        bind_cancel(cancel)  # this task's own context; the chain's tasks and executor calls inherit it
-        events = self.chain.astream_events(value, self.config, version="v2")
-        try:
-            async for event in events:
-                out.put(event)
-                if cancel.cancelled:
-                    break
-        except asyncio.CancelledError:
-            raise
-        except BaseException as error:
-            out.put(Failed(error))
-        finally:
-            await events.aclose()
-            out.put(Finished())
+            close_iterator(events)  # the chain stops at its next await; its models stop at their next token
 
 
 def runnable_source(
@@ -167,6 +172,7 @@ def runnable_source(
     exclude_tags: Sequence[str] | None = None,
     config: RunnableConfig | None = None,
     models: Sequence[ChatLlama] | None = None,
+    asynchronous: bool | None = None,
 ) -> RunnableSource:
     """A source for `create_app` that streams a LangChain Runnable (LCEL chain, chat model, ...).
 
@@ -178,6 +184,8 @@ def runnable_source(
       select, e.g. `include_tags=["answer"]` with `model.with_config(tags=["answer"])`.
     - `steps_role="steps"`: the other model calls stream into a separate Deep Chat bubble of that role.
     - `models`: the kit models whose queues admit a request (default: found in the chain's graph).
+    - `asynchronous`: stream through the chain's async API on the kit's event loop (default: when some part
+      has only async code, see `async_only_parts`; True for a custom runnable that implements only `astream`).
 
     >>> from langchain_core.runnables import RunnableLambda
     >>> from kit.adapters.inputs import last_user_text
@@ -194,6 +202,7 @@ def runnable_source(
         filter=rules,
         config=config,
         models=models,
+        asynchronous=asynchronous,
     )
 
 

@@ -13,29 +13,35 @@ from flask import Flask
 from kit.pipeline.observe import EndReason, StreamObserver, WriteKind
 from kit.web.observers import add_observer
 
-MarkKind = Literal["piece", "text", "heartbeat", "error"]
+MarkKind = Literal["piece", "thought", "text", "heartbeat", "error"]
+THINKING_ROLE = "thinking"
 
 
 class Mark(NamedTuple):
-    """One thing that happened in a stream: a piece from the source (size in characters) or a write to
-    the client (size in bytes), `at` seconds after the request started."""
+    """One thing that happened in a stream: a piece from the source (size in characters; a "thought" when it
+    is a reasoning model's thinking) or a write to the client (size in bytes), `at` seconds after the request
+    started; `role` is the role of a piece ("ai" for the answer, "thinking", "steps", ...)."""
 
     kind: MarkKind
     at: float
     size: int
+    role: str = "ai"
 
 
 @dataclass(frozen=True)
 class StreamStats:
     """The numbers of one stream, so far or final. Times are seconds since the request started."""
 
-    pieces: int  # from the source, after granularity, before coalescing
+    pieces: int  # from the source, after granularity, before coalescing (thinking included)
     chars: int
+    thoughts: int  # pieces of a reasoning model's thinking (shown, hidden or inline)
     events: int  # text events written to the client
     bytes: int  # everything written: text events, heartbeats, the error
     heartbeats: int
     errors: int
     first_piece_s: float | None
+    first_thought_s: float | None  # time to first thought
+    first_answer_s: float | None  # time to the first text of the answer (not thinking, not steps)
     first_event_s: float | None
     duration_s: float  # to the end, or to now while streaming
     pieces_per_s: float  # pieces over the time from the request's start to its last piece
@@ -50,6 +56,7 @@ class StreamRecord(StreamObserver):
         self.started = time.perf_counter()
         self.marks: list[Mark] = []  # appended by one thread only; list.append is atomic
         self.end_reason: EndReason | None = None
+        self._role = "ai"  # the role of the pieces arriving now
         self._ended_at: float | None = None
         self._done = threading.Event()
         self._on_change = on_change
@@ -62,8 +69,12 @@ class StreamRecord(StreamObserver):
 
     # StreamObserver: called in the serving thread, so each does only an append.
     def piece(self, chars: int, at: float) -> None:
-        self.marks.append(Mark("piece", at - self.started, chars))
+        kind: MarkKind = "thought" if self._role == THINKING_ROLE else "piece"
+        self.marks.append(Mark(kind, at - self.started, chars, self._role))
         self._changed(final=False)
+
+    def role(self, name: str, at: float) -> None:
+        self._role = name
 
     def write(self, kind: WriteKind, nbytes: int, at: float) -> None:
         self.marks.append(Mark(kind, at - self.started, nbytes))
@@ -90,18 +101,23 @@ class StreamRecord(StreamObserver):
     @property
     def stats(self) -> StreamStats:
         marks = list(self.marks)
-        pieces = [mark for mark in marks if mark.kind == "piece"]
+        pieces = [mark for mark in marks if mark.kind in ("piece", "thought")]
+        thoughts = [mark for mark in pieces if mark.kind == "thought"]
+        answers = [mark for mark in pieces if mark.role == "ai"]
         texts = [mark for mark in marks if mark.kind == "text"]
         end = self._ended_at if self._ended_at is not None else time.perf_counter()
         last_piece = pieces[-1].at if pieces else 0.0
         return StreamStats(
             pieces=len(pieces),
             chars=sum(mark.size for mark in pieces),
+            thoughts=len(thoughts),
             events=len(texts),
-            bytes=sum(mark.size for mark in marks if mark.kind != "piece"),
+            bytes=sum(mark.size for mark in marks if mark.kind not in ("piece", "thought")),
             heartbeats=sum(mark.kind == "heartbeat" for mark in marks),
             errors=sum(mark.kind == "error" for mark in marks),
             first_piece_s=pieces[0].at if pieces else None,
+            first_thought_s=thoughts[0].at if thoughts else None,
+            first_answer_s=answers[0].at if answers else None,
             first_event_s=texts[0].at if texts else None,
             duration_s=end - self.started,
             pieces_per_s=len(pieces) / last_piece if last_piece > 0 else 0.0,
@@ -189,11 +205,15 @@ class Inspector:
 # The live view draws SVG by hand: a few hundred elements cost well under a millisecond in the serving
 # thread, where a matplotlib redraw would cost tens and slow the very stream it measures.
 _WIDTH, _ROW, _LEFT = 560, 26, 90
+THOUGHT_COLOUR = "#9467bd"  # a reasoning model's thinking, in the timeline and in plot_streams
 _ROWS: tuple[tuple[str, tuple[MarkKind, ...], str], ...] = (
-    ("source pieces", ("piece",), "#999"),
+    ("source pieces", ("piece", "thought"), "#999"),
     ("events sent", ("text", "error"), "#1f77b4"),
     ("heartbeats", ("heartbeat",), "#2ca02c"),
 )
+
+
+_FILLS = {"error": "#d62728", "thought": THOUGHT_COLOUR}
 
 
 def timeline_svg(record: StreamRecord) -> str:
@@ -201,7 +221,7 @@ def timeline_svg(record: StreamRecord) -> str:
     marks = list(record.marks)
     span = max(record.stats.duration_s, 1e-3)
     scale = (_WIDTH - _LEFT - 10) / span
-    biggest = max((mark.size for mark in marks if mark.kind != "piece"), default=1)
+    biggest = max((mark.size for mark in marks if mark.kind not in ("piece", "thought")), default=1)
     height = _ROW * 3 + 22
     # A viewBox lets the drawing shrink to the width the widget gets, labels included.
     parts = [f'<svg viewBox="0 0 {_WIDTH} {height}" width="100%" style="max-width: {_WIDTH}px; font: 11px sans-serif">']
@@ -216,8 +236,8 @@ def timeline_svg(record: StreamRecord) -> str:
             if x in seen:
                 continue
             seen.add(x)
-            height = 20 if mark.kind == "piece" else max(3, round(20 * mark.size / biggest))
-            fill = "#d62728" if mark.kind == "error" else colour
+            height = 20 if mark.kind in ("piece", "thought") else max(3, round(20 * mark.size / biggest))
+            fill = _FILLS.get(mark.kind, colour)
             parts.append(f'<rect x="{x}" y="{y + 20 - height}" width="1.5" height="{height}" fill="{fill}"/>')
     parts.append(f'<text x="{_LEFT}" y="{_ROW * 3 + 18}">0 s</text>')
     parts.append(f'<text x="{_WIDTH - 60}" y="{_ROW * 3 + 18}">{span:.2f} s</text></svg>')
@@ -236,6 +256,8 @@ def stats_table(streams: list[StreamRecord], rows: int = 8) -> str:
             ("#", "request number"),
             ("prompt", "the user's last message"),
             ("1st ms", "time to the first piece from the source, ms"),
+            ("think ms", "time to first thought: the first piece of a reasoning model's thinking, ms"),
+            ("answer ms", "time to the first text of the answer, ms"),
             ("pieces", "pieces from the source"),
             ("/s", "pieces per second"),
             ("events", "text events sent"),
@@ -251,6 +273,7 @@ def stats_table(streams: list[StreamRecord], rows: int = 8) -> str:
         s = record.stats
         body.append(
             f"<tr><td>{number}</td><td>{html.escape(record.prompt[:16])}</td><td>{_ms(s.first_piece_s)}</td>"
+            f"<td>{_ms(s.first_thought_s)}</td><td>{_ms(s.first_answer_s)}</td>"
             f"<td>{s.pieces}</td><td>{s.pieces_per_s:.0f}</td><td>{s.events}</td><td>{s.bytes}</td>"
             f"<td>{s.heartbeats}</td><td>{s.duration_s:.2f}</td><td>{s.end or 'streaming…'}</td></tr>"
         )

@@ -5,19 +5,36 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kit.notebook.inspector import StreamRecord
+from kit.notebook.inspector import THOUGHT_COLOUR, StreamRecord
 
 _STYLE = {
     "piece": ("source pieces", "#999999"),
+    "thought": ("thinking pieces", THOUGHT_COLOUR),
     "text": ("events sent", "#1f77b4"),
     "heartbeat": ("heartbeats", "#2ca02c"),
     "error": ("error", "#d62728"),
 }
 
 
+_WRITES = ("text", "heartbeat", "error")
+
+
+def _mark_phases(axes: Any, record: StreamRecord, row: int) -> None:
+    """Time to first thought and time to the answer's first text, for a stream that thought."""
+    stats = record.stats
+    if stats.first_thought_s is None:
+        return
+    for at, name in ((stats.first_thought_s, "think"), (stats.first_answer_s, "answer")):
+        if at is not None:
+            axes.annotate(f"{name} {at * 1000:.0f} ms", (at, -row + 0.36), fontsize="x-small", ha="left")
+            axes.vlines([at], -row - 0.4, -row + 0.34, colors="#555555", linestyles="dotted")
+
+
 def plot_streams(streams: Mapping[str, StreamRecord], title: str = "") -> Any:
     """A figure with, per stream, its timeline (a tick per source piece, per event, per heartbeat) on top
     and the cumulative bytes it sent below. Returns a matplotlib Figure (displayed inline by Jupyter).
+    A reasoning model's thinking pieces have a colour of their own, and a stream that thought is marked
+    with its time to first thought ("think") and its time to the first text of its answer ("answer").
 
     >>> from kit.notebook.inspector import StreamRecord
     >>> record = StreamRecord([])
@@ -31,12 +48,14 @@ def plot_streams(streams: Mapping[str, StreamRecord], title: str = "") -> Any:
     figure = Figure(figsize=(9, 1.4 + 1.0 * len(streams) + 2.2), layout="constrained")
     figure.suptitle(title or "What each stream did, and when", x=0.02, ha="left")
     timeline, sent = figure.subplots(2, 1, sharex=True, height_ratios=[len(streams) + 0.6, 2.2])
-    writes = [mark.size for record in streams.values() for mark in record.marks if mark.kind != "piece"]
+    writes = [mark.size for record in streams.values() for mark in record.marks if mark.kind in _WRITES]
     biggest = max(writes, default=1)
     shown: set[str] = set()
     for row, (name, record) in enumerate(streams.items()):
         marks = list(record.marks)
-        for offset, kind in ((0.22, "piece"), (-0.12, "text"), (-0.12, "error"), (-0.32, "heartbeat")):
+        for offset, kind in (
+            (0.22, "piece"), (0.22, "thought"), (-0.12, "text"), (-0.12, "error"), (-0.32, "heartbeat")
+        ):  # fmt: skip
             chosen = [mark for mark in marks if mark.kind == kind]
             if not chosen:
                 continue
@@ -47,9 +66,10 @@ def plot_streams(streams: Mapping[str, StreamRecord], title: str = "") -> Any:
             times = [mark.at for mark in chosen]
             timeline.vlines(times, base, tops, colors=colour, label=None if label in shown else label)
             shown.add(label)
+        _mark_phases(timeline, record, row)
         total, xs, ys = 0, [0.0], [0]
         for mark in marks:
-            if mark.kind != "piece":
+            if mark.kind in _WRITES:
                 total += mark.size
                 xs.append(mark.at)
                 ys.append(total)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import re
 import select
 import socket
@@ -20,15 +21,47 @@ from typing import Any
 
 from kit.errors import ChatError
 
+log = logging.getLogger(__name__)
+
 
 class CancelToken:
     """Tells a running source that nobody is listening any more; sources may poll it or wait on it."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
 
     def cancel(self) -> None:
-        self._event.set()
+        with self._lock:
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("a cancel callback failed")
+
+    def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` once, in the cancelling thread, when the token is cancelled (here and now if it
+        already is), for sources that cannot poll, such as an asyncio task; returns a function that forgets it.
+
+        >>> token, seen = CancelToken(), []
+        >>> forget = token.on_cancel(lambda: seen.append("stopped"))
+        >>> token.cancel(); seen
+        ['stopped']
+        """
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return lambda: self._forget(callback)
+        callback()
+        return lambda: None
+
+    def _forget(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
 
     @property
     def cancelled(self) -> bool:
@@ -69,6 +102,19 @@ def bind_cancel(cancel: CancelToken) -> None:
 def current_cancel() -> CancelToken | None:
     """The token set by the innermost `cancel_scope`, if any."""
     return _current_cancel.get()
+
+
+def bound_context(cancel: CancelToken) -> contextvars.Context:
+    """A copy of the current context in which `cancel` is the token: run a chain in it (`context.run`), or
+    hand it to an asyncio task, and the models inside obey the token.
+
+    >>> token = CancelToken()
+    >>> bound_context(token).run(current_cancel) is token
+    True
+    """
+    context = contextvars.copy_context()
+    context.run(bind_cancel, cancel)
+    return context
 
 
 # -- the streams a process is serving ----------------------------------------------------------------------

@@ -18,6 +18,10 @@ class StreamObserver:
     def piece(self, chars: int, at: float) -> None:
         """A piece arrived from the source (after granularity, before coalescing)."""
 
+    def role(self, name: str, at: float) -> None:
+        """The pieces after this one are of role `name`: "ai" (the answer), "thinking" (a reasoning model's,
+        reported whether the `thinking` option shows, hides or inlines it), or another bubble's ("steps")."""
+
     def write(self, kind: WriteKind, nbytes: int, at: float) -> None:
         """Bytes went to the client: an event or a heartbeat."""
 

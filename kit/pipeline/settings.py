@@ -9,6 +9,7 @@ from typing import Any
 
 from kit.pipeline.coalesce import Coalescer
 from kit.pipeline.granularity import splitter
+from kit.pipeline.thinking import check_mode
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -42,6 +43,9 @@ class StreamSettings:
     stall_timeout_s: float = 30.0
     # Model output is untrusted: `javascript:` and similar link schemes are rewritten (kit.pipeline.sanitize).
     neutralize_links: bool = True
+    # A reasoning model's thinking (kit.pipeline.thinking, docs/reasoning.md): "show" in a bubble of its own,
+    # "hide" (never sent; heartbeats go on), or "inline" (quoted at the top of the answer's bubble).
+    thinking: str = "show"
     # -- what the source sees --------------------------------------------------------------------------
     system_prompt: str | None = None
     # -- how the routes are served ---------------------------------------------------------------------------
@@ -51,7 +55,7 @@ class StreamSettings:
     # client could otherwise hold a request thread for a minute outside the model's queue.
     doctor_probe: bool | None = None
     title: str = "Deep Chat streaming kit"
-    # -- threads (kit.web.threads, issue 17) -------------------------------------------------------------------
+    # -- threads (kit.web.threads) -------------------------------------------------------------------
     # Where conversations live: None for kit-threads.sqlite in the working directory, a path, a postgresql://
     # URL, a kit.threads.store.ThreadStore, or False for none.
     thread_store: Any = None
@@ -61,6 +65,7 @@ class StreamSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
         splitter(self.granularity)  # raises ValueError naming the valid choices
+        check_mode(self.thinking)
         Coalescer(self.coalesce_ms / 1000, self.max_event_chars)  # validates both
         if self.heartbeat_s <= 0:
             raise ValueError(f"heartbeat_s must be positive, not {self.heartbeat_s}")

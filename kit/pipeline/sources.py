@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from kit.errors import ChatError
+from kit.pipeline.async_sources import is_async_iterable, with_async
 from kit.pipeline.cancel import CancelToken
 from kit.pipeline.pump import close_iterator
-from kit.pipeline.shapes import ACCEPTED, describe, read_text
+from kit.pipeline.shapes import ACCEPTED, describe, read_parts, read_text
 
 Message = dict[str, Any]
 """One Deep Chat message: {"role": "user" | "ai" | "system", "text": str, "files"?: [...]}."""
@@ -38,6 +39,22 @@ class Role:
 ANSWER_ROLE = "ai"
 """Deep Chat's role for the assistant's bubble."""
 
+THINKING_ROLE = "thinking"
+"""The role of a reasoning model's thinking: a bubble of its own (see kit.pipeline.thinking)."""
+
+CONVERSATION_ROLES = frozenset({"user", "ai", "assistant", "system"})
+"""The roles of a conversation's turns; other bubbles Deep Chat sends back (thinking, steps) are not turns."""
+
+
+def conversation(messages: list[Message]) -> list[Message]:
+    """The conversation's turns only: a thinking or steps bubble the kit streamed earlier is not the assistant's words.
+
+    >>> [m["role"] for m in conversation([{"role": "user", "text": "Hi"}, {"role": "thinking", "text": "Hmm"},
+    ...                                   {"role": "ai", "text": "Hello"}])]
+    ['user', 'ai']
+    """
+    return [message for message in messages if message.get("role") in CONVERSATION_ROLES]
+
 
 Source = Callable[..., Iterable[Any]] | Streamable | str
 """A callable `(messages) -> iterable`, optionally taking `cancel=`; a Runnable; or a fixed reply."""
@@ -59,19 +76,22 @@ def adapt_plain_source(source: object, also_accepted: Sequence[str] = ()) -> Sou
     """
     if isinstance(source, str):
         return lambda messages, cancel: [source]
-    if callable(source):
+    if callable(source) or is_async_iterable(source):
         return _plain_callable(source)
     known = "".join(f", a {name}" for name in also_accepted)
     raise TypeError(
-        f"source must be a callable taking the message list (returning an iterable of {ACCEPTED}){known}, "
-        f"or a str; got a {describe(source)}"
+        f"source must be a callable taking the message list (returning an iterable of {ACCEPTED}; async "
+        f"generator and coroutine functions too){known}, an object with __aiter__, or a str; got a {describe(source)}"
     )
 
 
 def _plain_callable(function: Callable[..., Iterable[Any]]) -> SourceFn:
+    # A plain function gets the turns only (adapters build their inputs from the turns themselves).
     if _accepts_cancel(function):
-        return lambda messages, cancel: function(messages, cancel=cancel)
-    return lambda messages, cancel: function(messages)
+        call: SourceFn = lambda messages, cancel: function(conversation(messages), cancel=cancel)  # noqa: E731
+    else:
+        call = lambda messages, cancel: function(conversation(messages))  # noqa: E731
+    return with_async(function, call)  # async functions run on the kit's event loop (kit.pipeline.async_sources)
 
 
 def _accepts_cancel(function: Callable[..., Any]) -> bool:
@@ -117,47 +137,73 @@ class UnreadableItem(ChatError, TypeError):
 def texts(items: Iterable[Any]) -> Iterator[str | Role]:
     """Normalise items to non-empty text (Role markers pass as they are); bytes are decoded incrementally,
     so a token that ends inside a UTF-8 sequence is joined with the next one instead of becoming U+FFFD.
+    An item's thinking goes into a `Role(THINKING_ROLE)` bubble, and the text after it back into the bubble
+    the source chose last (a Role marker is yielded only where the role changes).
 
     Never silent: items no shape fits are skipped with a warning naming their type, and a source that
     ends without any text raises UnreadableItem saying why, so the client gets an error, not an empty bubble.
 
     >>> list(texts([b"caf\\xc3", b"\\xa9", "", " ok"]))
     ['caf', 'é', ' ok']
+    >>> list(texts([{"thinking": "Hmm."}, {"text": "Hi"}]))
+    [Role(name='thinking'), 'Hmm.', Role(name='ai'), 'Hi']
     """
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     iterator = iter(items)
-    count, produced, unread = 0, False, None
+    count, produced, thought, unread = 0, False, False, None
+    base = current = ANSWER_ROLE  # the role the source chose last; the role of the bubble being filled
     try:
         for item in iterator:
             if isinstance(item, Role):
-                yield item
+                base = item.name
+                if base != current:
+                    current = base
+                    yield item
                 continue
             count += 1
-            text = decoder.decode(item) if isinstance(item, bytes | bytearray) else _readable(item)
-            if text is None:
-                if unread is None:
-                    unread = describe(item)
-                    log.warning("skipping streamed items the kit cannot read: %s. %s", unread, _ADVICE)
-                continue
+            if isinstance(item, str):  # the common case, without a look through the shapes table
+                thinking, text = "", item
+            elif isinstance(item, bytes | bytearray):
+                thinking, text = "", decoder.decode(item)
+            else:
+                parts = _readable(item)
+                if parts is None:
+                    if unread is None:
+                        unread = describe(item)
+                        log.warning("skipping streamed items the kit cannot read: %s. %s", unread, _ADVICE)
+                    continue
+                thinking, text = parts
+            if thinking:  # thinking alone does not make a reply: the source's own text does
+                thought = True
+                if current != THINKING_ROLE:
+                    current = THINKING_ROLE
+                    yield Role(THINKING_ROLE)
+                yield thinking
             if text:
                 produced = True
+                if current != base:
+                    current = base
+                    yield Role(base)
                 yield text
         tail = decoder.decode(b"", final=True)
         if tail:
             produced = True
+            yield from ([Role(base)] if current != base else [])
             yield tail
         if not produced:
-            raise _no_text(count, unread)
+            raise _no_text(count, unread, thought)
     finally:
         close_iterator(iterator)
 
 
-def _readable(item: Any) -> str | None:
-    return "" if item is None else read_text(item)
+def _readable(item: Any) -> tuple[str, str] | None:
+    return ("", "") if item is None else read_parts(item)
 
 
-def _no_text(count: int, unread: str | None) -> UnreadableItem:
-    if unread is not None:
+def _no_text(count: int, unread: str | None, thought: bool = False) -> UnreadableItem:
+    if thought:
+        message = "The model only thought and wrote no answer (it may have used up its tokens thinking)."
+    elif unread is not None:
         message = f"The source yielded {count} item(s) but no text: the kit cannot read a {unread}. {_ADVICE}"
     elif count:
         message = f"The source yielded {count} item(s), none with any text: the reply would be empty."

@@ -12,11 +12,12 @@ from kit.pipeline.cancel import OPEN_STREAMS, CancelToken
 from kit.pipeline.coalesce import Coalescer
 from kit.pipeline.granularity import splitter
 from kit.pipeline.observe import EndReason, StreamObserver, WriteKind
-from kit.pipeline.pump import Failed, Finished, Pump, Timeout
+from kit.pipeline.pump import TIMEOUT, Failed, Finished, Pump, Timeout
 from kit.pipeline.sanitize import neutralize_links, scrub_surrogates
 from kit.pipeline.settings import StreamSettings
 from kit.pipeline.sources import ANSWER_ROLE, Role, texts
 from kit.pipeline.sse import HEARTBEAT, error_event, text_event
+from kit.pipeline.thinking import Bubbles, thinking_stages
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,7 +35,7 @@ def start_pump(items: Iterable[object], cancel: CancelToken, settings: StreamSet
     possible link), so the client gets all the text produced before the error, then the error.
     """
     failure: list[Exception] = []
-    text = scrub_surrogates(_until_failure(texts(items), failure))
+    text = scrub_surrogates(thinking_stages(_until_failure(texts(items), failure), settings.thinking))
     if settings.neutralize_links:
         text = neutralize_links(text)
     pieces = _then_raise(splitter(settings.granularity)(text), failure)
@@ -97,6 +98,11 @@ class _Watchers:
             for observer in self.observers:
                 observer.piece(chars, at)
 
+    def role(self, name: str) -> None:
+        at = time.perf_counter()
+        for observer in self.observers:
+            observer.role(name, at)
+
     def wrote(self, kind: WriteKind, data: str) -> str:
         if self.observers:
             at, nbytes = time.perf_counter(), len(data.encode())
@@ -119,7 +125,7 @@ class _Writer:
         self.heartbeat_s = settings.heartbeat_s
         self.watch = watch
         self.last_write = now
-        self.role: str | None = None  # from a Role marker: sent with the next text event (a new bubble)
+        self.bubbles = Bubbles(settings.thinking)  # a role is sent with the next text event (a new bubble)
 
     def wake_at(self, now: float, poll_s: float) -> float:
         """When the loop must look again, even without a new piece: a heartbeat, a probe, a flush."""
@@ -127,12 +133,20 @@ class _Writer:
         deadline = self.coalescer.deadline()
         return wake_at if deadline is None else min(wake_at, deadline)
 
+    @property
+    def hiding(self) -> bool:
+        """The pieces arriving now are not sent (thinking, with thinking="hide")."""
+        return self.bubbles.bubble is None
+
     def piece(self, item: str | Role, now: float) -> Iterator[str]:
         if isinstance(item, Role):
             yield from self.flush(now)  # text before the marker stays in the bubble it belongs to
-            self.role = item.name
+            self.bubbles.switch(item.name)
+            self.watch.role(item.name)
             return
         self.watch.piece(len(item))
+        if self.hiding:
+            return
         text = self.coalescer.add(item, now)
         if text is not None:
             yield self._text(text, now)
@@ -152,7 +166,7 @@ class _Writer:
         return self.watch.wrote("error", error_event(message))
 
     def _text(self, text: str, now: float) -> str:
-        data, self.role, self.last_write = text_event(text, self.role), None, now
+        data, self.last_write = text_event(text, self.bubbles.announce()), now
         return self.watch.wrote("text", data)
 
 
@@ -182,7 +196,10 @@ def sse_events(
             now = clock()
             if isinstance(item, str | Role):
                 yield from writer.piece(item, now)
-            elif isinstance(item, Timeout):
+                if not (writer.hiding and isinstance(item, str)):
+                    continue
+                item = TIMEOUT  # hidden thinking: nothing was sent, so to the client it is a silence
+            if isinstance(item, Timeout):
                 yield from writer.flush(now, due_only=True)
                 if client_gone():
                     log.info("client disconnected; cancelling the source")

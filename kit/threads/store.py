@@ -256,7 +256,7 @@ class PostgresThreadStore(ThreadStore):
         import psycopg
         import psycopg_pool
 
-        return (psycopg.Error, psycopg_pool.PoolTimeout, OSError)
+        return (psycopg.Error, psycopg_pool.PoolTimeout, OSError)  # OSError: TimeoutError too
 
     def pool(self) -> Any:
         """The process's connection pool (autocommit, rows as dicts: what LangGraph's PostgresSaver needs)."""
@@ -299,14 +299,21 @@ class PostgresThreadStore(ThreadStore):
         if self._saver is None:
             from langgraph.checkpoint.postgres import PostgresSaver
 
-            with self._guarded(), self.pool().connection() as lock:
-                saver = PostgresSaver(self.pool())
+            saver = PostgresSaver(self.pool())
+            try:
+                self._ensure_schema()
                 # Workers starting together would race on the saver's migrations; a session lock orders them.
-                lock.execute("SELECT pg_advisory_lock(7366418)")
-                try:
-                    saver.setup()
-                finally:
-                    lock.execute("SELECT pg_advisory_unlock(7366418)")
+                # No transaction stays open meanwhile: a migration builds an index CONCURRENTLY, which waits
+                # for every open transaction, this process's own included.
+                with self.pool().connection() as lock:
+                    _take_advisory_lock(lock, 7366418, self.timeout_s * 12)
+                    try:
+                        saver.setup()
+                    finally:
+                        lock.execute("SELECT pg_advisory_unlock(7366418)")
+            except self._errors() as error:
+                log.warning("%s failed: %s", self.name, error, exc_info=error)
+                raise StoreDown(_DOWN) from None
             self._saver = saver
         return self._saver
 
@@ -317,6 +324,16 @@ class PostgresThreadStore(ThreadStore):
                 self._pool = None
         self._saver = None
         self._schema_ready = False
+
+
+def _take_advisory_lock(connection: Any, key: int, timeout_s: float) -> None:
+    """A session lock, asked for again every 0.1 s rather than waited for in one statement: a waiting
+    statement holds a snapshot, which the holder's CREATE INDEX CONCURRENTLY would wait for (a deadlock)."""
+    deadline = time.monotonic() + timeout_s
+    while not connection.execute("SELECT pg_try_advisory_lock(%s) AS locked", (key,)).fetchone()["locked"]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"another process held the set-up lock for over {timeout_s:g} s")
+        time.sleep(0.1)
 
 
 def _without_password(conninfo: str) -> str:

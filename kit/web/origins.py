@@ -43,7 +43,7 @@ class OriginPolicy:
         if origin in self.allowed:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+            response.headers["Access-Control-Allow-Headers"] = "Content-Type, X-Kit-Stream-Id, X-Kit-Thread-Id"
             response.headers["Vary"] = "Origin"
 
 

@@ -45,4 +45,62 @@ if (chat) {
   chat.errorMessages = { displayServiceErrorMessages: true };
   chat.introMessage = { text: config.intro };
   chat.textInput = { placeholder: { text: "Type a message" } };
+  // A reasoning model's thinking and an agent's tool steps come in bubbles of their own roles: muted, set
+  // apart from the answer, and folded once the answer starts (a click opens them again).
+  const aside = { backgroundColor: "#f3f1f7", color: "#4d4659", fontSize: "0.9em", borderLeft: "3px solid #b7a9d6" };
+  chat.messageStyles = {
+    default: {
+      thinking: { bubble: { ...aside, fontStyle: "italic" } },
+      steps: { bubble: { ...aside, fontFamily: "ui-monospace, monospace", borderLeftColor: "#9db3c8" } },
+    },
+  };
+  foldAsides(chat);
+}
+
+// What a folded bubble of each role says. Only classes and attributes are added: the model's words stay the
+// text Deep Chat rendered (escaped, links neutralised by the server), never markup of the page's making.
+const ASIDES = { thinking: "Thought", steps: "Tool steps" };
+
+function foldAsides(element) {
+  const root = element.shadowRoot;
+  if (!root) return;
+  const sheet = document.createElement("link");
+  sheet.rel = "stylesheet";
+  sheet.href = new URL("static/bubbles.css", document.baseURI).href;
+  root.appendChild(sheet);
+  const role = (container) =>
+    Array.from(container.classList).find((name) => name.startsWith("deep-chat-outer-container-role-"))
+      ?.slice("deep-chat-outer-container-role-".length);
+  new MutationObserver((records) => {
+    for (const record of records) {
+      for (const node of record.addedNodes) {
+        if (!(node instanceof Element) || !node.classList.contains("outer-message-container")) continue;
+        const name = role(node);
+        const bubble = node.querySelector(".message-bubble");
+        if (name in ASIDES && bubble) {
+          bubble.classList.add("kit-foldable");
+          bubble.dataset.kitLabel = ASIDES[name];
+          bubble.tabIndex = 0;
+          bubble.setAttribute("role", "button");
+          bubble.setAttribute("aria-expanded", "true");
+        } else if (name === "ai" || name === "user") {
+          // The answer (or a new question) begins: fold what came before it.
+          root.querySelectorAll(".kit-foldable:not([data-kit-done])").forEach((aside) => setFolded(aside, true));
+        }
+      }
+    }
+  }).observe(root, { childList: true, subtree: true });
+  const toggle = (event) => {
+    if (!(event.target instanceof Element) || event.target.closest("a")) return; // a link is followed, not folded
+    const aside = event.target.closest(".kit-foldable[data-kit-done]");
+    if (aside) setFolded(aside, !aside.classList.contains("kit-folded"));
+  };
+  root.addEventListener("click", toggle);
+  root.addEventListener("keydown", (event) => (event.key === "Enter" || event.key === " ") && toggle(event));
+}
+
+function setFolded(aside, folded) {
+  aside.dataset.kitDone = "";
+  aside.classList.toggle("kit-folded", folded);
+  aside.setAttribute("aria-expanded", String(!folded));
 }
