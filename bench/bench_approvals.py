@@ -85,7 +85,7 @@ def _round_trip_ms(page: Any, selector: str | None) -> float:
 def approval_figures(runs: int) -> dict[str, Any]:
     model = TimedToolModel(tool_call_for=lambda text: ("send_email", {"to": text, "subject": "Hi", "body": "Hello"}))
     with tempfile.TemporaryDirectory() as folder, chromium_page() as page:
-        server = serve(demo_agent_app(Path(folder) / "t.sqlite", model), name="bench-approvals")
+        server = serve(demo_agent_app(Path(folder) / "t.sqlite", model, approvals=True), name="bench-approvals")
         page.goto(server.url)
         totals, own = [], []
         for index in range(runs + 1):

@@ -48,7 +48,7 @@ def sent() -> Iterator[list[dict[str, str]]]:
 
 
 def agent_app(store: ThreadStore) -> Flask:
-    return demo.demo_agent_app(store, ScriptedToolModel(tool_call_for=email_call))
+    return demo.demo_agent_app(store, ScriptedToolModel(tool_call_for=email_call), approvals=True)
 
 
 class Chat:

@@ -32,7 +32,7 @@ def sent() -> Iterator[list[dict[str, str]]]:
 @pytest.fixture
 def agent_url(serve, tmp_path: Path) -> str:  # type: ignore[no-untyped-def]
     store = open_store(tmp_path / "t.sqlite")
-    return serve(demo.demo_agent_app(store, ScriptedToolModel(tool_call_for=email_call))).url
+    return serve(demo.demo_agent_app(store, ScriptedToolModel(tool_call_for=email_call), approvals=True)).url
 
 
 def ai_texts(page: Any) -> list[str]:

@@ -31,7 +31,7 @@ def approvals_app(url: str) -> Flask:
     """gunicorn factory: the demo agent on a scripted model, checkpoints and claims in PostgreSQL."""
     from kit.serving.demo import demo_agent_app
 
-    app = demo_agent_app(PostgresThreadStore(url), ScriptedToolModel(tool_call_for=email_call))
+    app = demo_agent_app(PostgresThreadStore(url), ScriptedToolModel(tool_call_for=email_call), approvals=True)
 
     @app.after_request
     def name_the_worker(response: Response) -> Response:

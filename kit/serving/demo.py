@@ -28,7 +28,7 @@ def demo_source(granularity: str, delay_ms: float) -> ScriptedSource:
     return ScriptedSource(pieces, delay_s=delay_ms / 1000)
 
 
-DEMOS = ("word", "char", "chain", "agent")
+DEMOS = ("word", "char", "chain", "agent", "approvals")
 THREAD_STORE_ENV = "KIT_THREAD_STORE"  # `serve --thread-store`: read by each gunicorn worker too
 AGENT_SYSTEM_PROMPT = "You are a friendly assistant. Answer in one or two short sentences."
 
@@ -48,11 +48,14 @@ def send_email(to: str, subject: str, body: str) -> str:
     return f"Email to {to} sent: {subject}"
 
 
-def demo_agent(store: Any = None, model: Any = None) -> Any:
-    """The agent behind `serve --demo agent`: the embedded model with a weather tool and a `send_email` tool
-    that waits for a person's approval (LangChain's `create_agent` with `HumanInTheLoopMiddleware`), compiled
-    with LangGraph's checkpointer on the thread store (SQLite by default), so it remembers each thread's earlier
-    turns and its pending approvals. `store`: a ThreadStore, a path or a `postgresql://` URL."""
+def demo_agent(store: Any = None, model: Any = None, *, approvals: bool = False) -> Any:
+    """The agent behind `serve --demo agent`: the embedded model with a weather tool (LangChain's
+    `create_agent`), compiled with LangGraph's checkpointer on the thread store (SQLite by default), so it
+    remembers each thread's earlier turns. `store`: a ThreadStore, a path or a `postgresql://` URL.
+
+    `approvals=True` (`serve --demo approvals`) adds a `send_email` tool that waits for a person to approve, edit
+    or reject each call (`HumanInTheLoopMiddleware`; docs/approvals.md). It is off by default because the small
+    embedded model, given two tools, often picks the wrong one."""
     from langchain.agents import create_agent
     from langchain.agents.middleware import HumanInTheLoopMiddleware
 
@@ -63,17 +66,14 @@ def demo_agent(store: Any = None, model: Any = None) -> Any:
     saver = open_store(store).checkpointer()
     decisions: list[Any] = ["approve", "edit", "reject"]
     asked = {"allowed_decisions": decisions, "description": "The assistant wants to send this email."}
-    approval = HumanInTheLoopMiddleware(interrupt_on={"send_email": asked})
+    middleware = [HumanInTheLoopMiddleware(interrupt_on={"send_email": asked})] if approvals else []
+    tools = [send_email, get_weather] if approvals else [get_weather]
     return create_agent(
-        model,
-        tools=[get_weather, send_email],
-        system_prompt=AGENT_SYSTEM_PROMPT,
-        middleware=[approval],
-        checkpointer=saver,
+        model, tools=tools, system_prompt=AGENT_SYSTEM_PROMPT, middleware=middleware, checkpointer=saver
     )
 
 
-def demo_agent_app(store: Any = None, model: Any = None) -> Flask:
+def demo_agent_app(store: Any = None, model: Any = None, *, approvals: bool = False) -> Flask:
     """`create_app` around `demo_agent`: tool calls and results in a steps bubble, the answer after them;
     `model` replaces the embedded one (a scripted model in tests and notebooks)."""
     from kit.adapters.graphs import graph_source
@@ -84,15 +84,15 @@ def demo_agent_app(store: Any = None, model: Any = None) -> Flask:
     model = model if model is not None else ChatLlama(max_tokens=64, temperature=0, seed=1)
     # The model sits inside the agent's node: named here, its fair queue admits a request before the first byte.
     models = [model] if isinstance(model, ChatLlama) else []
-    source = graph_source(demo_agent(store, model), steps_role="steps", models=models)
+    source = graph_source(demo_agent(store, model, approvals=approvals), steps_role="steps", models=models)
     return create_app(source, thread_store=store, title="Deep Chat kit: agent demo")
 
 
 def build_demo_app(demo: str, delay_ms: float) -> Flask:
     """The app behind `serve --demo NAME` (and, in each gunicorn worker, `serve --prod --demo NAME`)."""
     store = os.environ.get(THREAD_STORE_ENV)  # None: kit-threads.sqlite in the working directory
-    if demo == "agent":
-        return demo_agent_app(store)
+    if demo in ("agent", "approvals"):
+        return demo_agent_app(store, approvals=demo == "approvals")
     if demo == "chain":  # a LangChain chain on the embedded model; LangChain is imported for this demo only
         from kit.adapters.ready_made import demo_chain
 
