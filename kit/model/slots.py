@@ -1,0 +1,153 @@
+"""Which sequence a request runs in and how much of its prompt is already read (prefix reuse across requests).
+
+Each sequence of the batched context keeps the KV cells of what it read and generated after its request ends.
+A new request takes the free sequence whose tokens share the longest prefix with its prompt (least recently
+used first among equals) and reads only the rest, as llama.cpp's server does with `cache_prompt`. A sequence
+taken over by another conversation is first copied to host memory (llama.cpp's per-sequence state), within a
+byte budget, least recently used out; a request whose conversation is kept there gets it copied back in, which
+costs milliseconds where reading the history again costs seconds (docs/benchmarks.md, "Long conversations").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kit.model.prefix_cache import MIN_SHIFT, HostCache, common_prefix, shifted_match
+
+log = logging.getLogger(__name__)
+
+# A sequence about to lose at least this many tokens is copied to host memory first (fewer: cheaper to re-read).
+MIN_SAVE = 64
+
+
+@dataclass
+class ReuseCounters:
+    """What prefix reuse did since the engine started (for tests, benchmarks and monitoring)."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose cells were already there
+    fed_tokens: int = 0  # prompt tokens read (decoded) for requests
+    from_slot: int = 0  # requests that reused at least half their prompt from a sequence
+    from_host: int = 0  # ... after copying a state back from host memory
+    shifted: int = 0  # requests whose newest turns were moved down after old turns were dropped
+    saved: int = 0  # sequence states copied out to host memory
+
+
+class SlotMemory:
+    """Per-sequence cached tokens over one llama.cpp context's memory, and the host-memory store behind them."""
+
+    def __init__(self, api: Any, ctx: Any, slots: int, host_budget: int) -> None:
+        self.api = api
+        self.ctx = ctx
+        self.memory = api.llama_get_memory(ctx)
+        self.tokens: list[list[int]] = [[] for _ in range(slots)]  # what each sequence's cells hold, in order
+        self.used = [0] * slots  # when each sequence last served (a tick), for least-recently-used choices
+        self.tick = 0
+        self.host = HostCache(host_budget)
+        self.counters = ReuseCounters()
+        self.can_shift = bool(api.llama_memory_can_shift(self.memory))
+
+    def place(self, prompt: Sequence[int], free: Sequence[int], reuse: bool, shift: bool) -> tuple[int, int]:
+        """Choose a free sequence for `prompt`, leave only reusable cells in it; return (sequence, tokens reused).
+
+        At least the prompt's last token is always read again: its logits give the first reply token.
+        """
+        self.tick += 1
+        lru = min(free, key=lambda seq: self.used[seq])
+        if not reuse:
+            self._cut(lru, 0, save=True)
+            return self._count(lru, prompt, 0, "none")
+        best = max(free, key=lambda seq: (self._match(seq, prompt, shift), -self.used[seq]))
+        shared = self._match(best, prompt, shift)
+        key, in_host = self.host.best(prompt)
+        if in_host > shared and in_host > MIN_SAVE:
+            state = self.host.pop(key)  # before the slot's own state goes out: the budget may not hold both
+            self._cut(lru, 0, save=True)
+            self._restore(lru, key, state)
+            best, origin = lru, "host"
+        else:
+            origin = "slot"
+        shared = min(self._reuse(best, prompt, shift), len(prompt) - 1)
+        self._cut(best, shared, save=True)
+        return self._count(best, prompt, shared, origin)
+
+    def _count(self, seq: int, prompt: Sequence[int], shared: int, origin: str) -> tuple[int, int]:
+        counters = self.counters
+        counters.requests += 1
+        counters.prompt_tokens += len(prompt)
+        counters.reused_tokens += shared
+        counters.fed_tokens += len(prompt) - shared
+        if shared * 2 >= len(prompt):
+            counters.from_host += origin == "host"
+            counters.from_slot += origin == "slot"
+        self.used[seq] = self.tick
+        return seq, shared
+
+    def _match(self, seq: int, prompt: Sequence[int], shift: bool) -> int:
+        """Tokens of `prompt` that sequence `seq` could serve from its cells (moving them down if `shift`)."""
+        cached = self.tokens[seq]
+        shared = common_prefix(cached, prompt)
+        if shift and self.can_shift and shared < min(len(cached), len(prompt)):
+            offset, length = shifted_match(cached, prompt, shared)
+            if offset and length >= MIN_SHIFT:
+                return shared + length
+        return shared
+
+    def _reuse(self, seq: int, prompt: Sequence[int], shift: bool) -> int:
+        """Make sequence `seq` hold the longest reusable prefix of `prompt` (a context shift if it pays)."""
+        cached = self.tokens[seq]
+        shared = common_prefix(cached, prompt)
+        if not (shift and self.can_shift) or shared >= min(len(cached), len(prompt)):
+            return shared
+        offset, length = shifted_match(cached, prompt, shared)
+        if not offset or length < MIN_SHIFT:
+            return shared
+        api, end = self.api, shared + offset + length
+        # Drop the old turns' cells and move the newest turns' cells down (RoPE is re-applied by llama.cpp).
+        api.llama_memory_seq_rm(self.memory, seq, end, -1)
+        api.llama_memory_seq_rm(self.memory, seq, shared, shared + offset)
+        api.llama_memory_seq_add(self.memory, seq, shared + offset, end, -offset)
+        self.tokens[seq] = cached[:shared] + cached[shared + offset : end]
+        self.counters.shifted += 1
+        log.info("context shift: %d cached tokens moved down by %d", length, offset)
+        return shared + length
+
+    def _cut(self, seq: int, keep: int, save: bool) -> None:
+        """Keep only the first `keep` tokens' cells of `seq` (copying the whole state to host memory first)."""
+        cached = self.tokens[seq]
+        if keep >= len(cached):
+            return
+        if save and len(cached) - keep >= MIN_SAVE and self.host.budget > 0:
+            self._save(seq)
+        self.api.llama_memory_seq_rm(self.memory, seq, keep, -1)
+        del cached[keep:]
+
+    def _save(self, seq: int) -> None:
+        size = self.api.llama_state_seq_get_size(self.ctx, seq)
+        if size > self.host.budget:
+            return
+        buffer = (ctypes.c_ubyte * size)()
+        written = self.api.llama_state_seq_get_data(self.ctx, buffer, size, seq)
+        if written:
+            self.host.put(self.tokens[seq], bytes(buffer)[:written])
+            self.counters.saved += 1
+
+    def _restore(self, seq: int, key: tuple[int, ...], state: bytes | None) -> None:
+        if state is None:
+            return
+        buffer = (ctypes.c_ubyte * len(state)).from_buffer_copy(state)
+        if self.api.llama_state_seq_set_data(self.ctx, buffer, len(state), seq):
+            self.tokens[seq] = list(key)
+        else:  # llama.cpp could not place it (no room): read it again instead
+            self.api.llama_memory_seq_rm(self.memory, seq, -1, -1)
+            self.tokens[seq] = []
+
+    def forget(self, seq: int) -> None:
+        """Clear sequence `seq` (its cells may not match its tokens: a failed decode, or reuse turned off)."""
+        self.api.llama_memory_seq_rm(self.memory, seq, -1, -1)
+        self.tokens[seq] = []
