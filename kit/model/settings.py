@@ -10,7 +10,11 @@ from typing import Any
 from kit.errors import ChatError
 from kit.model.batching import DEFAULT_SLOTS
 
-# Tokens of context per user (slot). NCTX_PLACEHOLDER
+# Tokens of context per user (slot). Measured with 8 slots (SmolLM2, f16 KV cache, flash attention, 2 cores;
+# docs/engine.md): the batched context takes 363 MB of memory at 2,048, 724 MB at 4,096, and would take about
+# 1.45 GB at 8,192 (the model's trained length; 23 KB a token); the speed of reading and decoding depends on
+# the tokens in use, not on this capacity. 4,096 holds about 15 turns of 200-token replies before the oldest
+# turns are dropped (kit.model.fit), for half the memory of 8,192.
 DEFAULT_N_CTX = 4096
 # Host memory for finished conversations' states beyond the slots (kit.model.slots): a SmolLM2 state costs
 # about 23 KB per token (docs/engine.md), so 1 GB keeps about 20 conversations of 2,000 tokens.

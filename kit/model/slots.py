@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,8 @@ class ReuseCounters:
     from_host: int = 0  # ... after copying a state back from host memory
     shifted: int = 0  # requests whose newest turns were moved down after old turns were dropped
     saved: int = 0  # sequence states copied out to host memory
+    copied_tokens: int = 0  # tokens whose cells were copied out or back in
+    copy_s: float = 0.0  # time those copies took
 
 
 class SlotMemory:
@@ -128,6 +131,7 @@ class SlotMemory:
         del cached[keep:]
 
     def _save(self, seq: int) -> None:
+        started = time.perf_counter()
         size = self.api.llama_state_seq_get_size(self.ctx, seq)
         if size > self.host.budget:
             return
@@ -135,14 +139,21 @@ class SlotMemory:
         written = self.api.llama_state_seq_get_data(self.ctx, buffer, size, seq)
         if written:
             self.host.put(self.tokens[seq], bytes(buffer)[:written])
+            self._copied(len(self.tokens[seq]), started)
             self.counters.saved += 1
+
+    def _copied(self, tokens: int, started: float) -> None:
+        self.counters.copied_tokens += tokens
+        self.counters.copy_s += time.perf_counter() - started
 
     def _restore(self, seq: int, key: tuple[int, ...], state: bytes | None) -> None:
         if state is None:
             return
+        started = time.perf_counter()
         buffer = (ctypes.c_ubyte * len(state)).from_buffer_copy(state)
         if self.api.llama_state_seq_set_data(self.ctx, buffer, len(state), seq):
             self.tokens[seq] = list(key)
+            self._copied(len(key), started)
         else:  # llama.cpp could not place it (no room): read it again instead
             self.api.llama_memory_seq_rm(self.memory, seq, -1, -1)
             self.tokens[seq] = []
