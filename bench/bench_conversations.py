@@ -27,11 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from kit import CancelToken
 from kit.model.engine import Engine
 from kit.model.prefix_cache import common_prefix
 from kit.model.settings import LlamaSettings
 from kit.model.source import LlamaSource
-from kit.pipeline.pump import CancelToken
 
 TOPICS = [
     "the sea", "volcanoes", "bread", "the moon", "trains", "bees", "chess", "the Roman empire", "rain", "glaciers",

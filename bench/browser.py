@@ -6,7 +6,7 @@ from typing import Any
 
 from bench.measure import summary
 from kit import create_app
-from kit.pipeline.streaming import StreamSettings
+from kit.pipeline.settings import StreamSettings
 from kit.serving.server import BackgroundServer
 from kit.testing.browser import chromium_page
 from kit.testing.fakes import ScriptedSource

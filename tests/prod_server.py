@@ -66,11 +66,12 @@ def _dump_run_info(signum: int, frame: object) -> None:
 class ProdServer:
     """`python -m kit serve --prod --port 0 ARGS...` in its own process group; `url` once it answers."""
 
-    def __init__(self, *args: str, timeout_s: float = 60.0) -> None:
+    def __init__(self, *args: str, timeout_s: float = 60.0, env: dict[str, str] | None = None) -> None:
         command = [sys.executable, "-m", "kit", "serve", "--prod", "--host", "127.0.0.1", "--port", "0", *args]
         self.process = subprocess.Popen(
             command,
             cwd=REPO,
+            env={**os.environ, **(env or {})},
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,

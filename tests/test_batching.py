@@ -12,7 +12,7 @@ import pytest
 from kit.errors import ChatError
 from kit.model.engine import Engine, close_engines, engine_for
 from kit.model.settings import LlamaSettings
-from kit.pipeline.pump import CancelToken
+from kit.pipeline.cancel import CancelToken
 from tests.helpers import wait_until
 
 GREEDY = {"max_tokens": 20, "temperature": 0, "seed": 1, "repeat_penalty": 1.1}

@@ -14,6 +14,7 @@ from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import Runnable, RunnableLambda
 
 from kit import create_app
+from kit.adapters import adapt
 from kit.adapters.callbacks import callback_source
 from kit.adapters.events import AnswerSelector, EventFilter
 from kit.adapters.inputs import default_to_input, history_input, to_messages
@@ -21,8 +22,8 @@ from kit.adapters.ready_made import demo_chain
 from kit.adapters.runnables import runnable_source
 from kit.model.chat_model import ChatLlama
 from kit.model.engine import Engine
-from kit.pipeline.pump import CancelToken
-from kit.pipeline.sources import Role, adapt_source
+from kit.pipeline.cancel import CancelToken
+from kit.pipeline.sources import Role
 from kit.serving.client import Received, chat_body, iter_stream, stream_chat
 from tests.helpers import wait_until
 
@@ -113,7 +114,7 @@ def test_anything_with_stream_that_is_not_a_runnable_gets_the_messages() -> None
         def stream(self, messages: list[Any]) -> Iterator[str]:
             yield from (f"{m.type}:{m.content} " for m in messages)
 
-    assert "".join(adapt_source(Echo())(HISTORY[1:2], CancelToken())) == "human:Tell me about Paris. "
+    assert "".join(adapt(Echo())(HISTORY[1:2], CancelToken())) == "human:Tell me about Paris. "
 
 
 # -- role markers through the kit's pipeline (no model) -----------------------------------------------------

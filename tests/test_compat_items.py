@@ -24,7 +24,7 @@ from transformers import TextIteratorStreamer
 
 from kit.model.settings import default_model_path
 from kit.model.source import to_llama_messages
-from kit.pipeline.pump import CancelToken
+from kit.pipeline.cancel import CancelToken
 from kit.pipeline.sources import Message
 from kit.serving.server import BackgroundServer
 from kit.testing.fakes import ScriptedSource

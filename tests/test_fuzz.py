@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from kit import create_app
+from kit.pipeline.settings import DEFAULT_MAX_BODY_BYTES
 from kit.serving.server import BackgroundServer
-from kit.web.app import DEFAULT_MAX_BODY_BYTES
 
 ROUTES = ("chat-stream", "chat")
 

@@ -92,3 +92,22 @@ def test_word_stream_round_trips_and_only_cuts_at_word_boundaries(text: str, cut
 @given(pieces=st.lists(st.text(max_size=20), max_size=20))
 def test_chunk_passes_pieces_through(pieces: list[str]) -> None:
     assert list(pass_through(pieces)) == pieces
+
+
+def test_words_never_cut_inside_a_grapheme_cluster_thai_vowel_signs_stay_with_their_consonant() -> None:
+    # UAX #29 word rules alone put a boundary between "น้" and "ำ" (SARA AM), inside one grapheme cluster.
+    assert list(split_words(["น้ำใจ"])) == ["น้ำ", "ใ", "จ"]
+    assert list(split_words(list("น้ำใจ"))) == ["น้ำ", "ใ", "จ"]
+
+
+mixed_scripts = st.lists(
+    st.sampled_from(["น้ำ", "ใจ", "ที่", "ดี ", "e\u0301", "ก\u0e31", "नमस्ते ", "👍🏽", "日本", "word ", "ำ", "\u0301"]),
+    max_size=30,
+).map("".join)
+
+
+@given(text=mixed_scripts | text_strategy, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=30))
+def test_word_pieces_are_whole_grapheme_clusters_however_the_text_is_fed(text: str, cuts: list[int]) -> None:
+    out = list(split_words(cut(text, cuts)))
+    assert "".join(out) == text
+    assert boundaries(out) <= boundaries(clusters(text))

@@ -175,7 +175,7 @@ def test_stop_between_two_steps_keeps_the_next_step_from_running(serve) -> None:
     graph.add_edge("second", "third")
     graph.add_edge("third", END)
     source = graph_source(graph.compile())
-    from kit.pipeline.pump import CancelToken
+    from kit.pipeline.cancel import CancelToken
 
     cancel = CancelToken()
     stream = source([{"role": "user", "text": "go"}], cancel)

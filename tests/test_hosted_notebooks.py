@@ -45,7 +45,7 @@ def _assert_streamed_through(responses: Responses, prefix: str, run: TutorialRun
     assert responses.to(prefix)[0][0] == 200  # the Deep Chat page itself, through the proxy
     assert not responses.refused(), responses.refused()
     # jupyter-server-proxy 4.6 keeps reading the kit's reply after the browser has gone, so the disconnect never
-    # reaches the kit: Stop gets there by the page's stop request (kit.web.stop_requests).
+    # reaches the kit: Stop gets there by the page's stop request (kit.web.blueprint, STOP_ROUTE).
     assert run.stopped_end == "client_gone", run.stopped_end
 
 

@@ -27,7 +27,7 @@ def test_notebook_01_runs_in_jupyterlab_and_its_deep_chat_streams_a_reply(lab: J
         run = run_tutorial(page, f"{lab.lab_url(NOTEBOOK.name)}?token={lab.token}", lab.log.with_suffix(".png"))
     assert run.iframe_src.startswith("http://127.0.0.1:")  # the browser is on the kernel's machine
     assert responses.exactly(f"{run.iframe_src}chat-stream") == [200, 200], responses.seen
-    # The page also tells the kit of the Stop (kit.web.stop_requests), once: a reply that ended by itself needs none.
+    # The page also tells the kit of the Stop (kit.web.blueprint's STOP_ROUTE), once: a reply that ended needs none.
     assert responses.exactly(f"{run.iframe_src}chat-stream/stop") == [200], responses.seen
     assert not responses.refused(), responses.refused()
     # Straight to the kit, the Stop reaches it: its next write fails and the source is stopped.

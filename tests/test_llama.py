@@ -16,7 +16,7 @@ from kit.model.chat_model import ChatLlama
 from kit.model.engine import Engine, engine_for
 from kit.model.settings import INSTALL_LLAMA, INSTALL_MODEL, LlamaSettings, ModelUnavailable, default_model_path
 from kit.model.source import LlamaSource
-from kit.pipeline.pump import CancelToken
+from kit.pipeline.cancel import CancelToken
 from kit.serving.client import Received, Reply, chat_body, iter_stream, stream_chat
 from tests.helpers import wait_until
 

@@ -8,6 +8,7 @@ import threading
 import time
 import types
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ from kit.notebook import running, serve, show, stop_all
 from kit.notebook.browser_url import browser_url
 from kit.notebook.child_server import ChildServer, free_port, wait_until_answering
 from kit.notebook.inspector import Inspector
+from kit.notebook.widget import Server
 from kit.serving.client import Received, chat_body, iter_stream, stream_chat
 from kit.serving.server import PortInUse
 from kit.testing.fakes import ScriptedSource
@@ -76,14 +78,56 @@ def test_re_serving_ends_the_previous_servers_open_stream_and_cancels_its_source
     assert wait_until(lambda: threading.active_count() == before), threading.enumerate()
 
 
-def test_serve_returns_an_answering_server_named_after_the_app_title() -> None:
-    one = serve(create_app("one", title="Chat A"))
-    assert httpx.get(one.url + "healthz").json() == {"status": "ok"}
-    other = serve(create_app("two", title="Chat B"))
-    again = serve(create_app("three", title="Chat A"))  # replaces "Chat A", leaves "Chat B" alone
-    assert sorted(running()) == ["Chat A", "Chat B"]
-    assert not one.running and other.running and again.running
-    assert repr(again) == f"<Server 'Chat A' running at {again.url}>"
+def serve_in_one_cell(reply: str) -> Server:
+    return serve(create_app(reply, title="the same default title"))  # one calling line: one cell
+
+
+def test_serve_is_keyed_by_the_calling_code_so_two_cells_keep_two_servers() -> None:
+    one = serve_in_one_cell("one")
+    again = serve_in_one_cell("again")  # the same cell, run again: replaces its server
+    other = serve(create_app("other", title="the same default title"))  # another cell: kept beside it
+    assert not one.running and again.running and other.running
+    assert sorted(running()) == ["the same default title", "the same default title #2"]
+    assert stream_chat(again.url + "chat-stream", "hi").text == "again"
+    assert stream_chat(other.url + "chat-stream", "hi").text == "other"
+    named = serve(create_app("named"), name="Chat A")
+    renamed = serve(create_app("named again"), name="Chat A")  # an explicit name wins, from any cell
+    assert not named.running and renamed.running and "Chat A" in running()
+    assert repr(renamed) == f"<Server 'Chat A' running at {renamed.url}>"
+
+
+def test_in_a_real_kernel_serve_is_keyed_by_the_cell_id_even_when_the_cell_is_edited() -> None:
+    from jupyter_client.manager import start_new_kernel
+
+    manager, client = start_new_kernel(kernel_name="python3", cwd=str(Path(__file__).resolve().parent.parent))
+    try:
+
+        def run_cell(code: str, cell_id: str) -> str:
+            # As JupyterLab sends it: the cell's id in the request's metadata.
+            content = {"code": code, "silent": False, "store_history": True, "allow_stdin": False}
+            content["user_expressions"] = {"servers": "sorted(s.browser_url for s in running().values())"}
+            message = client.session.msg("execute_request", content, metadata={"cellId": cell_id})
+            client.shell_channel.send(message)
+            while True:
+                reply = client.get_shell_msg(timeout=60)
+                if reply["parent_header"].get("msg_id") == message["header"]["msg_id"]:
+                    break
+            assert reply["content"]["status"] == "ok", reply["content"]
+            return reply["content"]["user_expressions"]["servers"]["data"]["text/plain"]
+
+        run_cell("from kit import create_app\nfrom kit.notebook import serve, running, stop_all", "setup")
+        first = run_cell("a = serve(create_app('a'))", "cell-a")
+        edited = run_cell("a = serve(create_app('a, edited'))  # same cell, new code", "cell-a")
+        both = run_cell("b = serve(create_app('b'))", "cell-b")
+        pair = run_cell("pair = [serve(create_app('c')), serve(create_app('d'))]", "cell-c")  # one run, two chats
+        pair_again = run_cell("pair = [serve(create_app('c')), serve(create_app('d'))]", "cell-c")
+        assert first.count("http") == 1 and edited.count("http") == 1 and first != edited
+        assert both.count("http") == 2 and pair.count("http") == 4 and pair_again.count("http") == 4
+        assert pair != pair_again  # the cell's two earlier servers were replaced by two new ones
+        run_cell("stop_all()", "teardown")
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
 
 
 def test_a_port_held_by_another_notebook_server_is_named_in_the_error() -> None:

@@ -11,13 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
+from kit import CancelToken
 from kit.errors import ChatError
 from kit.model.chat_model import ChatLlama
 from kit.model.engine import Engine, engine_for
 from kit.model.prefix_cache import common_prefix
 from kit.model.settings import LlamaSettings
 from kit.model.source import LlamaSource
-from kit.pipeline.pump import CancelToken
 from tests.helpers import wait_until
 
 # A small context and short greedy replies keep these fast; the same settings give ChatLlama the same engine.

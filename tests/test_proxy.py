@@ -44,6 +44,16 @@ def test_serve_prod_runs_gunicorn_workers_and_streams_the_demo(worker_class: str
         assert f"Using worker: {'gevent' if worker_class == 'gevent' else 'gthread'}" in "\n".join(server.log)
 
 
+def test_the_doctors_probe_is_off_under_gunicorn_unless_switched_on() -> None:
+    # Under gunicorn any client could otherwise hold a request thread for a minute outside the model's queue.
+    with ProdServer("--workers", "1", "--delay-ms", "1") as server:
+        closed = diagnose(server.url, silence_s=1.0)
+    assert not closed.ok and "X-Kit-Probe" in closed.report()
+    with ProdServer("--workers", "1", "--delay-ms", "1", env={"KIT_DOCTOR_PROBE": "1"}) as server:
+        opened = diagnose(server.url, silence_s=1.0)
+    assert opened.ok, opened.report()
+
+
 def test_the_gunicorn_config_imports_nothing_that_gevent_must_patch_first() -> None:
     # gunicorn's master imports kit.serving.production (its config) before a gevent worker monkey-patches: had it
     # brought in Flask or the streaming module, their locks would stay blocking ones under gevent.

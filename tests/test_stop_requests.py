@@ -14,7 +14,7 @@ from kit import create_app
 from kit.serving.client import Received, chat_body, iter_stream
 from kit.testing.browser import chromium_page
 from kit.testing.fakes import ScriptedSource
-from kit.web.stop_requests import STREAM_ID_HEADER
+from kit.web.blueprint import STREAM_ID_HEADER
 from tests.helpers import wait_until
 
 STREAM_ID = "a1b2c3d4e5f60718293a4b5c6d7e8f90"

@@ -220,3 +220,31 @@ def test_a_streamed_route_that_leaves_its_request_body_unread_still_ends(serve) 
             assert chunk, f"connection closed before the last chunk: {received!r}"
             received += chunk
     assert received.startswith(b"HTTP/1.1 200") and b"1\r\na\r\n" in received
+
+
+def test_post_chat_runs_the_same_pipeline_as_the_stream(serve) -> None:  # type: ignore[no-untyped-def]
+    # Pieces that each stage changes: bytes cut inside a character (decoding), a lone surrogate (the scrub),
+    # a javascript: link cut across pieces (the link neutraliser), a steps bubble (only the answer is the reply).
+    from kit import Role
+
+    def source(messages: list[dict[str, object]]) -> Iterator[object]:
+        yield from [b"caf\xc3", b"\xa9 ", "\ud800ok ", "[click](java", "script:alert(1)) ", Role("steps"), "step"]
+        yield from [Role("ai"), "done"]
+
+    server = serve(create_app(source, granularity="word"))
+    streamed = stream_chat(server.url + "chat-stream", "hi")
+    answered = httpx.post(server.url + "chat", json=chat_body("hi")).json()["text"]
+    assert streamed.text_of("ai") == answered
+    assert answered.startswith("café ") and "\ud800" not in answered and "javascript:" not in answered
+    assert answered.endswith("done") and "step" not in answered
+
+
+def test_post_chat_reports_a_failure_mid_reply_as_a_json_error(serve) -> None:  # type: ignore[no-untyped-def]
+    def source(messages: list[dict[str, object]]) -> Iterator[str]:
+        yield "partial "
+        raise RuntimeError("boom")
+
+    server = serve(create_app(source))
+    response = httpx.post(server.url + "chat", json=chat_body("hi"))
+    assert response.status_code == 500 and response.json() == {"error": INTERRUPTED}
+    assert httpx.get(server.url + "healthz").json() == {"status": "ok"}

@@ -7,7 +7,7 @@ from typing import Any
 
 from kit.model.chat_model import ChatLlama
 from kit.model.engine import Admission
-from kit.pipeline.pump import CancelToken
+from kit.pipeline.cancel import CancelToken
 
 # -- admission: the kit's embedded models in a chain -------------------------------------------------
 

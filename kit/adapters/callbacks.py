@@ -13,10 +13,10 @@ from langchain_core.runnables import Runnable
 
 from kit.adapters.admission import admit_models, kit_models, released
 from kit.adapters.inputs import InputMapper, default_to_input, to_messages
-from kit.model.cancel import bind_cancel
 from kit.model.chat_model import ChatLlama
 from kit.model.engine import Cancelled
-from kit.pipeline.pump import CancelToken, Failed, Finished, receive
+from kit.pipeline.cancel import CancelToken, bind_cancel
+from kit.pipeline.pump import Failed, Finished, receive
 from kit.pipeline.sources import (
     Message,
     to_text,

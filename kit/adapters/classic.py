@@ -15,14 +15,14 @@ from typing import Any
 from langchain_classic.chains.base import Chain
 
 from kit.adapters.callbacks import callback_source
-from kit.pipeline.sources import SourceAdapter, SourceFn, register_source_adapter
+from kit.pipeline.sources import SourceFn
 
 
-def adapt_chain(chain: Any) -> SourceFn:
+def recognises(source: object) -> bool:
+    """A legacy `Chain` (kit.adapters.registry asks)."""
+    return isinstance(source, Chain)
+
+
+def adapt(chain: Any) -> SourceFn:
     """What `create_app(chain)` uses for a legacy `Chain`: `callback_source(chain)`."""
     return callback_source(chain)
-
-
-register_source_adapter(
-    SourceAdapter("legacy LangChain Chain (langchain-classic)", lambda o: isinstance(o, Chain), adapt_chain)
-)

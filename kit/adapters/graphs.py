@@ -29,10 +29,10 @@ from kit.adapters.admission import admit_models, released
 from kit.adapters.events import with_roles
 from kit.adapters.inputs import InputMapper, input_for_keys, to_messages
 from kit.errors import ChatError
-from kit.model.cancel import bind_cancel
 from kit.model.chat_model import ChatLlama
-from kit.pipeline.pump import CancelToken, close_iterator
-from kit.pipeline.sources import ANSWER_ROLE, Message, SourceAdapter, register_source_adapter
+from kit.pipeline.cancel import CancelToken, bind_cancel
+from kit.pipeline.pump import close_iterator
+from kit.pipeline.sources import ANSWER_ROLE, Message
 
 _DONE = object()
 ANSWER_KEYS = ("answer", "output", "response", "result", "text", "content")
@@ -188,4 +188,9 @@ def graph_source(
     )
 
 
-register_source_adapter(SourceAdapter("LangGraph graph", lambda o: isinstance(o, Pregel), graph_source))
+def recognises(source: object) -> bool:
+    """A compiled LangGraph graph (kit.adapters.registry asks)."""
+    return isinstance(source, Pregel)
+
+
+adapt = graph_source

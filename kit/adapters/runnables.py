@@ -6,7 +6,7 @@ With filters (`include_tags=...`) or `steps_role=...` it reads LangChain's event
 v2) instead, to pick the answer's model by name, tag or run type and to show the other steps in a bubble of
 their own. Chains written for callbacks are in kit.adapters.callbacks; LangGraph graphs in
 kit.adapters.graphs. Every source takes the kit's cancel token: models inside the chain see it
-(`kit.model.cancel.cancel_scope`), so a reply nobody reads stops between two tokens.
+(`kit.pipeline.cancel.cancel_scope`), so a reply nobody reads stops between two tokens.
 """
 
 from __future__ import annotations
@@ -24,16 +24,14 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from kit.adapters.admission import admit_models, kit_models, released
 from kit.adapters.events import AnswerSelector, EventFilter, with_roles
 from kit.adapters.inputs import InputMapper, default_to_input, to_messages
-from kit.model.cancel import bind_cancel
 from kit.model.chat_model import ChatLlama
-from kit.pipeline.pump import CancelToken, Failed, Finished, close_iterator, receive
+from kit.pipeline.cancel import CancelToken, bind_cancel
+from kit.pipeline.pump import Failed, Finished, close_iterator, receive
 from kit.pipeline.sources import (
     Message,
     Role,
-    SourceAdapter,
     SourceFn,
     Streamable,
-    register_source_adapter,
 )
 
 # -- the event loop that runs astream_events ---------------------------------------------------------
@@ -199,15 +197,15 @@ def runnable_source(
     )
 
 
-def adapt_streamable(source: Any) -> SourceFn:
+def recognises(source: object) -> bool:
+    """A LangChain Runnable, or anything with `.stream()` (kit.adapters.registry asks)."""
+    return isinstance(source, Streamable)
+
+
+def adapt(source: Any) -> SourceFn:
     """What `create_app(chain)` uses for an object with `.stream()`: `runnable_source(chain)` with its
     defaults (built now, so a chain whose input cannot be built from the history fails at app creation),
     or, for anything else with `.stream()`, a call with the history as LangChain messages."""
     if isinstance(source, Runnable):
         return runnable_source(source)
     return lambda messages, cancel: iter(source.stream(to_messages(messages)))
-
-
-register_source_adapter(
-    SourceAdapter("LangChain Runnable or object with .stream()", lambda o: isinstance(o, Streamable), adapt_streamable)
-)

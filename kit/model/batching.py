@@ -21,7 +21,8 @@ from typing import Any
 
 from kit.errors import ChatError
 from kit.model.slots import SlotMemory
-from kit.pipeline.pump import CancelToken, Failed, Finished
+from kit.pipeline.cancel import CancelToken
+from kit.pipeline.pump import Failed, Finished
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ from typing import Any
 
 from kit.errors import ChatError, ServiceBusy
 from kit.model.batching import DEFAULT_SLOTS, Request, Scheduler, check_options
-from kit.model.cancel import current_cancel
 from kit.model.fit import fit_messages
 from kit.model.settings import DEFAULT_N_CTX, INSTALL_LLAMA, LlamaSettings, ModelUnavailable
 from kit.model.slots import ReuseCounters
-from kit.pipeline.pump import CancelToken, receive
+from kit.pipeline.cancel import CancelToken, current_cancel
+from kit.pipeline.pump import receive
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,10 @@ class Admission:
 
     def release(self) -> None:
         self.released = True
+
+
+class Cancelled(Exception):
+    """The request was cancelled (its client left) before the model could serve it."""
 
 
 class Engine:

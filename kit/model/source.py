@@ -8,7 +8,7 @@ from typing import Any
 
 from kit.model.engine import Admission, Engine, engine_for
 from kit.model.settings import LlamaSettings
-from kit.pipeline.pump import CancelToken
+from kit.pipeline.cancel import CancelToken
 from kit.pipeline.sources import Message
 
 # Deep Chat roles to chat-template roles; other roles (say, a "steps" bubble the kit streamed) are not

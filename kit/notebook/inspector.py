@@ -264,7 +264,7 @@ class _View:
     def __init__(self) -> None:
         import ipywidgets as widgets  # imported only when a widget is first built
 
-        from kit.notebook import labelled_box
+        from kit.notebook.widget import labelled_box
 
         self.table = widgets.HTML()
         self.timeline = widgets.HTML()

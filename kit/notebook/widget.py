@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import html
 import logging
+import sys
 import threading
+import types
 from typing import Any
 
 from flask import Flask
@@ -15,7 +17,9 @@ from kit.notebook.child_server import wait_until_answering
 from kit.serving.server import BackgroundServer, PortInUse
 
 _lock = threading.Lock()
-_running: dict[str, Server] = {}
+_running: dict[str, Server] = {}  # by name
+# The code that started servers without a name: its key -> (the run that started them, their names).
+_by_caller: dict[str, tuple[object, list[str]]] = {}
 
 # What the iframe may use: Deep Chat's speech input needs the microphone, its copy buttons the clipboard.
 IFRAME_ALLOW = "microphone; clipboard-read; clipboard-write"
@@ -68,9 +72,10 @@ def serve(
 ) -> Server:
     """Serve `app` in the background and return once `/healthz` answers.
 
-    Serving again under the same `name` (by default the app's title) first stops the previous server, so
-    re-running a notebook cell leaks no port and no thread, even with a fixed `port`. `base` is the
-    Jupyter server's base URL when the browser must go through jupyter-server-proxy (see
+    Re-running the notebook cell that called `serve` first stops the server that cell started, so a cell run
+    again leaks no port and no thread, even with a fixed `port`; two cells keep two servers. An explicit
+    `name` wins: serving under a name replaces the server of that name, whichever cell started it. `base` is
+    the Jupyter server's base URL when the browser must go through jupyter-server-proxy (see
     `kit.notebook.browser_url`).
 
     >>> import httpx
@@ -80,11 +85,10 @@ def serve(
     {'status': 'ok'}
     """
     _quiet_request_log()
-    name = name or str(app.config.get("KIT_TITLE") or app.name)
-    with _lock:
-        previous = _running.pop(name, None)
-    if previous is not None:
-        previous.stop()
+    if name is None:
+        name = _claim_for_caller(sys._getframe(1), str(app.config.get("KIT_TITLE") or app.name))
+    else:
+        _stop_named(name)
     try:
         server = Server(app, name, port, base)
     except PortInUse as error:
@@ -103,6 +107,51 @@ def serve(
     with _lock:
         _running[name] = server
     return server
+
+
+def _stop_named(name: str) -> None:
+    with _lock:
+        previous = _running.pop(name, None)
+    if previous is not None:
+        previous.stop()
+
+
+def _claim_for_caller(frame: types.FrameType, title: str) -> str:
+    """A name for a server started by this code: a cell run again first stops what its earlier run started
+    (servers started in one run, say two chats side by side, stay together)."""
+    caller, run = _calling_code(frame)
+    with _lock:
+        started_by, names = _by_caller.get(caller, (None, []))
+        stale = [] if run is not None and started_by == run else names
+        kept = [] if stale else names
+        taken = {name for name in _running if name not in stale} | set(kept)
+        name, count = title, 1
+        while name in taken:
+            count += 1
+            name = f"{title} #{count}"
+        _by_caller[caller] = (run, [*kept, name])
+    for old in stale:
+        _stop_named(old)
+    return name
+
+
+def _calling_code(frame: types.FrameType) -> tuple[str, object]:
+    """What called `serve`, and which run of it: in a notebook, the cell (its id, which JupyterLab and Notebook 7
+    send with each execution and which stays when the cell is edited; otherwise IPython's name for the cell's
+    code) and the execution count; elsewhere, the calling line, each call a run of its own."""
+    shell = _ipython()
+    if shell is None:
+        return f"{frame.f_code.co_filename}:{frame.f_lineno}", None
+    header = getattr(shell, "parent_header", None)
+    metadata = header.get("metadata") if isinstance(header, dict) else None
+    cell_id = metadata.get("cellId") if isinstance(metadata, dict) else None
+    cell = f"cell {cell_id}" if isinstance(cell_id, str) else frame.f_code.co_filename
+    return cell, getattr(shell, "execution_count", None)
+
+
+def _ipython() -> Any:
+    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    return get_ipython() if get_ipython is not None else None
 
 
 def running() -> dict[str, Server]:

@@ -16,7 +16,17 @@ GRANULARITIES: tuple[str, ...] = ("word", "char", "chunk")
 # and "3.14" are one) and the spaces and punctuation after it, up to where the next word starts. Each
 # group starts at a boundary before a word character, which later text cannot move (UAX #29 decides those
 # from the character and what precedes it), so only the last group is held back.
-_WORD_GROUP = regex.compile(r"(?ws)\b(?=\w).+?(?=\b(?=\w)|\Z)")
+# A word starts only where a grapheme cluster starts too: not before a mark that joins the character before it
+# (a combining mark, a Thai or Devanagari vowel sign: UAX #29 word rules alone cut "น้ำ" before "ำ"), not after
+# a Prepend character, not inside a Hangul syllable spelled in jamo (the grapheme rules GB6-GB9b that can apply
+# where a word character follows).
+_CLUSTER_START = (
+    r"(?![\p{GCB=Extend}\p{GCB=ZWJ}\p{GCB=SpacingMark}])(?<!\p{GCB=Prepend})"
+    r"(?!(?<=\p{GCB=L})[\p{GCB=L}\p{GCB=V}\p{GCB=LV}\p{GCB=LVT}])"
+    r"(?!(?<=[\p{GCB=LV}\p{GCB=V}])[\p{GCB=V}\p{GCB=T}])(?!(?<=[\p{GCB=LVT}\p{GCB=T}])\p{GCB=T})"
+)
+_WORD_START = rf"\b(?=\w){_CLUSTER_START}"
+_WORD_GROUP = regex.compile(rf"(?ws){_WORD_START}.+?(?={_WORD_START}|\Z)")
 # Left context for the boundary rules (at most a few characters back, e.g. "a'" before "b").
 _WORD_CONTEXT = 16
 # \X is an extended grapheme cluster (UAX #29): ZWJ emoji, flags, skin tones and combining marks stay whole.
@@ -55,12 +65,13 @@ class WordSplitter:
     def feed(self, piece: str) -> list[str]:
         """Add a piece of text; return the groups it completed."""
         window = self._recent + piece
-        groups: list[str] = _WORD_GROUP.findall(window, len(self._recent))
+        starts = [match.start() for match in _WORD_GROUP.finditer(window, len(self._recent))]
         self._recent = window[-_WORD_CONTEXT:]
-        if not groups:
+        if not starts:
             self._pending.append(piece)
-            return groups
-        head = piece[: len(piece) - sum(map(len, groups))]  # before the first word start: the pending group's
+            return []
+        groups = [window[start:end] for start, end in zip(starts, [*starts[1:], len(window)], strict=True)]
+        head = window[len(window) - len(piece) : starts[0]]  # before the first word start: the pending group's
         if self._pending:
             head = "".join(self._pending) + head
         self._pending = [groups.pop()]

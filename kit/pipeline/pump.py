@@ -11,25 +11,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from kit.pipeline.cancel import CancelToken
+
 log = logging.getLogger(__name__)
-
-
-class CancelToken:
-    """Tells a running source that nobody is listening any more; sources may poll it or wait on it."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-    def wait(self, timeout: float) -> bool:
-        """Sleep up to `timeout` seconds, waking early on cancel; True when cancelled."""
-        return self._event.wait(timeout)
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import codecs
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from kit.errors import ChatError
-from kit.pipeline.pump import CancelToken, close_iterator
+from kit.pipeline.cancel import CancelToken
+from kit.pipeline.pump import close_iterator
 from kit.pipeline.shapes import ACCEPTED, describe, read_text
 
 Message = dict[str, Any]
@@ -38,22 +39,6 @@ ANSWER_ROLE = "ai"
 """Deep Chat's role for the assistant's bubble."""
 
 
-def answer_text(pieces: Iterable[str | Role]) -> str:
-    """The text of a reply that is not streamed: the answer's, without other roles' bubbles (steps).
-
-    >>> answer_text(["Hi", Role("steps"), "thinking...", Role("ai"), " there"])
-    'Hi there'
-    """
-    parts: list[str] = []
-    in_answer = True
-    for piece in pieces:
-        if isinstance(piece, Role):
-            in_answer = piece.name == ANSWER_ROLE
-        elif in_answer:
-            parts.append(piece)
-    return "".join(parts)
-
-
 Source = Callable[..., Iterable[Any]] | Streamable | str
 """A callable `(messages) -> iterable`, optionally taking `cancel=`; a Runnable; or a fixed reply."""
 
@@ -62,44 +47,21 @@ SourceFn = Callable[[list[Message], CancelToken], Iterable[Any]]
 Errors raised by the call itself (before the first item) can still become an HTTP status."""
 
 
-@dataclass(frozen=True)
-class SourceAdapter:
-    """One kind of object `create_app` accepts beyond plain callables and strings, and how it becomes a
-    SourceFn. `adapt` runs when the app is created, so it may raise TypeError with advice then."""
-
-    name: str
-    recognises: Callable[[object], bool]
-    adapt: Callable[[Any], SourceFn]
-
-
 log = logging.getLogger(__name__)
 
-_adapters: list[SourceAdapter] = []
 
+def adapt_plain_source(source: object, also_accepted: Sequence[str] = ()) -> SourceFn:
+    """A SourceFn for a plain callable or a fixed reply, or a TypeError saying what to pass (naming the other
+    kinds of source `also_accepted`; `kit.adapters.adapt` handles those).
 
-def register_source_adapter(adapter: SourceAdapter) -> None:
-    """Teach `adapt_source` a new kind of source (an adapter module calls this when it is imported).
-
-    Later registrations are tried first, so a specific kind (say, a LangGraph graph) wins over a general one
-    (any LangChain Runnable); registering a name again replaces the earlier adapter of that name.
-    """
-    _adapters[:] = [adapter, *(known for known in _adapters if known.name != adapter.name)]
-
-
-def adapt_source(source: object) -> SourceFn:
-    """Turn what the user passed to `create_app` into a SourceFn, or raise TypeError saying what to pass.
-
-    >>> list(adapt_source("Hi")([{"role": "user", "text": "Hello"}], CancelToken()))
+    >>> list(adapt_plain_source("Hi")([{"role": "user", "text": "Hello"}], CancelToken()))
     ['Hi']
     """
-    for adapter in _adapters:
-        if adapter.recognises(source):
-            return adapter.adapt(source)
     if isinstance(source, str):
         return lambda messages, cancel: [source]
     if callable(source):
         return _plain_callable(source)
-    known = "".join(f", a {adapter.name}" for adapter in _adapters)
+    known = "".join(f", a {name}" for name in also_accepted)
     raise TypeError(
         f"source must be a callable taking the message list (returning an iterable of {ACCEPTED}){known}, "
         f"or a str; got a {describe(source)}"

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import TypeVar
 
 from kit.errors import ChatError
+from kit.pipeline.cancel import OPEN_STREAMS, CancelToken
 from kit.pipeline.coalesce import Coalescer
 from kit.pipeline.granularity import splitter
 from kit.pipeline.observe import EndReason, StreamObserver, WriteKind
-from kit.pipeline.pump import CancelToken, Failed, Pump, Timeout
+from kit.pipeline.pump import Failed, Finished, Pump, Timeout
 from kit.pipeline.sanitize import neutralize_links, scrub_surrogates
-from kit.pipeline.sources import Role, texts
+from kit.pipeline.settings import StreamSettings
+from kit.pipeline.sources import ANSWER_ROLE, Role, texts
 from kit.pipeline.sse import HEARTBEAT, error_event, text_event
 
 log = logging.getLogger(__name__)
@@ -25,36 +25,6 @@ T = TypeVar("T")
 INTERRUPTED = "The reply was interrupted by a server error. Please try again."
 # What the client sees when the server process stops while its reply is streaming.
 STOPPING = "The server is restarting and had to end this reply. Please send your message again."
-
-
-@dataclass(frozen=True)
-class StreamSettings:
-    """How a reply is cut, merged and kept alive. The defaults come from `bench/` measurements."""
-
-    granularity: str = "chunk"
-    # One event per display frame (60 Hz) at most. Measured (bench/browser.py, 20,000 chars at 2,000 chars/s
-    # into Deep Chat in chromium): one event per character left 36 s of main-thread long tasks and an 11.8 s
-    # render lag; a 5 ms window still showed long tasks; 10-16 ms windows showed none and a lag under one
-    # frame. A piece after a quiet spell still goes out at once, so slow sources pay no latency at all.
-    coalesce_ms: float = 16.0
-    # Caps one event's text so a huge burst still arrives in several visible steps.
-    max_event_chars: int = 2048
-    # Under the 5 s read timeout of a cautious proxy (and nginx's 60 s default) with margin; 7 bytes a beat.
-    heartbeat_s: float = 2.0
-    # How often an idle stream checks whether the client left (Stop button, closed tab).
-    disconnect_poll_s: float = 0.25
-    queue_size: int = 256
-    stall_timeout_s: float = 30.0
-    # Model output is untrusted: `javascript:` and similar link schemes are rewritten (kit.pipeline.sanitize).
-    neutralize_links: bool = True
-
-    def __post_init__(self) -> None:
-        splitter(self.granularity)  # raises ValueError naming the valid choices
-        Coalescer(self.coalesce_ms / 1000, self.max_event_chars)  # validates both
-        if self.heartbeat_s <= 0:
-            raise ValueError(f"heartbeat_s must be positive, not {self.heartbeat_s}")
-        if self.queue_size < 1 or self.stall_timeout_s <= 0 or self.disconnect_poll_s <= 0:
-            raise ValueError("queue_size, stall_timeout_s and disconnect_poll_s must be positive")
 
 
 def start_pump(items: Iterable[object], cancel: CancelToken, settings: StreamSettings) -> Pump:
@@ -69,26 +39,6 @@ def start_pump(items: Iterable[object], cancel: CancelToken, settings: StreamSet
         text = neutralize_links(text)
     pieces = _then_raise(splitter(settings.granularity)(text), failure)
     return Pump(pieces, cancel, queue_size=settings.queue_size, stall_timeout_s=settings.stall_timeout_s).start()
-
-
-_open_lock = threading.Lock()
-_open_streams: set[CancelToken] = set()
-_stopped_streams: set[CancelToken] = set()  # ended by end_open_streams: they owe the client an error event
-
-
-def end_open_streams() -> int:
-    """End every stream this process is serving, each with a final "restarting" error event.
-
-    For a server that is shutting down (kit.serving.production calls it when a gunicorn worker is told to
-    stop): instead of waiting out long replies, clients learn at once and can send again. Returns how
-    many streams were ended.
-    """
-    with _open_lock:
-        tokens = list(_open_streams)
-        _stopped_streams.update(tokens)
-    for token in tokens:
-        token.cancel()
-    return len(tokens)
 
 
 def _until_failure(items: Iterable[T], failure: list[Exception]) -> Iterator[T]:
@@ -107,6 +57,32 @@ def _then_raise(pieces: Iterable[T], failure: list[Exception]) -> Iterator[T]:
 def public_message(error: BaseException) -> str:
     """The text a client may see for an error: a ChatError's own message, otherwise a generic one."""
     return error.message if isinstance(error, ChatError) else INTERRUPTED
+
+
+def collect_answer(pump: Pump) -> str:
+    """The whole answer of a running pump, for a reply that is not streamed (`POST /chat`): the same pieces
+    a stream sends, without other roles' bubbles (steps). A failure is raised, to become an HTTP error.
+
+    >>> collect_answer(start_pump(["Hi", Role("steps"), "looking...", Role("ai"), " there"], CancelToken(),
+    ...                           StreamSettings()))
+    'Hi there'
+    """
+    parts: list[str] = []
+    in_answer = True
+    try:
+        while True:
+            item = pump.get(timeout=3600.0)
+            if isinstance(item, Role):
+                in_answer = item.name == ANSWER_ROLE
+            elif isinstance(item, str):
+                if in_answer:
+                    parts.append(item)
+            elif isinstance(item, Failed):
+                raise item.error
+            elif isinstance(item, Finished):
+                return "".join(parts)
+    finally:
+        pump.close()
 
 
 class _Watchers:
@@ -134,90 +110,112 @@ class _Watchers:
             observer.end(reason, at)
 
 
+class _Writer:
+    """What one stream has sent and holds back: the coalescer's text, the role of the next bubble, the time of
+    the last write (heartbeats are due a while after it). Every method returns the SSE text to send."""
+
+    def __init__(self, settings: StreamSettings, watch: _Watchers, now: float) -> None:
+        self.coalescer = Coalescer(settings.coalesce_ms / 1000, settings.max_event_chars)
+        self.heartbeat_s = settings.heartbeat_s
+        self.watch = watch
+        self.last_write = now
+        self.role: str | None = None  # from a Role marker: sent with the next text event (a new bubble)
+
+    def wake_at(self, now: float, poll_s: float) -> float:
+        """When the loop must look again, even without a new piece: a heartbeat, a probe, a flush."""
+        wake_at = min(self.last_write + self.heartbeat_s, now + poll_s)
+        deadline = self.coalescer.deadline()
+        return wake_at if deadline is None else min(wake_at, deadline)
+
+    def piece(self, item: str | Role, now: float) -> Iterator[str]:
+        if isinstance(item, Role):
+            yield from self.flush(now)  # text before the marker stays in the bubble it belongs to
+            self.role = item.name
+            return
+        self.watch.piece(len(item))
+        text = self.coalescer.add(item, now)
+        if text is not None:
+            yield self._text(text, now)
+
+    def flush(self, now: float, *, due_only: bool = False) -> Iterator[str]:
+        deadline = self.coalescer.deadline()
+        if deadline is not None and (not due_only or now >= deadline):
+            yield self._text(self.coalescer.flush(now) or "", now)
+
+    def heartbeat(self, now: float) -> Iterator[str]:
+        if now - self.last_write >= self.heartbeat_s:
+            self.last_write = now
+            yield self.watch.wrote("heartbeat", HEARTBEAT)
+
+    def error(self, message: str) -> str:
+        # Nothing may follow the error: any later message would make Deep Chat clear its bubble.
+        return self.watch.wrote("error", error_event(message))
+
+    def _text(self, text: str, now: float) -> str:
+        data, self.role, self.last_write = text_event(text, self.role), None, now
+        return self.watch.wrote("text", data)
+
+
 def sse_events(
     pump: Pump,
     settings: StreamSettings,
     *,
+    stream_id: str | None = None,
     client_gone: Callable[[], bool] = lambda: False,
     clock: Callable[[], float] = time.monotonic,
     observers: list[StreamObserver] | None = None,
 ) -> Iterator[str]:
     """Yield SSE text for a running pump until its source ends, fails, or the client leaves.
 
-    Closing this generator (the server does so when a write fails) cancels the source.
+    The stream is one of the process's open streams (kit.pipeline.cancel.OPEN_STREAMS) while it runs, under
+    `stream_id` if its client named it. Closing this generator (the server does so when a write fails)
+    cancels the source.
     """
     watch = _Watchers(observers or [])
-    with _open_lock:
-        _open_streams.add(pump.cancel)
-    coalescer = Coalescer(settings.coalesce_ms / 1000, settings.max_event_chars)
-    last_write = clock()
+    writer = _Writer(settings, watch, clock())
+    OPEN_STREAMS.add(pump.cancel, stream_id)
     reason: EndReason = "client_gone"  # unless the loop reaches the end of the source
-    role: str | None = None  # from a Role marker: sent with the next text event, which opens a new bubble
-
-    def text_out(text: str) -> str:
-        nonlocal role
-        data, role = text_event(text, role), None
-        return watch.wrote("text", data)
-
     try:
         while True:
             now = clock()
-            wake_at = min(last_write + settings.heartbeat_s, now + settings.disconnect_poll_s)
-            deadline = coalescer.deadline()
-            if deadline is not None:
-                wake_at = min(wake_at, deadline)
-            item = pump.get(wake_at - now)
+            item = pump.get(writer.wake_at(now, settings.disconnect_poll_s) - now)
             now = clock()
-            if isinstance(item, str):
-                watch.piece(len(item))
-                text = coalescer.add(item, now)
-                if text is not None:
-                    last_write = now
-                    yield text_out(text)
-                continue
-            if isinstance(item, Role):
-                pending = coalescer.flush(now)  # text before the marker stays in the bubble it belongs to
-                if pending is not None:
-                    last_write = now
-                    yield text_out(pending)
-                role = item.name
-                continue
-            if isinstance(item, Timeout):
-                deadline = coalescer.deadline()
-                if deadline is not None and now >= deadline:
-                    last_write = now
-                    yield text_out(coalescer.flush(now) or "")
-                elif client_gone():
+            if isinstance(item, str | Role):
+                yield from writer.piece(item, now)
+            elif isinstance(item, Timeout):
+                yield from writer.flush(now, due_only=True)
+                if client_gone():
                     log.info("client disconnected; cancelling the source")
                     return
-                elif pump.cancel.cancelled:
-                    # Cancelled from elsewhere: a stalled client (nobody reads an error), or the server stopping.
-                    if pump.cancel in _stopped_streams:
-                        reason = "failed"
-                        pending = coalescer.flush(now)
-                        if pending is not None:
-                            yield text_out(pending)
-                        yield watch.wrote("error", error_event(STOPPING))
+                if pump.cancel.cancelled:
+                    reason = yield from _cancelled_elsewhere(pump.cancel, writer, now)
                     return
-                elif now - last_write >= settings.heartbeat_s:
-                    last_write = now
-                    yield watch.wrote("heartbeat", HEARTBEAT)
-                continue
-            pending = coalescer.flush(now)
-            if pending is not None:
-                yield text_out(pending)
-            if isinstance(item, Failed):
-                reason = "failed"
-                log.error("source failed mid-stream", exc_info=item.error)
-                # Nothing may follow the error: any later message would make Deep Chat clear its bubble.
-                yield watch.wrote("error", error_event(public_message(item.error)))
+                yield from writer.heartbeat(now)
             else:
-                # A source that obeyed a Stop request ends normally, but the reply was stopped, not finished.
-                reason = "client_gone" if pump.cancel.cancelled else "finished"
-            return
+                reason = yield from _ended(item, pump.cancel, writer, now)
+                return
     finally:
-        with _open_lock:
-            _open_streams.discard(pump.cancel)
-            _stopped_streams.discard(pump.cancel)
+        OPEN_STREAMS.discard(pump.cancel)
         pump.close()
         watch.end(reason)
+
+
+def _cancelled_elsewhere(cancel: CancelToken, writer: _Writer, now: float) -> Iterator[str]:
+    """Cancelled while idle, not by this loop: a stalled client (nobody reads an error), a Stop request, or
+    the server stopping (which owes the client a "restarting" error). Returns the end reason."""
+    if not OPEN_STREAMS.ended_by_server(cancel):
+        return "client_gone"
+    yield from writer.flush(now)
+    yield writer.error(STOPPING)
+    return "failed"
+
+
+def _ended(item: Finished | Failed, cancel: CancelToken, writer: _Writer, now: float) -> Iterator[str]:
+    """The source finished or failed: what is held back goes out, then the error if any. Returns the reason."""
+    yield from writer.flush(now)
+    if isinstance(item, Failed):
+        log.error("source failed mid-stream", exc_info=item.error)
+        yield writer.error(public_message(item.error))
+        return "failed"
+    # A source that obeyed a Stop request ends normally, but the reply was stopped, not finished.
+    return "client_gone" if cancel.cancelled else "finished"

@@ -92,8 +92,9 @@ AUTH_FIX = (
     "(a Jupyter or hub API token), or `--cookie 'NAME=VALUE'` copied from your logged-in browser"
 )
 PROBE_FIX = (
-    "point the doctor at the kit's base URL or its chat-stream URL; run the kit with doctor_probe=True "
-    "(the default); make sure nothing in between strips the X-Kit-Probe request header"
+    "point the doctor at the kit's base URL or its chat-stream URL; the probe is on by default except under "
+    "gunicorn: there, set KIT_DOCTOR_PROBE=1 (or create_app(..., doctor_probe=True)) while you check; make sure "
+    "nothing in between strips the X-Kit-Probe request header"
 )
 
 

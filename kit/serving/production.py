@@ -86,7 +86,7 @@ control_socket_disable = True
 
 
 def _end_streams() -> None:
-    from kit.pipeline.streaming import end_open_streams
+    from kit.pipeline.cancel import end_open_streams
 
     count = end_open_streams()
     if count:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from kit.pipeline.pump import CancelToken
+from kit.pipeline.cancel import CancelToken
 from kit.pipeline.sources import Message
 
 

@@ -3,11 +3,12 @@ script through the real pipeline instead of the model (paced pieces, a silence, 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from kit.pipeline.pump import CancelToken
+from kit.pipeline.cancel import CancelToken
 
 PROBE_HEADER = "X-Kit-Probe"
 PROBE_TICKS = 10
@@ -70,3 +71,18 @@ def probe_script(plan: ProbePlan, heartbeat_s: float, cancel: CancelToken) -> It
         yield piece
     if not cancel.wait(plan.silence_s):
         yield pieces[-1]
+
+
+def probe_allowed(setting: bool | None, environ: dict[str, object]) -> bool:
+    """Whether a request may run the probe: `doctor_probe=True`/`False` decides; None (the default) allows it
+    except under gunicorn, the production server, unless `KIT_DOCTOR_PROBE=1` is set there.
+
+    >>> werkzeug, gunicorn = {"SERVER_SOFTWARE": "Werkzeug/3.1"}, {"SERVER_SOFTWARE": "gunicorn/23"}
+    >>> probe_allowed(None, werkzeug), probe_allowed(None, gunicorn), probe_allowed(True, gunicorn)
+    (True, False, True)
+    """
+    if setting is not None:
+        return setting
+    if os.environ.get("KIT_DOCTOR_PROBE") in ("0", "1"):
+        return os.environ["KIT_DOCTOR_PROBE"] == "1"
+    return not str(environ.get("SERVER_SOFTWARE", "")).startswith("gunicorn")

@@ -1,0 +1,72 @@
+"""The chat's settings: one typed, validated object that the web app and the pipeline both read."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kit.pipeline.coalesce import Coalescer
+from kit.pipeline.granularity import splitter
+
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How a chat's replies are cut, merged, kept alive and served. Every keyword of `create_app` and
+    `create_blueprint` is a field here; the defaults come from measurements (docs/benchmarks.md).
+
+    >>> StreamSettings(granularity="word").with_options(heartbeat_s=5).heartbeat_s
+    5
+    >>> StreamSettings(granularity="line")
+    Traceback (most recent call last):
+    ValueError: granularity must be one of ('word', 'char', 'chunk'), not 'line'
+    """
+
+    # -- how the reply is cut and sent -------------------------------------------------------------------
+    granularity: str = "chunk"
+    # One event per display frame (60 Hz) at most: one event per character made Deep Chat re-render its
+    # markdown thousands of times a second (docs/benchmarks.md, "Coalescing"). A piece after a quiet spell
+    # still goes out at once, so slow sources pay no latency at all.
+    coalesce_ms: float = 16.0
+    # Caps one event's text so a huge burst still arrives in several visible steps.
+    max_event_chars: int = 2048
+    # Under the 5 s read timeout of a cautious proxy (and nginx's 60 s default) with margin; 7 bytes a beat.
+    heartbeat_s: float = 2.0
+    # How often an idle stream checks whether the client left (Stop button, closed tab).
+    disconnect_poll_s: float = 0.25
+    queue_size: int = 256
+    # A client that reads nothing for this long is treated as gone (the source is cancelled).
+    stall_timeout_s: float = 30.0
+    # Model output is untrusted: `javascript:` and similar link schemes are rewritten (kit.pipeline.sanitize).
+    neutralize_links: bool = True
+    # -- what the source sees --------------------------------------------------------------------------
+    system_prompt: str | None = None
+    # -- how the routes are served ---------------------------------------------------------------------------
+    allowed_origins: Sequence[str] = ()
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # `python -m kit doctor`'s probe header: None turns it on except under gunicorn (production), where any
+    # client could otherwise hold a request thread for a minute outside the model's queue.
+    doctor_probe: bool | None = None
+    title: str = "Deep Chat streaming kit"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
+        splitter(self.granularity)  # raises ValueError naming the valid choices
+        Coalescer(self.coalesce_ms / 1000, self.max_event_chars)  # validates both
+        if self.heartbeat_s <= 0:
+            raise ValueError(f"heartbeat_s must be positive, not {self.heartbeat_s}")
+        if self.queue_size < 1 or self.stall_timeout_s <= 0 or self.disconnect_poll_s <= 0:
+            raise ValueError("queue_size, stall_timeout_s and disconnect_poll_s must be positive")
+        if self.max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be positive, not {self.max_body_bytes}")
+
+    def with_options(self, **options: Any) -> StreamSettings:
+        """A copy with some fields changed; an unknown name is a TypeError listing the valid ones."""
+        names = {field.name for field in dataclasses.fields(self)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise TypeError(f"unknown option(s) {', '.join(unknown)}; the options are: {', '.join(sorted(names))}")
+        return dataclasses.replace(self, **options)

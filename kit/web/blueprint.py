@@ -1,0 +1,161 @@
+"""`create_blueprint`: the chat as a Flask Blueprint, to mount under any prefix of any Flask app."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from werkzeug.exceptions import HTTPException
+
+from kit.adapters import adapt
+from kit.errors import ChatError
+from kit.pipeline.cancel import OPEN_STREAMS, CancelToken, client_gone_probe
+from kit.pipeline.pump import Pump
+from kit.pipeline.settings import StreamSettings
+from kit.pipeline.sources import Message, Source, SourceFn, with_system_prompt
+from kit.pipeline.sse import STREAM_HEADERS
+from kit.pipeline.streaming import collect_answer, public_message, sse_events, start_pump
+from kit.web.chat_request import parse_chat_request
+from kit.web.observers import observers_for
+from kit.web.origins import OriginPolicy
+from kit.web.page import CONTENT_SECURITY_POLICY, render_page
+from kit.web.probe import PROBE_HEADER, probe_allowed, probe_plan, probe_script
+
+log = logging.getLogger(__name__)
+
+STREAM_ID_HEADER = "X-Kit-Stream-Id"
+"""The page names each stream with 128 random bits, so that its Stop can reach it by `POST chat-stream/stop`."""
+STOP_ROUTE = "/chat-stream/stop"
+
+_names = itertools.count(1)
+
+
+class ChatRoutes:
+    """The source and settings behind one mounted chat, and what its routes do with a request."""
+
+    def __init__(self, source: SourceFn, settings: StreamSettings) -> None:
+        self.source = source
+        self.settings = settings
+        # The doctor's probe bypasses the source, so it is cut as sent: its timing is what gets measured.
+        self.probe_settings = settings.with_options(granularity="chunk")
+
+    def start(self, messages: list[Message], cancel: CancelToken) -> Pump:
+        # Called in the view, not in the stream, so that a failure to start still gets a proper HTTP status.
+        items: Iterable[Any] = self.source(with_system_prompt(messages, self.settings.system_prompt), cancel)
+        return start_pump(items, cancel, self.settings)
+
+    def stream(self) -> Response:
+        """`POST chat-stream`: the reply as Server-Sent Events."""
+        messages = parse_chat_request(request)
+        cancel = CancelToken()
+        plan = probe_plan(request.headers.get(PROBE_HEADER))
+        if plan is not None and probe_allowed(self.settings.doctor_probe, request.environ):
+            # `python -m kit doctor`: a bounded, known script instead of the model.
+            script = probe_script(plan, self.settings.heartbeat_s, cancel)
+            pump = start_pump(script, cancel, self.probe_settings)
+        else:
+            pump = self.start(messages, cancel)
+        events = sse_events(
+            pump,
+            self.settings,
+            stream_id=request.headers.get(STREAM_ID_HEADER),
+            client_gone=client_gone_probe(request.environ),
+            observers=observers_for(current_app, messages),
+        )
+        return Response(stream_with_context(events), headers=STREAM_HEADERS)
+
+    def answer(self) -> Response:
+        """`POST chat`: the same pipeline as the stream, the whole answer as one JSON object."""
+        messages = parse_chat_request(request)
+        return jsonify(text=collect_answer(self.start(messages, CancelToken())))
+
+    def page(self) -> Response:
+        response = Response(render_page(self.settings.title), mimetype="text/html")
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        return response
+
+
+def create_blueprint(
+    source: Source, settings: StreamSettings | None = None, *, name: str | None = None, **options: Any
+) -> Blueprint:
+    """The chat as a Blueprint: `GET /` (the Deep Chat page), `POST /chat-stream` (SSE), `POST
+    /chat-stream/stop` (Stop by stream id), `POST /chat` (one JSON reply), `GET /healthz`, relative to
+    wherever it is registered. `options` are `StreamSettings` fields (granularity="word", ...); several
+    chats need several blueprints (each gets a name of its own unless `name` is given).
+
+    >>> from flask import Flask
+    >>> app = Flask("mine")
+    >>> app.register_blueprint(create_blueprint(lambda messages: ["Hi", " there"]), url_prefix="/chat")
+    >>> app.test_client().post("/chat/chat", json={"messages": [{"role": "user", "text": "Hi"}]}).json
+    {'text': 'Hi there'}
+    """
+    settings = (settings or StreamSettings()).with_options(**options)
+    routes = ChatRoutes(adapt(source), settings)  # a source that cannot be used fails now, not on the first chat
+    blueprint = Blueprint(
+        name or f"kit_chat_{next(_names)}", __name__, static_folder="static", static_url_path="/static"
+    )
+    blueprint.add_url_rule("/", "page", routes.page, methods=["GET"])
+    blueprint.add_url_rule("/healthz", "healthz", lambda: jsonify(status="ok"), methods=["GET"])
+    blueprint.add_url_rule("/chat-stream", "chat_stream", routes.stream, methods=["POST"])
+    blueprint.add_url_rule(STOP_ROUTE, "stop_stream", _stop_stream, methods=["POST"])
+    blueprint.add_url_rule("/chat", "chat", routes.answer, methods=["POST"])
+    _guard(blueprint, settings)
+    return blueprint
+
+
+def _stop_stream() -> Response:
+    # The page's Stop, for proxies that keep reading after the browser left (jupyter-server-proxy does).
+    return jsonify(stopped=OPEN_STREAMS.stop(request.get_data(as_text=True).strip()))
+
+
+def _guard(blueprint: Blueprint, settings: StreamSettings) -> None:
+    """Origins, body size, headers and errors for the blueprint's routes only: the host app's own routes and
+    handlers stay as they are."""
+    origins = OriginPolicy(settings.allowed_origins)
+
+    @blueprint.before_request
+    def check_request() -> Response | None:
+        refused = origins.check(request)
+        if refused is not None:
+            return refused
+        request.max_content_length = settings.max_body_bytes
+        # A chunked request body has no Content-Length to check up front, and werkzeug silently cuts it
+        # at the limit (the cut JSON would then be refused as malformed). Reading it whole, then one byte
+        # more, raises the honest 413 instead.
+        if request.method == "POST" and request.content_length is None:
+            request.get_data(cache=True)
+            request.stream.read(1)
+        return None
+
+    @blueprint.after_request
+    def add_headers(response: Response) -> Response:
+        origins.add_cors_headers(request, response)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    @blueprint.errorhandler(ChatError)
+    def chat_error(error: ChatError) -> tuple[Response, int]:
+        return jsonify(error=error.message), error.status
+
+    @blueprint.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> tuple[Response, int]:
+        return json_http_error(error, settings.max_body_bytes)
+
+    @blueprint.errorhandler(Exception)
+    def unexpected_error(error: Exception) -> tuple[Response, int]:
+        log.error("the source failed before streaming", exc_info=error)
+        return jsonify(error=public_message(error)), 500
+
+
+def json_http_error(error: HTTPException, max_body_bytes: int) -> tuple[Response, int]:
+    """An HTTP error in Deep Chat's format, `{"error": "..."}`, with a message that says what to do."""
+    messages = {
+        404: "no such route: the chat routes are POST chat-stream and POST chat",
+        405: f"method {request.method} is not allowed here",
+        413: f"the request body is larger than the {max_body_bytes:,}-byte limit",
+    }
+    status = error.code or 500
+    return jsonify(error=messages.get(status, error.description or error.name)), status
