@@ -141,6 +141,21 @@ def many_conversations(source: LlamaSource, conversations: int, turns: int, slot
     }
 
 
+def reuse_drift(settings: LlamaSettings, conversations: int = 8, turns: int = 3) -> dict[str, int]:
+    """How many greedy replies change with prefix reuse: each turn answered with reuse and read whole without."""
+    reuse, fresh = LlamaSource(settings), LlamaSource(settings, prefix_reuse=False)
+    changed = total = 0
+    for conversation in range(conversations):
+        history: list[Message] = []
+        for turn in range(turns):
+            history.append({"role": "user", "text": question(300 + conversation, turn)})
+            reply = ask(reuse, history)[1]
+            changed += reply != ask(fresh, history)[1]
+            total += 1
+            history.append({"role": "ai", "text": reply})
+    return {"replies": total, "changed": changed}
+
+
 def limit(engine: Engine, histories: list[list[Message]], replies: list[str]) -> list[float]:
     """A bare llama.cpp loop reading only each turn's new tokens, the history already cached (seconds per turn).
 
@@ -234,6 +249,7 @@ def run(runs: int, reply_tokens: int, short_tokens: int, turns: int = 30) -> dic
             "all_turns_max_s": spread([max(max(user) for user in round_) for round_ in eight]),
         },
         "crowd": {key: spread([c[key] for c in crowd]) for key in crowd[0]},
+        "greedy_drift": reuse_drift(LlamaSettings(max_tokens=short_tokens, temperature=0, seed=1)),
         "copy": {"tokens": engine.reuse.copied_tokens, "seconds": engine.reuse.copy_s},
         "state_bytes_per_token": _state_bytes_per_token(engine),
     }
@@ -294,6 +310,10 @@ def describe(results: dict[str, Any]) -> str:
         f"| a sequence's state in host memory, KB per token | {results['state_bytes_per_token'] / 1024:.1f} | |",
         f"| copying a state out or in, ms per 1,000 tokens | {copy_ms:.1f} | |",
         f"| reading a prompt (the bare loop), tokens/s: ms per 1,000 tokens | {rate:.0f}: {1e6 / rate:.0f} | |",
+        "",
+        f"Greedy replies changed by prefix reuse ({results['short_reply_tokens']} tokens, each turn of 8 "
+        f"conversations answered with reuse and read whole without): {results['greedy_drift']['changed']} of "
+        f"{results['greedy_drift']['replies']}.",
         "",
         "Without reuse (the whole history read every turn), time to first text: "
         + ", ".join(f"turn {t}: {s:.2f} s" for t, s in results["without_reuse_s"].items())

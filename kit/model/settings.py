@@ -79,10 +79,10 @@ class LlamaSettings:
     # llama-cpp-python's OpenAI-compatible server uses 1.1 (create_chat_completion alone uses 1.0): the same
     # value makes a chain give the same greedy reply embedded and served, and curbs SmolLM2's loops.
     repeat_penalty: float = 1.1
-    # Requests allowed to wait for a free slot; beyond it the kit answers 503 before the first byte. Measured
-    # (bench/bench_users.py, 2 cores, 8 slots): with 8 more waiting, the 16th user's first text came after
-    # 6.6 s for 96-token replies (about 17 s for 256): inside a browser's patience and a proxy's usual 60 s,
-    # where a longer queue would only turn into timeouts instead of a clear "busy, try again".
+    # Requests allowed to wait for a free slot; beyond it the kit answers 503 before the first byte. With 8
+    # waiting behind 8 slots, the 16th user's first text comes after seconds, not minutes (docs/benchmarks.md,
+    # "Many users", 16 users): inside a browser's patience and a proxy's usual 60 s, where a longer queue would
+    # only turn into timeouts instead of a clear "busy, try again".
     max_queue: int = 8
 
     def __post_init__(self) -> None:
