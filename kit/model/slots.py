@@ -21,8 +21,9 @@ from kit.model.prefix_cache import MIN_SHIFT, HostCache, common_prefix, shifted_
 
 log = logging.getLogger(__name__)
 
-# A sequence about to lose at least this many tokens is copied to host memory first (fewer: cheaper to re-read).
-MIN_SAVE = 64
+# A sequence about to lose at least this many tokens is copied to host memory first: a copy costs far less
+# than reading the tokens again (docs/engine.md), but a handful of template tokens is not worth a budget entry.
+MIN_SAVE = 16
 
 
 @dataclass
@@ -61,18 +62,22 @@ class SlotMemory:
         At least the prompt's last token is always read again: its logits give the first reply token.
         """
         self.tick += 1
-        lru = min(free, key=lambda seq: self.used[seq])
+        # Where a request goes that brings nothing of its own: an empty sequence, else the least recently used.
+        empty = [seq for seq in free if not self.tokens[seq]]
+        spare = empty[0] if empty else min(free, key=lambda seq: self.used[seq])
         if not reuse:
-            self._cut(lru, 0, save=True)
-            return self._count(lru, prompt, 0, "none")
+            self._cut(spare, 0, save=True)
+            return self._count(spare, prompt, 0, "none")
         best = max(free, key=lambda seq: (self._match(seq, prompt, shift), -self.used[seq]))
         shared = self._match(best, prompt, shift)
+        if empty and shared < len(self.tokens[best]):
+            best, shared = spare, 0  # another conversation's cells stay where they are while a slot is empty
         key, in_host = self.host.best(prompt)
         if in_host > shared and in_host > MIN_SAVE:
             state = self.host.pop(key)  # before the slot's own state goes out: the budget may not hold both
-            self._cut(lru, 0, save=True)
-            self._restore(lru, key, state)
-            best, origin = lru, "host"
+            self._cut(spare, 0, save=True)
+            self._restore(spare, key, state)
+            best, origin = spare, "host"
         else:
             origin = "slot"
         shared = min(self._reuse(best, prompt, shift), len(prompt) - 1)
