@@ -361,7 +361,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--reply-tokens", type=int, default=200)
-    parser.add_argument("--short-reply-tokens", type=int, default=48, help="replies of the 8-user and 32-chat loads")
+    parser.add_argument("--short-reply-tokens", type=int, default=32, help="replies of the 8-user and 32-chat loads")
     parser.add_argument("--turns", type=int, default=30)
     parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("--plot", help="write the plot (png) to this file")

@@ -42,5 +42,5 @@ def test_the_same_chain_streams_from_an_openai_compatible_server_through_the_kit
     tokens = engine_for(LlamaSettings()).tokenize(text)
     assert 0 < len(tokens) <= MAX_TOKENS + 2
     # The same chain on the embedded model gives the same greedy reply: one chain, two deployments.
-    embedded = demo_chain(ChatLlama(max_tokens=MAX_TOKENS, temperature=0, seed=1))
+    embedded = demo_chain(ChatLlama(max_tokens=MAX_TOKENS, temperature=0, seed=1, prefix_reuse=False))
     assert text == embedded.invoke(history_input()(HISTORY))

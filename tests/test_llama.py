@@ -21,7 +21,8 @@ from kit.serving.client import Received, Reply, chat_body, iter_stream, stream_c
 from tests.helpers import wait_until
 
 # Small replies keep the suite fast; the model is greedy (temperature 0) and seeded, hence reproducible.
-FAST = LlamaSettings(max_tokens=24, temperature=0, seed=7)
+# Reuse off: replies compared here are reproducible whoever used the model before (docs/engine.md).
+FAST = LlamaSettings(max_tokens=24, temperature=0, seed=7, prefix_reuse=False)
 LONG_PROMPT = "Count from 1 to 1000, separated by commas."  # runs to max_tokens without stopping
 
 
@@ -38,7 +39,7 @@ def user(text: str) -> list[dict[str, str]]:
 
 
 def alone(engine: Engine, text: str, settings: LlamaSettings = FAST) -> str:
-    return "".join(engine.chat(user(text), **settings.options()))
+    return "".join(engine.chat(user(text), reuse=settings.prefix_reuse, **settings.options()))
 
 
 @contextlib.contextmanager

@@ -70,7 +70,7 @@ class SlotMemory:
             return self._count(spare, prompt, 0, "none")
         best = max(free, key=lambda seq: (self._match(seq, prompt, shift), -self.used[seq]))
         shared = self._match(best, prompt, shift)
-        if empty and shared < len(self.tokens[best]):
+        if empty and shared * 2 < len(self.tokens[best]):
             best, shared = spare, 0  # another conversation's cells stay where they are while a slot is empty
         key, in_host = self.host.best(prompt)
         if in_host > shared and in_host > MIN_SAVE:
