@@ -67,6 +67,14 @@ def test_a_follow_up_turn_reads_only_its_new_tokens(engine: Engine) -> None:
     assert (fed, reused) == (len(prompt), 0)
 
 
+def test_the_same_prompt_asked_again_reads_nothing_and_gives_the_same_reply(engine: Engine) -> None:
+    for topic in ("the sea", "bread", "trains"):
+        question = [system("You describe things."), user(f"Describe {topic}.")]
+        first, _, _ = ask(engine, question)
+        again, fed, reused = ask(engine, question)
+        assert (again, fed) == (first, 0) and reused == len(engine.prompt(question)[0])
+
+
 def test_an_edited_earlier_message_reuses_only_the_common_prefix(engine: Engine) -> None:
     history = [system("You are a patient teacher of geography."), user("What is the capital of Peru?")]
     reply, _, _ = ask(engine, history)

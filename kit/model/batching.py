@@ -234,9 +234,25 @@ class Scheduler:
             request.out.put(Finished())
             return
         self.served += 1
-        seq, reused = self.memory.place(request.prompt, free, request.reuse, request.shift)
-        self._running[seq] = _Slot(seq, request, sampler, int(options.get("max_tokens") or 256), reused)
+        seq, reused, primed = self.memory.place(request.prompt, free, request.reuse, request.shift)
+        slot = self._running[seq] = _Slot(seq, request, sampler, int(options.get("max_tokens") or 256), reused)
         request.out.put(chunk(role="assistant"))
+        if primed is not None:  # this very prompt was read in this sequence: its first token needs no decode
+            self._emit(slot, self._sample_logits(sampler, primed))
+
+    def _sample_logits(self, sampler: Any, logits: Any) -> int:
+        """What `llama_sampler_sample` does, on logits kept from an earlier read instead of the context's."""
+        import numpy
+
+        api = self.api
+        data = (api.llama_token_data * self.n_vocab)()
+        view = numpy.frombuffer(data, dtype=[("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+        view["id"], view["logit"], view["p"] = numpy.arange(self.n_vocab), logits, 0.0
+        candidates = api.llama_token_data_array(data, self.n_vocab, -1, False)
+        api.llama_sampler_apply(sampler, ctypes.byref(candidates))
+        token = int(data[candidates.selected].id)
+        api.llama_sampler_accept(sampler, token)
+        return token
 
     def _sampler(self, options: dict[str, Any]) -> Any:
         api = self.api
@@ -277,6 +293,7 @@ class Scheduler:
             return
         entries: list[tuple[int, int, int, bool]] = []
         sampled: list[tuple[_Slot, int]] = []
+        prompt_ends: list[tuple[_Slot, int]] = []
         cells = self.memory.tokens
         for slot in slots:
             if slot.next_token is not None:
@@ -298,9 +315,14 @@ class Scheduler:
                 slot.pos += 1
             if not slot.to_feed:
                 sampled.append((slot, len(entries) - 1))
+                prompt_ends.append((slot, len(entries) - 1))
         self._fill(entries)
         if self.api.llama_decode(self.ctx, self.batch) != 0:
             raise RuntimeError("llama_decode failed")
+        for slot, index in prompt_ends:
+            if slot.request.reuse:
+                logits = self.api.llama_get_logits_ith(self.ctx, index)
+                self.memory.remember(slot.seq, len(slot.request.prompt), logits, self.n_vocab)
         for slot, index in sampled:
             token = self.api.llama_sampler_sample(slot.sampler, self.ctx, index)
             self._emit(slot, token)

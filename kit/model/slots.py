@@ -54,12 +54,17 @@ class SlotMemory:
         self.tick = 0
         self.host = HostCache(host_budget)
         self.counters = ReuseCounters()
+        # The logits after a sequence's last prompt was read, with that prompt's length: the same prompt asked
+        # again samples its first token from them, so its greedy reply is the same as the first time (reading
+        # the last token again, alone, would move the logits; docs/engine.md, "Determinism").
+        self.logits: list[tuple[int, Any] | None] = [None] * slots
         self.can_shift = bool(api.llama_memory_can_shift(self.memory))
 
-    def place(self, prompt: Sequence[int], free: Sequence[int], reuse: bool, shift: bool) -> tuple[int, int]:
-        """Choose a free sequence for `prompt`, leave only reusable cells in it; return (sequence, tokens reused).
+    def place(self, prompt: Sequence[int], free: Sequence[int], reuse: bool, shift: bool) -> tuple[int, int, Any]:
+        """Choose a free sequence for `prompt`, leave only reusable cells in it: (sequence, tokens reused, logits).
 
-        At least the prompt's last token is always read again: its logits give the first reply token.
+        The prompt's last token is read again (its logits give the first reply token) unless the sequence read
+        exactly this prompt before: then its logits then come back, and nothing is read.
         """
         self.tick += 1
         # Where a request goes that brings nothing of its own: an empty sequence, else the least recently used.
@@ -67,7 +72,7 @@ class SlotMemory:
         spare = empty[0] if empty else min(free, key=lambda seq: self.used[seq])
         if not reuse:
             self._cut(spare, 0, save=True)
-            return self._count(spare, prompt, 0, "none")
+            return (*self._count(spare, prompt, 0, "none"), None)
         best = max(free, key=lambda seq: (self._match(seq, prompt, shift), -self.used[seq]))
         shared = self._match(best, prompt, shift)
         if empty and shared * 2 < len(self.tokens[best]):
@@ -80,9 +85,18 @@ class SlotMemory:
             best, origin = spare, "host"
         else:
             origin = "slot"
-        shared = min(self._reuse(best, prompt, shift), len(prompt) - 1)
+        shared = self._reuse(best, prompt, shift)
+        kept = self.logits[best]
+        primed = kept[1] if shared >= len(prompt) and kept is not None and kept[0] == len(prompt) else None
+        shared = len(prompt) if primed is not None else min(shared, len(prompt) - 1)
         self._cut(best, shared, save=True)
-        return self._count(best, prompt, shared, origin)
+        return (*self._count(best, prompt, shared, origin), primed)
+
+    def remember(self, seq: int, length: int, logits: Any, n_vocab: int) -> None:
+        """Keep the logits read after a prompt of `length` tokens in `seq` (a pointer to `n_vocab` floats)."""
+        import numpy
+
+        self.logits[seq] = (length, numpy.ctypeslib.as_array(logits, shape=(n_vocab,)).copy())
 
     def _count(self, seq: int, prompt: Sequence[int], shared: int, origin: str) -> tuple[int, int]:
         counters = self.counters
@@ -121,6 +135,7 @@ class SlotMemory:
         api.llama_memory_seq_rm(self.memory, seq, shared, shared + offset)
         api.llama_memory_seq_add(self.memory, seq, shared + offset, end, -offset)
         self.tokens[seq] = cached[:shared] + cached[shared + offset : end]
+        self.logits[seq] = None
         self.counters.shifted += 1
         log.info("context shift: %d cached tokens moved down by %d", length, offset)
         return shared + length
@@ -134,6 +149,8 @@ class SlotMemory:
             self._save(seq)
         self.api.llama_memory_seq_rm(self.memory, seq, keep, -1)
         del cached[keep:]
+        if (self.logits[seq] or (0,))[0] > keep:
+            self.logits[seq] = None
 
     def _save(self, seq: int) -> None:
         started = time.perf_counter()
@@ -155,6 +172,7 @@ class SlotMemory:
         if state is None:
             return
         started = time.perf_counter()
+        self.logits[seq] = None
         buffer = (ctypes.c_ubyte * len(state)).from_buffer_copy(state)
         if self.api.llama_state_seq_set_data(self.ctx, buffer, len(state), seq):
             self.tokens[seq] = list(key)
@@ -167,3 +185,4 @@ class SlotMemory:
         """Clear sequence `seq` (its cells may not match its tokens: a failed decode, or reuse turned off)."""
         self.api.llama_memory_seq_rm(self.memory, seq, -1, -1)
         self.tokens[seq] = []
+        self.logits[seq] = None
