@@ -109,7 +109,8 @@ def test_a_hundred_random_cancels_leave_no_slot_stray_cells_or_thread_behind(eng
 
     with ThreadPoolExecutor(12) as pool:
         list(pool.map(one, range(100)))
-    assert wait_until(lambda: engine.running == 0 and engine.waiting == 0, timeout=10)
+    # Abandoned slots leave at the next decode step, which a loaded 2-core machine can stretch to seconds.
+    assert wait_until(lambda: engine.running == 0 and engine.waiting == 0, timeout=30)
     scheduler = engine._scheduler
     assert scheduler is not None
     # Each sequence keeps the cells of what it read (prefix reuse), and exactly those: no half-cleared slot.

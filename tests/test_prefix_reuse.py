@@ -173,8 +173,8 @@ def test_a_hundred_random_cancels_during_prompt_reading_leave_no_cached_state_co
         return [system(" ".join(changed)), user("What did the keeper write?")]
 
     def one(i: int) -> None:
-        cancel = CancelToken()
-        timer = threading.Timer(rng.uniform(0.0, 0.4), cancel.cancel)
+        cancel = CancelToken()  # while waiting, reading the prompt (most) or generating, as the machine's speed falls
+        timer = threading.Timer(rng.uniform(0.0, 1.0), cancel.cancel)
         timer.start()
         try:
             for _ in engine.chat(variant(i), cancel=cancel, max_tokens=8, temperature=0):
@@ -184,18 +184,18 @@ def test_a_hundred_random_cancels_during_prompt_reading_leave_no_cached_state_co
 
     checked = (3, 50, 99)
     before = {i: "".join(engine.chat(variant(i), reuse=False, **SETTINGS.options())) for i in checked}
+    started = engine.reuse.requests
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(one, range(100)))
-    assert wait_until(lambda: engine.running == 0 and engine.waiting == 0, timeout=10)
+    assert engine.reuse.requests - started >= 5  # some of them reached a slot before their cancel
+    assert wait_until(lambda: engine.running == 0 and engine.waiting == 0, timeout=30)
     scheduler = engine._scheduler
     assert scheduler is not None
     memory, cells = llama_cpp.llama_get_memory(scheduler.ctx), scheduler.memory.tokens
     assert all(llama_cpp.llama_memory_seq_pos_max(memory, seq) == len(cells[seq]) - 1 for seq in range(engine.slots))
-    prompts = [engine.prompt(variant(i))[0] for i in range(100)]
     probe = engine.tokenize(" The")
     for seq in range(engine.slots):
         kept = list(cells[seq])
-        assert any(common_prefix(kept, p) >= min(len(kept), len(p)) for p in prompts)  # what was read, in order
         # The cached cells give the logits that reading the same tokens afresh gives. Reading in other batches
         # moves logits by up to about 1 here (a range of about 30); one stale word in the cells moves them by 10.
         cached = next_logits(scheduler, seq, probe, len(kept))
