@@ -89,11 +89,12 @@ _HOMES = {
     "stop_all": "kit.notebook",
 }
 __all__ = [
+    "DEMO_TEXT",
+    "INTERRUPTED",
+    "THREAD_ID_HEADER",
     "CancelToken",
     "ChatError",
     "ChatLlama",
-    "DEMO_TEXT",
-    "INTERRUPTED",
     "LlamaSettings",
     "LlamaSource",
     "Role",
@@ -101,7 +102,6 @@ __all__ = [
     "ServiceBusy",
     "StreamObserver",
     "StreamSettings",
-    "THREAD_ID_HEADER",
     "add_observer",
     "callback_source",
     "chat_body",
