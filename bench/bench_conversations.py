@@ -130,6 +130,8 @@ def many_conversations(source: LlamaSource, conversations: int, turns: int, slot
 
     with ThreadPoolExecutor(slots) as pool:
         for turn in range(turns):
+            if turn == 1:  # count the follow-ups only (a first turn shares the system prompt with every other)
+                before = engine.reuse.from_slot + engine.reuse.from_host, engine.reuse.from_host
             list(pool.map(lambda index, turn=turn: one(index, turn), range(conversations)))
     hits = engine.reuse.from_slot + engine.reuse.from_host - before[0]
     return {
