@@ -59,7 +59,8 @@ def new_engine_round(engine: Engine, users: int, tokens: int) -> list[dict[str, 
     def ask(i: int) -> None:
         barrier.wait()
         asked = time.perf_counter()
-        results[i] = _timed(engine.stream([{"role": "user", "content": PROMPTS[i]}], **options), asked)
+        # reuse off: every run reads its prompt whole (the same prompts come back run after run)
+        results[i] = _timed(engine.stream([{"role": "user", "content": PROMPTS[i]}], reuse=False, **options), asked)
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(users)]
     for thread in threads:
@@ -87,11 +88,11 @@ def greedy_drift(engine: Engine, tokens: int, together: int = 8) -> dict[str, in
     """How many greedy replies differ when decoded in a batch of `together` from the same request alone."""
     options = {"max_tokens": tokens, "temperature": 0, "seed": 1, "repeat_penalty": 1.1}
     questions = [[{"role": "user", "content": prompt}] for prompt in DRIFT_PROMPTS]
-    alone = ["".join(engine.chat(q, **options)) for q in questions]
+    alone = ["".join(engine.chat(q, reuse=False, **options)) for q in questions]
     batched: list[str] = [""] * len(questions)
 
     def ask(i: int) -> None:
-        batched[i] = "".join(engine.chat(questions[i], **options))
+        batched[i] = "".join(engine.chat(questions[i], reuse=False, **options))
 
     for start in range(0, len(questions), together):
         threads = [threading.Thread(target=ask, args=(i,)) for i in range(start, min(start + together, len(questions)))]

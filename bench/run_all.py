@@ -12,7 +12,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import bench_approvals, bench_threads, bench_users, bench_words, browser, concurrency, pipeline, report
+from bench import (
+    bench_approvals,
+    bench_conversations,
+    bench_threads,
+    bench_users,
+    bench_words,
+    browser,
+    concurrency,
+    pipeline,
+    report,
+)
 from bench.measure import ROOT, server_process
 
 DOCS = ROOT / "docs"
@@ -77,11 +87,13 @@ def main() -> None:
     ):
         with concurrency.production_server(worker_class) as server:
             results["concurrency"][label] = concurrency.held_streams_memory(f"{server.url}/chat-stream", server.pid)
+    conversations = bench_conversations.section(results, DOCS)  # its own process; the figures go into results
     results["seconds"] = time.perf_counter() - started
     DOCS.mkdir(exist_ok=True)
     table = report.markdown(results) + "\n\n" + bench_words.describe(results["words"]) + "\n"
     table += "\n" + bench_users.describe(results["users"]) + "\n\n![many users](bench_users.png)\n"
     table += "\n" + bench_threads.describe(results["threads"]) + "\n"
+    table += "\n" + conversations
     table += "\n" + bench_approvals.describe(results["approvals"]) + "\n"
     (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=1))
     (DOCS / "benchmarks.md").write_text(

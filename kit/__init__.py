@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from kit.adapters.runnables import runnable_source
     from kit.errors import ChatError, ServiceBusy
     from kit.model.chat_model import ChatLlama
+    from kit.model.engine import close_engines
     from kit.model.settings import LlamaSettings
     from kit.model.source import LlamaSource
     from kit.notebook import serve, show, stop_all
@@ -75,6 +76,7 @@ _HOMES = {
     "ChatLlama": "kit.model.chat_model",
     "LlamaSource": "kit.model.source",
     "LlamaSettings": "kit.model.settings",
+    "close_engines": "kit.model.engine",
     # the pipeline's stages, for those who compose their own
     "texts": "kit.pipeline.sources",
     "split_words": "kit.pipeline.granularity",
@@ -109,6 +111,7 @@ __all__ = [
     "add_observer",
     "callback_source",
     "chat_body",
+    "close_engines",
     "create_app",
     "create_blueprint",
     "demo_agent",

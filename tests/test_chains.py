@@ -40,7 +40,7 @@ HISTORY = [
 @pytest.fixture(scope="session")
 def model() -> ChatLlama:
     """A small, greedy, seeded model on the shared engine (the model loads once per test session)."""
-    chat_model = ChatLlama(max_tokens=24, temperature=0, seed=1)
+    chat_model = ChatLlama(max_tokens=24, temperature=0, seed=1, prefix_reuse=False)  # reproducible replies
     chat_model.engine.load()
     return chat_model
 

@@ -36,7 +36,7 @@ def get_weather(city: str) -> str:
 
 
 def kit_model(max_tokens: int = 48) -> ChatLlama:
-    return ChatLlama(max_tokens=max_tokens, temperature=0, seed=1)
+    return ChatLlama(max_tokens=max_tokens, temperature=0, seed=1, prefix_reuse=False)  # reproducible replies
 
 
 def idle() -> bool:

@@ -39,9 +39,8 @@ def test_the_same_chain_streams_from_an_openai_compatible_server_through_the_kit
     assert len(events) > 3, "the reply came in one block, not streamed"
     # The token limit reached the engine (langchain-openai alone sends only max_completion_tokens, which
     # llama-cpp-python's server ignores; it would then generate until its context is full).
-    with engine_for(LlamaSettings()).exclusive() as llama:
-        tokens = llama.tokenize(text.encode(), add_bos=False, special=False)
+    tokens = engine_for(LlamaSettings()).tokenize(text)
     assert 0 < len(tokens) <= MAX_TOKENS + 2
     # The same chain on the embedded model gives the same greedy reply: one chain, two deployments.
-    embedded = demo_chain(ChatLlama(max_tokens=MAX_TOKENS, temperature=0, seed=1))
+    embedded = demo_chain(ChatLlama(max_tokens=MAX_TOKENS, temperature=0, seed=1, prefix_reuse=False))
     assert text == embedded.invoke(history_input()(HISTORY))

@@ -22,7 +22,7 @@ from tests.test_compat_chains import WEATHER_QUESTION, get_weather, weather_agen
 
 
 def kit_model(max_tokens: int = 48) -> ChatLlama:
-    return ChatLlama(max_tokens=max_tokens, temperature=0, seed=1)
+    return ChatLlama(max_tokens=max_tokens, temperature=0, seed=1, prefix_reuse=False)  # reproducible replies
 
 
 # -- the embedded model's tool calls -------------------------------------------------------------------

@@ -4,7 +4,8 @@ A scheduler thread owns the context. Between two decode steps it takes waiting r
 (first come, first served), feeds long prompts in chunks (so users already streaming keep streaming), decodes
 one batch holding a token of every running sequence, samples each with that request's own native sampler
 chain, and hands the text to that request's queue at once. A cancelled request leaves its slot at the next
-step; its KV cells are cleared so the slot starts empty for the next user.
+step. A slot keeps what it read and generated, so the next turn of a conversation reads only its new tokens
+(kit.model.slots chooses the slot and what is reused).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kit.errors import ChatError
+from kit.model.slots import SlotMemory
 from kit.pipeline.cancel import CancelToken
 from kit.pipeline.pump import Failed, Finished
 
@@ -26,15 +28,15 @@ log = logging.getLogger(__name__)
 
 # Options every generation accepts (the contract kit.model.tools and LangChain callers rely on).
 OPTIONS = frozenset({"max_tokens", "temperature", "top_p", "top_k", "seed", "repeat_penalty", "stop", "grammar"})
-# Prompt tokens fed per decode step across all sequences: bounds one step's time, so streaming users wait at
-# most one chunk's prefill (about 60 ms for 128 tokens of SmolLM2 on 2 cores) between two of their tokens.
+# Prompt tokens fed per decode step across all sequences: bounds one step's time, so users already streaming
+# wait at most one chunk's prefill between two of their tokens (the prompt-reading rate is in
+# docs/benchmarks.md, "Long conversations"), while a long prompt still goes in batches large enough to be fast.
 PROMPT_CHUNK = 128
 REPEAT_LAST_N = 64  # llama-cpp-python's create_chat_completion default
-# Sequences decoded together. Measured with bench/bench_batching.py (2 cores, 2 threads, greedy, flash
-# attention): 1 sequence 169 tokens/s, 8: 221, 16: 231 aggregate. 16 adds 5% to 8 and halves each user's
-# speed; 8 keeps each user near 25 tokens/s (faster than anyone reads).
+# Sequences decoded together. bench/bench_users.py (docs/benchmarks.md, "Many users") shows why 8: the
+# aggregate stops growing past 8 sequences on 2 cores, while 16 would halve each user's speed; with 8 each
+# user still streams faster than anyone reads.
 DEFAULT_SLOTS = 8
-TURN = object()  # what an Engine.exclusive request receives when the model is its
 
 
 @dataclass
@@ -47,7 +49,8 @@ class Request:
     stops: list[str]
     out: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
     stopped: threading.Event = field(default_factory=threading.Event)
-    handover: threading.Event | None = None  # Engine.exclusive: the scheduler pauses until this is set
+    reuse: bool = True  # start from cached cells sharing the prompt's prefix (False: from an empty sequence)
+    shift: bool = False  # old turns were dropped: the cache may hold the newest ones further on (context shift)
 
     @property
     def abandoned(self) -> bool:
@@ -67,6 +70,15 @@ def check_options(options: dict[str, Any]) -> None:
         raise TypeError(f"unknown generation option(s): {', '.join(unknown)} (accepted: {', '.join(sorted(OPTIONS))})")
 
 
+def too_long(n_ctx: int, tokens: int) -> ChatError:
+    """The 413 for a message that alone does not fit in a slot's context."""
+    return ChatError(
+        f"The message is too long for the model's context of {n_ctx} tokens per user ({tokens} tokens with "
+        "the system prompt): shorten it or start a new chat.",
+        413,
+    )
+
+
 def chunk(content: str | None = None, finish: str | None = None, role: str | None = None) -> dict[str, Any]:
     """A chat-completion chunk shaped as llama-cpp-python's `create_chat_completion(stream=True)` yields."""
     delta: dict[str, str] = {}
@@ -80,13 +92,13 @@ def chunk(content: str | None = None, finish: str | None = None, role: str | Non
 class _Slot:
     """A running request in its sequence: prompt still to feed, sampler, text held back for stop strings."""
 
-    def __init__(self, seq: int, request: Request, sampler: Any, max_tokens: int) -> None:
+    def __init__(self, seq: int, request: Request, sampler: Any, max_tokens: int, reused: int) -> None:
         self.seq = seq
         self.request = request
         self.sampler = sampler
         self.max_tokens = max_tokens
-        self.to_feed = list(request.prompt)
-        self.pos = 0
+        self.to_feed = request.prompt[reused:]
+        self.pos = reused
         self.generated = 0
         self.next_token: int | None = None
         # "ignore" as llama-cpp-python: a stray byte of a broken multi-byte sequence is dropped, never shown as U+FFFD
@@ -97,7 +109,7 @@ class _Slot:
 class Scheduler:
     """The batch loop over one llama.cpp context with `slots` sequences of `slot_ctx` tokens each."""
 
-    def __init__(self, llama: Any, slots: int, slot_ctx: int, n_threads: int) -> None:
+    def __init__(self, llama: Any, slots: int, slot_ctx: int, n_threads: int, host_budget: int = 0) -> None:
         import llama_cpp
 
         self.api = llama_cpp
@@ -113,22 +125,21 @@ class Scheduler:
         params.n_ubatch = params.n_batch
         params.n_seq_max = slots
         params.n_threads = params.n_threads_batch = n_threads
-        # Flash attention: measured with bench/bench_batching.py on 2 cores, 166 against 146 tokens/s for one
-        # sequence and 207 against 169 for 8. The engine's Llama object uses it too, so `exclusive` holders
-        # get the same floating point (and greedy replies) as the batch.
+        # Flash attention: faster for one sequence and for 8 (bench/bench_batching.py compares both); the
+        # child llama.cpp server uses it too, so greedy replies agree between the embedded and served model.
         params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         params.kv_unified = False  # each sequence its own n_ctx / slots cells: a slot cannot crowd the others out
         self.ctx = llama_cpp.llama_init_from_model(model, params)
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create the batched context")
-        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.memory = SlotMemory(llama_cpp, self.ctx, slots, host_budget)
         self.batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
         self.batch_size = params.n_batch
         self._cond = threading.Condition()
         self._waiting: deque[Request] = deque()
         self._running: dict[int, _Slot] = {}
+        self._closing = False
         self.served = 0
-        self.holding = False  # an Engine.exclusive holder has the model
         self._thread = threading.Thread(target=self._loop, name="kit-llama-batch", daemon=True)
         self._thread.start()
 
@@ -136,6 +147,8 @@ class Scheduler:
 
     def submit(self, request: Request) -> None:
         with self._cond:
+            if self._closing:
+                raise ChatError("The model was shut down.", 503)
             self._waiting.append(request)
             self._cond.notify()
 
@@ -156,62 +169,62 @@ class Scheduler:
         with self._cond:
             return len(self._running)
 
+    def close(self) -> None:
+        """Stop the loop (requests still there get an error), then free the context, batch and samplers."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        for slot in list(self._running.values()):
+            slot.request.out.put(Failed(ChatError("The model was shut down.", 503)))
+            self._finish(slot)
+        for request in self._waiting:
+            request.out.put(Failed(ChatError("The model was shut down.", 503)))
+        self._waiting.clear()
+        self.api.llama_batch_free(self.batch)
+        self.api.llama_free(self.ctx)
+        self.memory.host.clear()
+
     # -- the loop -----------------------------------------------------------------------------------
 
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._has_work():
+                while not self._has_work() and not self._closing:
                     self._cond.wait()
-                handover = self._take_waiting()
-            if handover is not None:
-                self.holding = True
-                handover.out.put(TURN)
-                assert handover.handover is not None
-                handover.handover.wait()  # the holder uses the Llama object in its own thread meanwhile
-                self.holding = False
-                continue
+                if self._closing:
+                    return
+                self._take_waiting()
             try:
                 self._step()
             except BaseException as error:  # every running request learns of it
                 log.exception("batch step failed")
                 for slot in list(self._running.values()):
                     slot.request.out.put(Failed(error))
+                    self.memory.forget(slot.seq)  # its cells may be half written
                     self._finish(slot)
 
     def _has_work(self) -> bool:
         return bool(self._running) or any(not r.abandoned for r in self._waiting)
 
-    def _take_waiting(self) -> Request | None:
-        """Move waiting requests into free slots (FIFO); return an exclusive request once the slots drain."""
+    def _take_waiting(self) -> None:
+        """Move waiting requests into free slots, first come first served."""
         while self._waiting:
             request = self._waiting[0]
             if request.abandoned:
                 self._waiting.popleft()
                 continue
-            if request.handover is not None:
-                if self._running:
-                    return None  # let the running ones finish first
-                return self._waiting.popleft()
             free = [seq for seq in range(self.slots) if seq not in self._running]
             if not free:
-                return None
+                return
             self._waiting.popleft()
-            self._start(free[0], request)
-        return None
+            self._start(free, request)
 
-    def _start(self, seq: int, request: Request) -> None:
+    def _start(self, free: list[int], request: Request) -> None:
         options = request.options
-        if len(request.prompt) >= self.slot_ctx:
-            request.out.put(
-                Failed(
-                    ChatError(
-                        f"The conversation is too long for the model's context of {self.slot_ctx} tokens per user "
-                        f"({len(request.prompt)} tokens): start a new chat.",
-                        413,
-                    )
-                )
-            )
+        if len(request.prompt) >= self.slot_ctx:  # the engine drops old turns first: only one huge message
+            request.out.put(Failed(too_long(self.slot_ctx, len(request.prompt))))
             request.out.put(Finished())
             return
         try:
@@ -221,9 +234,25 @@ class Scheduler:
             request.out.put(Finished())
             return
         self.served += 1
-        self.api.llama_memory_seq_rm(self.memory, seq, -1, -1)
-        self._running[seq] = _Slot(seq, request, sampler, int(options.get("max_tokens") or 256))
+        seq, reused, primed = self.memory.place(request.prompt, free, request.reuse, request.shift)
+        slot = self._running[seq] = _Slot(seq, request, sampler, int(options.get("max_tokens") or 256), reused)
         request.out.put(chunk(role="assistant"))
+        if primed is not None:  # this very prompt was read in this sequence: its first token needs no decode
+            self._emit(slot, self._sample_logits(sampler, primed))
+
+    def _sample_logits(self, sampler: Any, logits: Any) -> int:
+        """What `llama_sampler_sample` does, on logits kept from an earlier read instead of the context's."""
+        import numpy
+
+        api = self.api
+        data = (api.llama_token_data * self.n_vocab)()
+        view = numpy.frombuffer(data, dtype=[("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+        view["id"], view["logit"], view["p"] = numpy.arange(self.n_vocab), logits, 0.0
+        candidates = api.llama_token_data_array(data, self.n_vocab, -1, False)
+        api.llama_sampler_apply(sampler, ctypes.byref(candidates))
+        token = int(data[candidates.selected].id)
+        api.llama_sampler_accept(sampler, token)
+        return token
 
     def _sampler(self, options: dict[str, Any]) -> Any:
         api = self.api
@@ -264,10 +293,13 @@ class Scheduler:
             return
         entries: list[tuple[int, int, int, bool]] = []
         sampled: list[tuple[_Slot, int]] = []
+        prompt_ends: list[tuple[_Slot, int]] = []
+        cells = self.memory.tokens
         for slot in slots:
             if slot.next_token is not None:
                 entries.append((slot.next_token, slot.pos, slot.seq, True))
                 sampled.append((slot, len(entries) - 1))
+                cells[slot.seq].append(slot.next_token)
                 slot.pos += 1
         budget = max(self.batch_size - len(entries) - self.slots, 1)
         budget = min(budget, PROMPT_CHUNK)
@@ -276,15 +308,21 @@ class Scheduler:
                 continue
             piece, slot.to_feed = slot.to_feed[:budget], slot.to_feed[budget:]
             budget -= len(piece)
+            cells[slot.seq].extend(piece)
             for i, token in enumerate(piece):
                 last = not slot.to_feed and i == len(piece) - 1
                 entries.append((token, slot.pos, slot.seq, last))
                 slot.pos += 1
             if not slot.to_feed:
                 sampled.append((slot, len(entries) - 1))
+                prompt_ends.append((slot, len(entries) - 1))
         self._fill(entries)
         if self.api.llama_decode(self.ctx, self.batch) != 0:
             raise RuntimeError("llama_decode failed")
+        for slot, index in prompt_ends:
+            if slot.request.reuse:
+                logits = self.api.llama_get_logits_ith(self.ctx, index)
+                self.memory.remember(slot.seq, len(slot.request.prompt), logits, self.n_vocab)
         for slot, index in sampled:
             token = self.api.llama_sampler_sample(slot.sampler, self.ctx, index)
             self._emit(slot, token)
@@ -340,10 +378,11 @@ class Scheduler:
             self._finish(slot)
 
     def _finish(self, slot: _Slot) -> None:
-        """Give the slot back: clear the sequence's KV cells, free its sampler, end the request's stream."""
+        """Give the slot back (its cells stay for the next turn), free its sampler, end the request's stream."""
         if self._running.get(slot.seq) is not slot:
             return
         del self._running[slot.seq]
-        self.api.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
+        if not slot.request.reuse:
+            self.memory.forget(slot.seq)
         self.api.llama_sampler_free(slot.sampler)
         slot.request.out.put(Finished())

@@ -38,6 +38,8 @@ class ChatLlama(BaseChatModel):
     n_ctx: int = LlamaSettings.n_ctx
     n_threads: int | None = LlamaSettings.n_threads
     slots: int = LlamaSettings.slots
+    prefix_reuse: bool = LlamaSettings.prefix_reuse
+    host_cache_mb: int = LlamaSettings.host_cache_mb
     max_tokens: int = LlamaSettings.max_tokens
     temperature: float = LlamaSettings.temperature
     seed: int | None = LlamaSettings.seed
@@ -91,7 +93,8 @@ class ChatLlama(BaseChatModel):
             options["stop"] = stop
         if mode.grammar is not None:
             options["grammar"] = mode.grammar
-        pieces = self.engine.chat(to_chat_messages(messages, mode.prompt), **options)
+        chat = to_chat_messages(messages, mode.prompt)
+        pieces = self.engine.chat(chat, reuse=self.prefix_reuse, **options)
         for kind, text in split_call_or_text(pieces, mode.may_call):
             if kind == "call":
                 yield ChatGenerationChunk(message=tool_call_chunk(text))

@@ -5,11 +5,13 @@ A llama.cpp context is not thread-safe and the model is loaded once per process,
 first-come-first-served order for one of the batch's slots (kit.model.batching), and stream each token as it
 is sampled. A waiting request costs nothing but a queue entry; its client keeps receiving heartbeats from the
 kit's pump. A request whose client leaves drops out of the queue, or frees its slot at the next decode step.
+A conversation longer than a slot's context loses its oldest turns (kit.model.fit), never its system prompt.
+Engines are shared per settings (`engine_for`); `Engine.close` and `close_engines` end them.
 """
 
 from __future__ import annotations
 
-import contextlib
+import atexit
 import logging
 import os
 import threading
@@ -18,9 +20,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kit.errors import ServiceBusy
-from kit.model.batching import DEFAULT_SLOTS, TURN, Request, Scheduler, check_options
-from kit.model.settings import INSTALL_LLAMA, LlamaSettings, ModelUnavailable
+from kit.errors import ChatError, ServiceBusy
+from kit.model.batching import DEFAULT_SLOTS, Request, Scheduler, check_options
+from kit.model.fit import fit_messages
+from kit.model.settings import DEFAULT_N_CTX, INSTALL_LLAMA, LlamaSettings, ModelUnavailable
+from kit.model.slots import ReuseCounters
 from kit.pipeline.cancel import CancelToken, current_cancel
 from kit.pipeline.pump import receive
 
@@ -50,23 +54,26 @@ class Engine:
     """One llama.cpp model serving up to `slots` generations at once (continuous batching), the rest in FIFO order.
 
     `n_ctx` is each user's context (a slot); the batched context holds `slots * n_ctx` tokens. `n_threads`
-    None uses every core: measured with bench/bench_batching.py on this 2-core machine, a bare greedy loop
-    gives 128 tokens/s with 2 threads against 87 with 1 (llama.cpp's default is half the cores), and 8
-    sequences together 197 tokens/s against 117.
+    None uses every core: bench/bench_batching.py measures a bare greedy loop with 1 and 2 threads, and on 2
+    cores llama.cpp's default (half the cores) leaves a third of the speed unused. `host_cache_mb` bounds the
+    finished conversations' states kept in host memory (kit.model.slots).
     """
 
     def __init__(
         self,
         model_path: Path,
-        n_ctx: int = 2048,
+        n_ctx: int = DEFAULT_N_CTX,
         n_threads: int | None = None,
         poll_s: float = 0.02,
         slots: int = DEFAULT_SLOTS,
+        host_cache_mb: int = 0,
     ):
         self.model_path = model_path
         self.n_ctx = n_ctx
         self.n_threads = n_threads or os.cpu_count() or 1
         self.slots = slots
+        self.host_cache_mb = host_cache_mb
+        self.closed = False
         # How often a waiting consumer checks its cancel token (the token has no callbacks to wait on).
         self.poll_s = poll_s
         self._llama: Any = None
@@ -113,8 +120,13 @@ class Engine:
 
     @property
     def busy(self) -> bool:
-        """True while a generation runs (or an `exclusive` holder has the model)."""
-        return self.running > 0 or (self._scheduler is not None and self._scheduler.holding)
+        """True while a generation runs."""
+        return self.running > 0
+
+    @property
+    def reuse(self) -> ReuseCounters:
+        """What prefix reuse did so far: requests, prompt tokens reused and read, states kept in host memory."""
+        return self._scheduler.memory.counters if self._scheduler is not None else ReuseCounters()
 
     @property
     def served(self) -> int:
@@ -126,6 +138,8 @@ class Engine:
     def load(self) -> Any:
         """Load the model (once) and start its batch scheduler; later calls return the same `Llama`."""
         with self._load_lock:
+            if self.closed:
+                raise ChatError("This engine was closed: engine_for(settings) gives a new one.", 503)
             if self._llama is None:
                 try:
                     from llama_cpp import Llama
@@ -133,7 +147,7 @@ class Engine:
                 except ImportError as error:
                     raise ModelUnavailable(f"llama-cpp-python is not installed: run `{INSTALL_LLAMA}`") from error
                 log.info("loading %s (%d slots of %d tokens)", self.model_path.name, self.slots, self.n_ctx)
-                # The Llama object's own small context serves `exclusive` holders; generations use the batch.
+                # The Llama object holds the weights and the tokenizer; generations use the batched context.
                 llama = Llama(
                     model_path=str(self.model_path), n_ctx=256, n_threads=self.n_threads, flash_attn=True, verbose=False
                 )
@@ -144,7 +158,8 @@ class Engine:
                     bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
                     stop_token_ids=[eos],
                 )
-                self._scheduler = Scheduler(llama, self.slots, self.n_ctx, self.n_threads)
+                budget = self.host_cache_mb * 2**20
+                self._scheduler = Scheduler(llama, self.slots, self.n_ctx, self.n_threads, budget)
                 self._llama = llama
             return self._llama
 
@@ -156,72 +171,110 @@ class Engine:
         stops = [] if result.stop is None else [result.stop] if isinstance(result.stop, str) else list(result.stop)
         return tokens, stops
 
+    def tokenize(self, text: str) -> list[int]:
+        """The model's tokens for `text` (no special tokens, no BOS): for counting, as the tokenizer is thread-safe."""
+        return self.load().tokenize(text.encode(), add_bos=False, special=False)
+
+    def close(self) -> None:
+        """Stop the scheduler thread and free the model and its context (requests still there get an error).
+
+        The engine leaves the shared cache, so `engine_for` gives a new one afterwards.
+        """
+        with self._load_lock:
+            self.closed = True
+            scheduler, self._scheduler = self._scheduler, None
+            llama, self._llama = self._llama, None
+        if scheduler is not None:
+            scheduler.close()
+        if llama is not None:
+            llama.close()
+        with _engines_lock:
+            for key in [key for key, engine in _engines.items() if engine is self]:
+                del _engines[key]
+
     # -- generation --------------------------------------------------------------------------------
 
     def stream(
-        self, messages: Sequence[Mapping[str, str]], *, cancel: CancelToken | None = None, **options: Any
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        cancel: CancelToken | None = None,
+        reuse: bool = True,
+        **options: Any,
     ) -> Iterator[dict[str, Any]]:
         """Yield llama-cpp-python-style chat-completion chunks for `messages` once a slot is free.
 
         `messages` are chat-template dicts ({"role": "user", "content": ...}); `options` are max_tokens,
         temperature, top_p, top_k, seed, repeat_penalty, stop (list of strings) and grammar (GBNF text).
         Closing the iterator, or setting `cancel` (default: the token of the enclosing `cancel_scope`),
-        leaves the queue or frees the slot at the next decode step.
+        leaves the queue or frees the slot at the next decode step. `reuse=False` reads the whole prompt
+        from an empty sequence (reproducible whoever used the model before; see docs/engine.md).
         """
         check_options(options)
-        tokens, stops = self.prompt([dict(m) for m in messages])
+        room = min(int(options.get("max_tokens") or 256), self.n_ctx // 4)
+        fitted = fit_messages([dict(m) for m in messages], self.prompt, self.tokenize, self.n_ctx, room)
         stop = options.get("stop") or []
-        stops += [stop] if isinstance(stop, str) else list(stop)
-        request = Request(tokens, options, cancel or current_cancel() or CancelToken(), [s for s in stops if s])
+        stops = fitted.stops + ([stop] if isinstance(stop, str) else list(stop))
+        cancel = cancel or current_cancel() or CancelToken()
+        stops = [s for s in stops if s]
+        request = Request(fitted.tokens, options, cancel, stops, reuse=reuse, shift=fitted.dropped > 0)
         yield from self._run(request)
 
     def _run(self, request: Request) -> Iterator[Any]:
         scheduler = self._scheduler
-        assert scheduler is not None
+        if scheduler is None:
+            raise ChatError("This engine was closed: engine_for(settings) gives a new one.", 503)
         scheduler.submit(request)
         try:
             yield from receive(request.out, request.cancel, self.poll_s)
         finally:
             scheduler.leave(request)
 
-    @contextlib.contextmanager
-    def exclusive(self, cancel: CancelToken | None = None) -> Iterator[Any]:
-        """Wait for a turn in the same FIFO queue as generations (and for the slots to drain); hold the `Llama`.
-
-        For code that needs the model object itself (tokenize, a raw benchmark) without racing the batch:
-        llama.cpp is not thread-safe. Raises Cancelled if `cancel` is set while waiting.
-        """
-        llama = self.load()
-        request = Request([], {}, cancel or current_cancel() or CancelToken(), [], handover=threading.Event())
-        turns = self._run(request)
-        try:
-            if next(turns, None) is not TURN:
-                raise Cancelled("cancelled while waiting for the model")
-            yield llama
-        finally:
-            assert request.handover is not None
-            request.handover.set()
-            turns.close()
-
     def chat(
-        self, messages: Sequence[Mapping[str, str]], *, cancel: CancelToken | None = None, **options: Any
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        cancel: CancelToken | None = None,
+        reuse: bool = True,
+        **options: Any,
     ) -> Iterator[str]:
         """Like `stream`, but yields only the non-empty text of each chunk."""
-        for chunk in self.stream(messages, cancel=cancel, **options):
+        for chunk in self.stream(messages, cancel=cancel, reuse=reuse, **options):
             text = chunk["choices"][0]["delta"].get("content")
             if text:
                 yield text
 
 
-_engines: dict[tuple[Path, int, int | None, int], Engine] = {}
+_engines: dict[tuple[Path, int, int | None, int, int], Engine] = {}
 _engines_lock = threading.Lock()
 
 
 def engine_for(settings: LlamaSettings) -> Engine:
-    """The process-wide engine for these settings' model file, context size, threads and slots (created once)."""
-    path, n_ctx, n_threads, slots = key = (settings.resolved_path(), settings.n_ctx, settings.n_threads, settings.slots)
+    """The process-wide engine for these settings' model file, context size, threads, slots and host cache.
+
+    Created once and kept until `close_engines()` (run at exit) or its own `close()`: each engine holds a
+    copy of the model and its context, so settings that differ in these five keep several alive.
+    """
+    key = (settings.resolved_path(), settings.n_ctx, settings.n_threads, settings.slots, settings.host_cache_mb)
     with _engines_lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = _engines[key] = Engine(path, n_ctx=n_ctx, n_threads=n_threads, slots=slots)
+            path, n_ctx, n_threads, slots, host_cache_mb = key
+            engine = _engines[key] = Engine(path, n_ctx, n_threads, slots=slots, host_cache_mb=host_cache_mb)
         return engine
+
+
+def close_engines() -> int:
+    """Close every shared engine (their models and contexts are freed); returns how many were open.
+
+    >>> close_engines() >= 0
+    True
+    """
+    with _engines_lock:
+        engines = list(_engines.values())
+    for engine in engines:
+        engine.close()
+    return len(engines)
+
+
+atexit.register(close_engines)  # scheduler threads and llama.cpp contexts end before the interpreter does
