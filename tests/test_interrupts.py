@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,12 @@ from langgraph.types import interrupt
 
 from kit import create_app
 from kit.adapters.graphs import graph_source
+from kit.pipeline.cancel import current_cancel
 from kit.serving import demo
 from kit.testing.tool_model import ScriptedToolModel
 from kit.threads.ids import new_thread_id
 from kit.threads.store import ThreadStore, open_store
+from tests.helpers import wait_until
 from tests.postgres import postgres_cluster  # noqa: F401  (a fixture)
 
 
@@ -111,15 +113,19 @@ def test_edit_runs_the_edited_call_and_reject_runs_nothing(store: ThreadStore, s
     assert chat.pending() == []
 
 
+def one_node_graph(store: ThreadStore, ask: Callable[[MessagesState], dict[str, list[AIMessage]]]) -> Any:
+    graph = StateGraph(MessagesState)
+    graph.add_node("ask", ask)
+    graph.add_edge(START, "ask")
+    return graph.compile(checkpointer=store.checkpointer())
+
+
 def question_graph(store: ThreadStore) -> Any:
     def ask(state: MessagesState) -> dict[str, list[AIMessage]]:
         answer = interrupt({"question": "Which city?"})
         return {"messages": [AIMessage(f"Booked {answer}.")]}
 
-    graph = StateGraph(MessagesState)
-    graph.add_node("ask", ask)
-    graph.add_edge(START, "ask")
-    return graph.compile(checkpointer=store.checkpointer())
+    return one_node_graph(store, ask)
 
 
 def test_a_plain_interrupt_is_a_question_answered_with_text(store: ThreadStore) -> None:
@@ -131,6 +137,51 @@ def test_a_plain_interrupt_is_a_question_answered_with_text(store: ThreadStore) 
     reply = chat.resume({"interrupt_id": item["id"], "answer": "Lyon"})
     assert texts(reply.get_data(as_text=True)) == "Booked Lyon."
     assert chat.pending() == []
+
+
+TRIP_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "title": "City"},
+        "nights": {"type": "integer"},
+        "window": {"type": "boolean"},
+        "cabin": {"enum": ["economy", "business"]},
+    },
+    "required": ["city", "nights"],
+}
+
+
+def form_graph(store: ThreadStore, received: list[Any]) -> Any:
+    """A question with a JSON schema (the page shows it as a form); the node records the value it gets."""
+
+    def ask(state: MessagesState) -> dict[str, list[AIMessage]]:
+        answer = interrupt({"question": "Your trip?", "schema": TRIP_SCHEMA})
+        received.append(answer)
+        return {"messages": [AIMessage(f"Booked {answer['city']} for {answer['nights']} nights.")]}
+
+    return one_node_graph(store, ask)
+
+
+def test_a_question_with_a_schema_takes_only_a_value_that_fits_it(store: ThreadStore) -> None:
+    received: list[Any] = []
+    chat = Chat(create_app(graph_source(form_graph(store, received)), thread_store=store))
+    chat.say("book me a trip")
+    (item,) = chat.pending()
+    assert item["kind"] == "question" and item["value"]["schema"] == TRIP_SCHEMA
+    assert item["fields"] == ["city", "nights", "window", "cabin"]  # the schema's order, for the form
+    for answer, field in [
+        ({"city": "Lyon", "nights": "two"}, "nights: 'two' is not of type 'integer'"),
+        ({"city": "Lyon"}, "'nights' is a required property"),
+        ({"city": "Lyon", "nights": 2, "cabin": "first"}, "cabin: 'first' is not one of"),
+        ("Lyon", "is not of type 'object'"),
+    ]:
+        refused = chat.resume({"interrupt_id": item["id"], "answer": answer})
+        assert refused.status_code == 400 and field in refused.json["error"], refused.json
+        assert chat.pending() == [item] and received == []  # nothing claimed, nothing ran
+    good = {"city": "Lyon", "nights": 2, "window": True, "cabin": "business"}
+    reply = chat.resume({"interrupt_id": item["id"], "answer": good})
+    assert texts(reply.get_data(as_text=True)) == "Booked Lyon for 2 nights."
+    assert received == [good] and chat.pending() == []
 
 
 @pytest.mark.parametrize(
@@ -199,3 +250,40 @@ def test_a_source_without_a_checkpointer_has_no_interrupts(tmp_path: Path) -> No
     assert chat.pending() == []
     refused = chat.resume({"interrupt_id": "0" * 32, "answer": "x"})
     assert refused.status_code == 404 and "no interrupts" in refused.json["error"]
+
+
+def test_stop_during_a_resumed_continuation_cancels_the_graph(tmp_path: Path, serve) -> None:  # type: ignore[no-untyped-def]
+    store = open_store(tmp_path / "t.sqlite")
+    resumed, seen = threading.Event(), []
+
+    def ask(state: MessagesState) -> dict[str, list[AIMessage]]:
+        interrupt({"question": "Go?"})
+        resumed.set()
+        token = current_cancel()  # the resume route's token, carried into the node by the kit
+        seen.append(token is not None and token.wait(20))  # True: Stop reached the node
+        return {"messages": [AIMessage("Too late.")]}
+
+    server = serve(create_app(graph_source(one_node_graph(store, ask)), thread_store=store, heartbeat_s=1.0))
+    headers = {"X-Kit-Thread-Id": new_thread_id()}
+    httpx.post(server.url + "chat-stream", json={"messages": [{"role": "user", "text": "go"}]}, headers=headers)
+    (item,) = httpx.get(server.url + f"threads/{headers['X-Kit-Thread-Id']}/interrupts").json()
+    replies: list[httpx.Response] = []
+    stream_id = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
+    resume = threading.Thread(
+        target=lambda: replies.append(
+            httpx.post(
+                server.url + "chat-stream/resume",
+                json={"interrupt_id": item["id"], "answer": "yes"},
+                headers={**headers, "X-Kit-Stream-Id": stream_id},
+                timeout=30,
+            )
+        )
+    )
+    resume.start()
+    assert resumed.wait(10), "the continuation did not start"
+    stop = server.url + "chat-stream/stop"
+    assert wait_until(lambda: httpx.post(stop, content=stream_id).json() == {"stopped": True}, timeout=5)
+    resume.join(timeout=10)
+    assert wait_until(lambda: seen == [True], timeout=5), seen  # the node woke on the cancel, not the 20 s timeout
+    (reply,) = replies
+    assert reply.status_code == 200 and "Too late." not in texts(reply.text)

@@ -1,5 +1,6 @@
 """Approval cards in Debian's chromium, on the kit's own page and the real Deep Chat bundle: approve, edit,
-reject, a free-text answer, a double click that resumes once, a reload with a pending card, two tabs."""
+reject, a free-text answer, a form for a question with a JSON schema, a double click that resumes once, a reload
+with a pending card, two tabs."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from kit.testing.tool_model import ScriptedToolModel
 from kit.threads.store import open_store
 from tests.helpers import wait_until
 from tests.test_browser import send
-from tests.test_interrupts import email_call, question_graph
+from tests.test_interrupts import email_call, form_graph, question_graph
 
 EMAIL = {"to": "bob", "subject": "Lunch", "body": "Noon?"}
 
@@ -107,6 +108,30 @@ def test_a_question_is_answered_in_the_input_box(serve, tmp_path: Path) -> None:
         send(page, "Lyon")
         assert wait_until(lambda: ai_texts(page)[-1:] == ["Booked Lyon."], timeout=15), ai_texts(page)
         assert cards(page) == []
+
+
+def test_a_question_with_a_schema_is_a_form_whose_value_resumes_the_run(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store = open_store(tmp_path / "t.sqlite")
+    received: list[Any] = []
+    server = serve(create_app(graph_source(form_graph(store, received)), thread_store=store))
+    with chromium_page() as page:
+        open_chat(page, server.url)
+        send(page, "book me a trip")
+        assert wait_until(lambda: cards(page) != [], timeout=15)
+        labels = page.locator(".kit-field-label").all_inner_texts()
+        assert [label.split("\n")[0].strip() for label in labels] == ["City", "nights", "window", "cabin"]
+        assert "form above" in placeholder(page)
+        page.locator("input[name=nights]").fill("2")  # the city left empty: the server refuses the form
+        page.locator(".kit-submit").click()
+        assert wait_until(lambda: "'city' is a required property" in " ".join(ai_texts(page)), timeout=15)
+        assert wait_until(lambda: cards(page) != [], timeout=10) and received == []  # refused, still pending
+        page.locator("input[name=city]").fill("Lyon")  # the card came back as a fresh form
+        page.locator("input[name=nights]").fill("2")
+        page.locator("input[name=window]").check()
+        page.locator("select[name=cabin]").select_option(label="business")
+        page.locator(".kit-submit").click()
+        assert wait_until(lambda: ai_texts(page)[-1:] == ["Booked Lyon for 2 nights."], timeout=15), ai_texts(page)
+        assert received == [{"city": "Lyon", "nights": 2, "window": True, "cabin": "business"}] and cards(page) == []
 
 
 def test_a_pending_card_comes_back_after_a_reload_and_in_a_second_tab_that_cannot_resume_twice(

@@ -68,7 +68,11 @@ def describe(interrupt_id: str, value: Any, tools: dict[str, Any]) -> Pending:
             for action in value["action_requests"]
         ]
         return {"id": interrupt_id, "kind": "tool_calls", "actions": actions}
-    return {"id": interrupt_id, "kind": "question", "value": json.loads(json.dumps(value, default=str))}
+    question = {"id": interrupt_id, "kind": "question", "value": json.loads(json.dumps(value, default=str))}
+    schema = answer_schema(value)
+    if schema is not None and isinstance(schema.get("properties"), dict):
+        question["fields"] = list(schema["properties"])  # the form's order: the JSON response sorts object keys
+    return question
 
 
 def _is_hitl_request(value: Any) -> bool:
@@ -100,6 +104,9 @@ def resume_value(pending: Pending, body: dict[str, Any], tools: dict[str, Any]) 
     if pending["kind"] == "question":
         if "answer" not in body:
             raise BadDecision('a question is answered with {"interrupt_id": ..., "answer": ...}')
+        schema = answer_schema(pending["value"])
+        if schema is not None:
+            check_answer(body["answer"], schema)
         return body["answer"]
     decisions = body.get("decisions")
     actions = pending["actions"]
@@ -141,3 +148,71 @@ def _validate_args(name: str, args: dict[str, Any], tool: Any) -> None:
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}" for e in error.errors())
         raise BadDecision(f"the edited arguments do not fit {name}: {problems}") from None
+
+
+JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "number": (int, float),
+    "integer": (int,),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+}
+
+
+def answer_schema(value: Any) -> dict[str, Any] | None:
+    """The JSON schema a question's answer must fit: the `schema` key of an `interrupt({...})` value, if any.
+
+    >>> answer_schema({"question": "Where?", "schema": {"type": "object"}})
+    {'type': 'object'}
+    >>> answer_schema("Where?") is None
+    True
+    """
+    schema = value.get("schema") if isinstance(value, dict) else None
+    return schema if isinstance(schema, dict) else None
+
+
+def check_answer(answer: Any, schema: dict[str, Any]) -> None:
+    """BadDecision (400) naming the fields when the answer does not fit the schema; with the `jsonschema`
+    package where it is installed, else a check of the type and presence of the listed properties.
+
+    >>> check_answer({"city": "Lyon"}, {"type": "object", "properties": {"city": {"type": "string"}}})
+    >>> check_answer({"n": "two"}, {"type": "object", "properties": {"n": {"type": "integer"}}})
+    Traceback (most recent call last):
+    kit.adapters.interrupts.BadDecision: the answer does not fit the schema: n: 'two' is not of type 'integer'
+    """
+    try:
+        import jsonschema
+    except ImportError:  # not a dependency of the kit: a smaller check of the form's own fields
+        problems = basic_problems(answer, schema)
+    else:
+        validator = jsonschema.validators.validator_for(schema)(schema)
+        errors = sorted(validator.iter_errors(answer), key=lambda error: list(error.absolute_path))
+        problems = [f"{'.'.join(map(str, e.absolute_path)) or 'answer'}: {e.message}" for e in errors]
+    if problems:
+        raise BadDecision(f"the answer does not fit the schema: {'; '.join(problems)}")
+
+
+def basic_problems(answer: Any, schema: dict[str, Any]) -> list[str]:
+    """What is wrong with an object answer, checked by hand: required properties, types and enums.
+
+    >>> schema = {"properties": {"n": {"type": "integer"}, "ok": {"type": "boolean"}}, "required": ["ok"]}
+    >>> basic_problems({"n": True}, schema)
+    ["ok: 'ok' is a required property", "n: True is not of type 'integer'"]
+    """
+    if not isinstance(answer, dict):
+        return [f"answer: {answer!r} is not of type 'object'"]
+    properties = schema.get("properties", {})
+    problems = [f"{name}: {name!r} is a required property" for name in schema.get("required", []) if name not in answer]
+    for name, rule in properties.items():
+        if name not in answer or not isinstance(rule, dict):
+            continue
+        value, kind = answer[name], rule.get("type")
+        bad_type = kind in JSON_TYPES and (
+            not isinstance(value, JSON_TYPES[kind]) or (isinstance(value, bool) and kind != "boolean")
+        )
+        if bad_type or ("enum" in rule and value not in rule["enum"]):
+            problems.append(
+                f"{name}: {value!r} is not " + (f"of type {kind!r}" if bad_type else f"one of {rule['enum']}")
+            )
+    return problems

@@ -29,6 +29,9 @@ textarea.kit-card-args { width: 100%; box-sizing: border-box; min-height: 5em; b
 .kit-card button:disabled { opacity: .5; cursor: default; }
 .kit-card-error { color: #cf222e; white-space: pre-wrap; }
 .kit-card-done { color: #555; font-style: italic; }
+.kit-field-label { display: block; margin: 6px 0 0; font-size: 13px; color: #333; overflow-wrap: anywhere; }
+.kit-card .kit-field[type="checkbox"] { width: auto; margin-left: 8px; }
+.kit-card select.kit-field { display: block; width: 100%; margin: 4px 0; padding: 4px 6px; font: inherit; }
 `;
 
 function element(tag, className, text) {
@@ -63,7 +66,7 @@ function shown(value) {
 }
 
 function disableCard(card) {
-  card.querySelectorAll("button, input, textarea").forEach((node) => { node.disabled = true; });
+  card.querySelectorAll("button, input, textarea, select").forEach((node) => { node.disabled = true; });
 }
 
 // One tool call: its name, description and arguments, and a button per decision the request allows.
@@ -141,8 +144,71 @@ function questionCard(item) {
   card.dataset.interrupt = item.id;
   card.append(element("div", "kit-card-title", "The assistant asks"));
   const value = item.value && typeof item.value === "object" && "question" in item.value ? item.value.question : item.value;
-  card.append(element("div", "kit-card-question", shown(value)), element("div", "kit-card-done", "Answer in the box below."));
+  card.append(element("div", "kit-card-question", shown(value)));
+  const schema = formSchema(item.value);
+  if (schema) card.append(answerForm(item, schema, card));
+  else card.append(element("div", "kit-card-done", "Answer in the box below."));
   return card;
+}
+
+// interrupt({"question": ..., "schema": {"type": "object", "properties": {...}}}): a form, one field per property.
+function formSchema(value) {
+  const schema = value && typeof value === "object" ? value.schema : null;
+  const ok = schema && typeof schema === "object" && schema.properties && typeof schema.properties === "object";
+  return ok ? schema : null;
+}
+
+function field(name, rule) {
+  let input;
+  if (Array.isArray(rule.enum)) {
+    input = element("select", "kit-field");
+    rule.enum.forEach((option, index) => {
+      const node = element("option", "", shown(option)); // an enum's values are the model's too: text only
+      node.value = String(index);
+      input.append(node);
+    });
+    input.kitValue = () => rule.enum[Number(input.value)];
+  } else if (rule.type === "boolean") {
+    input = element("input", "kit-field");
+    input.type = "checkbox";
+    input.kitValue = () => input.checked;
+  } else {
+    input = element("input", "kit-field");
+    const numeric = rule.type === "number" || rule.type === "integer";
+    input.type = numeric ? "number" : "text";
+    if (rule.type === "integer") input.step = "1";
+    input.kitValue = () => (input.value === "" ? undefined : numeric ? Number(input.value) : input.value);
+  }
+  input.name = name;
+  const label = element("label", "kit-field-label", rule.title || name);
+  label.append(input);
+  return label;
+}
+
+function answerForm(item, schema, card) {
+  const form = element("form", "kit-form");
+  const names = Array.isArray(item.fields) ? item.fields : Object.keys(schema.properties); // the schema's order
+  const inputs = names.map((name) => {
+    const rule = schema.properties[name];
+    const label = field(name, rule && typeof rule === "object" ? rule : {});
+    form.append(label);
+    return [name, label.querySelector(".kit-field")];
+  });
+  const submit = element("button", "kit-approve kit-submit", "Submit");
+  submit.type = "submit";
+  form.append(submit);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const answer = {};
+    for (const [name, input] of inputs) {
+      const value = input.kitValue();
+      if (value !== undefined) answer[name] = value; // left empty: the server names it if it is required
+    }
+    disableCard(card);
+    queued = { interrupt_id: item.id, answer };
+    chat.submitUserMessage({ text: JSON.stringify(answer) });
+  });
+  return form;
 }
 
 function setPlaceholder(text) {
@@ -160,7 +226,8 @@ function render() {
     else node.append(questionCard(item));
   }
   const question = pending.find((item) => item.kind === "question");
-  if (question) setPlaceholder("Type your answer to the question above");
+  if (question && formSchema(question.value)) setPlaceholder("Fill in the form above and press Submit");
+  else if (question) setPlaceholder("Type your answer to the question above");
   else if (pending.length) setPlaceholder("Waiting for your decision on the card above (a message here rejects it)");
   else setPlaceholder(null);
   window.kitInterrupts.shown = pending.length;
