@@ -278,7 +278,8 @@ HOSTILE_QUESTION = "<a href=\"javascript:alert('q')\" id=pwn>answer here</a><svg
 
 
 def hostile_interrupts_graph(saver: object) -> object:
-    """Two branches that stop at once: a HITL-shaped request with hostile fields, and a hostile question."""
+    """Three branches that stop at once: a HITL-shaped request with hostile fields, a hostile question, and a
+    question whose form has hostile labels and options."""
     from langgraph.graph import START, MessagesState, StateGraph
     from langgraph.types import interrupt
 
@@ -296,11 +297,15 @@ def hostile_interrupts_graph(saver: object) -> object:
         interrupt(HOSTILE_QUESTION)
         return {"messages": []}
 
+    def form(state: MessagesState) -> dict[str, list[object]]:
+        fields = {HOSTILE_NAME: {"type": "string", "title": HOSTILE_QUESTION}, "pick": {"enum": [HOSTILE_NAME]}}
+        interrupt({"question": HOSTILE_QUESTION, "schema": {"type": "object", "properties": fields}})
+        return {"messages": []}
+
     graph = StateGraph(MessagesState)
-    graph.add_node("review", review)
-    graph.add_node("ask", ask)
-    graph.add_edge(START, "review")
-    graph.add_edge(START, "ask")
+    for name, node in [("review", review), ("ask", ask), ("form", form)]:
+        graph.add_node(name, node)
+        graph.add_edge(START, name)
     return graph.compile(checkpointer=saver)
 
 
@@ -314,11 +319,12 @@ def test_hostile_approval_cards_show_text_and_execute_nothing(serve, tmp_path) -
     server = serve(without_csp(create_app(graph_source(graph), thread_store=tmp_path / "t.sqlite")))
     with chromium_page() as page:
         dialogs = chat_watching_dialogs(page, server.url, "go")
-        page.locator("#kit-interrupts .kit-card").nth(1).wait_for()
+        page.locator("#kit-interrupts .kit-card").nth(2).wait_for()
         panel = page.locator("#kit-interrupts")
         assert panel.locator("img, script, a, svg").count() == 0
         text = panel.inner_text()
-        assert HOSTILE_NAME in text and "<script>alert('key')</script>" in text and text.count(HOSTILE_QUESTION) == 2
+        assert HOSTILE_NAME in text and "<script>alert('key')</script>" in text and text.count(HOSTILE_QUESTION) == 4
+        assert panel.locator("select option").all_inner_texts() == [HOSTILE_NAME]  # an enum's value, as text
         page.locator("#kit-interrupts .kit-card-tool").click()
         time.sleep(0.3)
         assert page.evaluate("() => window.__pwned ?? null") is None and dialogs == []
