@@ -587,7 +587,8 @@ def test_100_concurrent_async_streams_with_random_stops_leak_nothing(worker_clas
     # A Stop may come after the source has read the whole answer (a loaded machine delays the client): the reply
     # is then whole. Otherwise the source was cancelled, and only a cancelled source leaves the peer midway.
     assert all(PEER_ANSWER.startswith(outcome.text) for outcome in stopped) and len(stopped) > STREAMS // 4
-    assert final["started"] == STREAMS + 2  # the load and the two warm-ups
+    # The two warm-ups and every finished stream started; a stream stopped before its source was called did not.
+    assert len(finished) + 2 <= final["started"] <= STREAMS + 2
     assert 0 < final["cancelled"] <= len(stopped)  # only Stops cancel
     # The sockets back to their count prove that cancelled sources closed their connections; the peer sees
     # them close midway only when it was still writing (a loaded machine lets it finish into socket buffers).
