@@ -287,3 +287,76 @@ def test_stop_during_a_resumed_continuation_cancels_the_graph(tmp_path: Path, se
     assert wait_until(lambda: seen == [True], timeout=5), seen  # the node woke on the cancel, not the 20 s timeout
     (reply,) = replies
     assert reply.status_code == 200 and "Too late." not in texts(reply.text)
+
+
+def per_call_agent(store: ThreadStore, allowed: list[Any]) -> Flask:
+    """The demo's send_email behind the middleware's `per_call` mode: an interrupt per tool call, answered by one
+    decision, with the decisions it allows in the interrupt's response schema."""
+    from langchain.agents import create_agent
+    from langchain.agents.middleware import HumanInTheLoopMiddleware
+
+    asked = {"send_email": {"allowed_decisions": allowed}}
+    gate = HumanInTheLoopMiddleware(interrupt_on=asked, interrupt_mode="per_call")
+    model = ScriptedToolModel(tool_call_for=email_call)
+    agent = create_agent(model, tools=[demo.send_email], middleware=[gate], checkpointer=store.checkpointer())
+    return create_app(graph_source(agent, steps_role="steps"), thread_store=store)
+
+
+def test_per_call_approvals_are_cards_too_and_respond_answers_for_the_tool(store: ThreadStore, sent: list[Any]) -> None:
+    chat = Chat(per_call_agent(store, ["approve", "respond"]))
+    assert texts(chat.say("bob")).endswith("Waiting for your decision.")
+    (item,) = chat.pending()
+    assert item["kind"] == "tool_calls" and item["per_call"] is True
+    (action,) = item["actions"]
+    assert action["name"] == "send_email" and action["args"]["to"] == "bob"
+    assert action["allowed_decisions"] == ["approve", "respond"]  # read from the interrupt's response schema
+    refused = chat.resume({"interrupt_id": item["id"], "decisions": [{"type": "reject"}]})
+    assert refused.status_code == 400 and "allows approve, respond, not 'reject'" in refused.json["error"]
+    empty = chat.resume({"interrupt_id": item["id"], "decisions": [{"type": "respond", "message": ""}]})
+    assert empty.status_code == 400 and chat.pending() == [item]
+    answered = {"type": "respond", "message": "Bob is on holiday, mail him next week."}
+    reply = chat.resume({"interrupt_id": item["id"], "decisions": [answered]})
+    assert texts(reply.get_data(as_text=True)).endswith("Done: Bob is on holiday, mail him next week.")
+    assert sent == [] and chat.pending() == []  # the person answered for the tool: it never ran
+
+    chat.say("carol")
+    (item,) = chat.pending()
+    reply = chat.resume({"interrupt_id": item["id"], "decisions": [{"type": "approve"}]})
+    assert texts(reply.get_data(as_text=True)).endswith("Done: Email to carol sent: Lunch")
+    assert sent == [{"to": "carol", "subject": "Lunch", "body": "Noon?"}]
+
+
+def test_a_response_schema_makes_the_question_a_typed_one(store: ThreadStore) -> None:
+    """LangGraph's own `interrupt(value, response_schema=...)`: the schema comes with the question, a typed
+    answer from the input box is read as its type, and one that does not fit is a 400 before LangGraph sees it."""
+    received: list[Any] = []
+
+    def ask(state: MessagesState) -> dict[str, list[AIMessage]]:
+        nights = interrupt("How many nights?", response_schema={"type": "integer", "minimum": 1})
+        received.append(nights)
+        return {"messages": [AIMessage(f"{nights} nights booked.")]}
+
+    chat = Chat(create_app(graph_source(one_node_graph(store, ask)), thread_store=store))
+    chat.say("book")
+    (item,) = chat.pending()
+    assert item["value"] == "How many nights?" and item["schema"]["type"] == "integer"
+    for answer in ("two", "0", 2.5):
+        refused = chat.resume({"interrupt_id": item["id"], "answer": answer})
+        assert refused.status_code == 400 and "answer:" in refused.json["error"], refused.json
+    assert chat.pending() == [item] and received == []
+    reply = chat.resume({"interrupt_id": item["id"], "answer": " 3 "})
+    assert texts(reply.get_data(as_text=True)) == "3 nights booked." and received == [3]
+
+
+def test_a_reload_while_waiting_shows_the_waiting_bubble(store: ThreadStore, sent: list[Any]) -> None:
+    chat = Chat(agent_app(store))
+    chat.say("bob")
+    thread = chat.headers["X-Kit-Thread-Id"]
+    bubbles = chat.client.get(f"/threads/{thread}/messages").json
+    assert bubbles[0] == {"role": "user", "text": "bob"}
+    assert bubbles[-1]["text"] == "Waiting for your decision."
+    (item,) = chat.pending()
+    chat.resume({"interrupt_id": item["id"], "decisions": [{"type": "approve"}]}).get_data()
+    after = chat.client.get(f"/threads/{thread}/messages").json
+    assert all(bubble["text"] != "Waiting for your decision." for bubble in after)
+    assert after[-1]["text"].endswith("Done: Email to bob sent: Lunch")

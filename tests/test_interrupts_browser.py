@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.messages import AIMessage
+from langgraph.graph import MessagesState
+from langgraph.types import interrupt
 
 from kit import create_app
 from kit.adapters.graphs import graph_source
@@ -18,7 +21,7 @@ from kit.testing.tool_model import ScriptedToolModel
 from kit.threads.store import open_store
 from tests.helpers import wait_until
 from tests.test_browser import send
-from tests.test_interrupts import email_call, form_graph, question_graph
+from tests.test_interrupts import email_call, form_graph, one_node_graph, per_call_agent, question_graph
 
 EMAIL = {"to": "bob", "subject": "Lunch", "body": "Noon?"}
 
@@ -141,6 +144,7 @@ def test_a_pending_card_comes_back_after_a_reload_and_in_a_second_tab_that_canno
         ask_for_email(first, agent_url)
         first.reload()
         assert wait_until(lambda: len(cards(first)) == 1, timeout=10)
+        assert wait_until(lambda: ai_texts(first)[-1:] == ["Waiting for your decision."])  # the bubble too
         second = first.context.new_page()
         open_chat(second, agent_url)
         assert wait_until(lambda: cards(second) == cards(first), timeout=10)
@@ -150,3 +154,35 @@ def test_a_pending_card_comes_back_after_a_reload_and_in_a_second_tab_that_canno
         assert wait_until(lambda: "already made" in " ".join(ai_texts(second)), timeout=15), ai_texts(second)
         assert wait_until(lambda: cards(second) == [])
         assert sent == [EMAIL]
+
+
+def test_a_per_call_card_can_be_answered_in_the_tools_place(serve, tmp_path: Path, sent: list[Any]) -> None:  # type: ignore[no-untyped-def]
+    server = serve(per_call_agent(open_store(tmp_path / "t.sqlite"), ["approve", "reject", "respond"]))
+    with chromium_page() as page:
+        ask_for_email(page, server.url)
+        assert page.locator(".kit-card-buttons button").all_inner_texts() == ["Approve", "Reject", "Answer instead"]
+        page.locator(".kit-respond").click()
+        page.locator(".kit-send-answer").click()  # empty: the card says so and sends nothing
+        assert "Write the answer first" in page.locator(".kit-card-error").inner_text()
+        page.locator(".kit-tool-answer").fill("Bob is away")
+        page.locator(".kit-send-answer").click()
+        assert wait_until(lambda: ai_texts(page)[-1:] == ["Done: Bob is away"], timeout=15), ai_texts(page)
+        assert sent == [] and cards(page) == []  # the tool never ran
+
+
+def test_a_typed_question_is_a_one_field_form(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    def ask(state: MessagesState) -> dict[str, list[AIMessage]]:
+        nights = interrupt("How many nights?", response_schema={"type": "integer", "minimum": 1})
+        return {"messages": [AIMessage(f"{nights + 1} days.")]}  # arithmetic: the answer came as a number
+
+    store = open_store(tmp_path / "t.sqlite")
+    server = serve(create_app(graph_source(one_node_graph(store, ask)), thread_store=store))
+    with chromium_page() as page:
+        open_chat(page, server.url)
+        send(page, "book")
+        assert wait_until(lambda: cards(page) != [], timeout=15)
+        assert page.locator("input[name=answer]").get_attribute("type") == "number"
+        page.locator("input[name=answer]").fill("3")
+        page.locator(".kit-submit").click()
+        assert wait_until(lambda: ai_texts(page)[-1:] == ["4 days."], timeout=15), ai_texts(page)
+        assert page.locator(".user-message-text").all_inner_texts()[-1] == "3"

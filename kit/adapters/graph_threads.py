@@ -86,6 +86,11 @@ def checkpoint_errors() -> Iterator[None]:
         raise StoreDown("the conversation store is unavailable right now; please try again shortly") from None
 
 
+WAITING_ROLE = "approval"
+WAITING_TEXT = "Waiting for your decision."
+"""The bubble a reply ends with when the graph stopped at an interrupt: the page shows the decision to make."""
+
+
 def checkpoint_messages(graph: Pregel, thread_id: str, feed: Feed) -> list[Message]:
     """The thread's messages as Deep Chat bubbles, laid out as they streamed: the user's, the answers, and (when
     `feed` gives them a role) tool calls and results in steps bubbles. [] for a thread never seen."""
@@ -101,4 +106,6 @@ def checkpoint_messages(graph: Pregel, thread_id: str, feed: Feed) -> list[Messa
             continue
         for role, text in feed(message, {}):
             reply.add(text, role)
+    if state.interrupts:  # as the reply that stopped ended: a reload shows the same bubble above the cards
+        reply.add(WAITING_TEXT, WAITING_ROLE)
     return bubbles + reply.messages()

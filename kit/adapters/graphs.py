@@ -27,7 +27,7 @@ from langgraph.pregel import Pregel
 
 from kit.adapters.admission import admit_models, released
 from kit.adapters.events import with_roles
-from kit.adapters.graph_threads import GraphRun, checkpoint_messages, keeps_messages
+from kit.adapters.graph_threads import WAITING_ROLE, WAITING_TEXT, GraphRun, checkpoint_messages, keeps_messages
 from kit.adapters.inputs import InputMapper, input_for_keys, to_messages
 from kit.adapters.runnables import async_only_parts
 from kit.errors import ChatError
@@ -39,9 +39,6 @@ from kit.pipeline.shapes import read_thinking
 from kit.pipeline.sources import ANSWER_ROLE, THINKING_ROLE, Message
 
 _DONE = object()
-WAITING_ROLE = "approval"
-WAITING_TEXT = "Waiting for your decision."
-"""The bubble a reply ends with when the graph stopped at an interrupt: the page shows the decision to make."""
 ANSWER_KEYS = ("answer", "output", "response", "result", "text", "content")
 
 

@@ -42,11 +42,15 @@ def pending_interrupts(graph: Pregel, thread_id: str) -> list[Pending]:
     with checkpoint_errors():
         state = graph.get_state({"configurable": {"thread_id": thread_id}})
     tools = tools_of(graph)
-    return [describe(item.id, item.value, tools) for item in state.interrupts]
+    return [describe(item.id, item.value, tools, getattr(item, "response_schema", None)) for item in state.interrupts]
 
 
-def describe(interrupt_id: str, value: Any, tools: dict[str, Any]) -> Pending:
-    """An interrupt's value as the page shows it: tool calls to review, or a question.
+def describe(
+    interrupt_id: str, value: Any, tools: dict[str, Any], response_schema: dict[str, Any] | None = None
+) -> Pending:
+    """An interrupt's value as the page shows it: tool calls to review (`HumanInTheLoopMiddleware`, batched or
+    per call), or a question, with the JSON schema its answer must fit where the graph gave one
+    (`interrupt(value, response_schema=...)`, or a `schema` key in the value).
 
     >>> describe("i1", "Your name?", {})
     {'id': 'i1', 'kind': 'question', 'value': 'Your name?'}
@@ -68,15 +72,57 @@ def describe(interrupt_id: str, value: Any, tools: dict[str, Any]) -> Pending:
             for action in value["action_requests"]
         ]
         return {"id": interrupt_id, "kind": "tool_calls", "actions": actions}
+    if _is_tool_approval(value):  # per_call mode: one interrupt per gated tool call, answered by one decision
+        action = {
+            "name": value["name"],
+            "args": value.get("args", {}),
+            "description": value.get("description", ""),
+            "allowed_decisions": decision_types(response_schema),
+            "args_schema": _args_schema(tools.get(value["name"])),
+        }
+        return {"id": interrupt_id, "kind": "tool_calls", "per_call": True, "actions": [action]}
     question = {"id": interrupt_id, "kind": "question", "value": json.loads(json.dumps(value, default=str))}
-    schema = answer_schema(value)
-    if schema is not None and isinstance(schema.get("properties"), dict):
-        question["fields"] = list(schema["properties"])  # the form's order: the JSON response sorts object keys
+    schema = response_schema if isinstance(response_schema, dict) else answer_schema(value)
+    if schema is not None:
+        question["schema"] = schema
+        if isinstance(schema.get("properties"), dict):
+            question["fields"] = list(schema["properties"])  # the form's order: the JSON response sorts object keys
     return question
 
 
 def _is_hitl_request(value: Any) -> bool:
     return isinstance(value, dict) and isinstance(value.get("action_requests"), list) and "review_configs" in value
+
+
+def _is_tool_approval(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("type") == "tool_approval" and isinstance(value.get("name"), str)
+
+
+ALL_DECISIONS = ["approve", "edit", "reject", "respond"]
+
+
+def decision_types(response_schema: Any) -> list[str]:
+    """The decisions a per-call approval allows, read from its response schema: the `type` constant of each
+    member of the union (or of the one object schema when a single decision is allowed).
+
+    >>> decision_types({"properties": {"type": {"const": "approve"}}})
+    ['approve']
+    >>> decision_types({"oneOf": [{"$ref": "#/$defs/A"}, {"$ref": "#/$defs/R"}], "$defs": {
+    ...     "A": {"properties": {"type": {"const": "approve"}}}, "R": {"properties": {"type": {"const": "reject"}}}}})
+    ['approve', 'reject']
+    """
+    if not isinstance(response_schema, dict):
+        return list(ALL_DECISIONS)  # no schema to read: the middleware's own check has the last word
+    definitions = response_schema.get("$defs", {})
+    members = response_schema.get("oneOf") or response_schema.get("anyOf") or [response_schema]
+    found = []
+    for member in members:
+        if isinstance(member, dict) and "$ref" in member:
+            member = definitions.get(str(member["$ref"]).rsplit("/", 1)[-1], {})
+        kind = ((member.get("properties") or {}).get("type") or {}).get("const") if isinstance(member, dict) else None
+        if kind in ALL_DECISIONS:
+            found.append(kind)
+    return found or list(ALL_DECISIONS)
 
 
 def _args_schema(tool: Any) -> dict[str, Any] | None:
@@ -104,16 +150,18 @@ def resume_value(pending: Pending, body: dict[str, Any], tools: dict[str, Any]) 
     if pending["kind"] == "question":
         if "answer" not in body:
             raise BadDecision('a question is answered with {"interrupt_id": ..., "answer": ...}')
-        schema = answer_schema(pending["value"])
-        if schema is not None:
-            check_answer(body["answer"], schema)
-        return body["answer"]
+        schema = pending.get("schema")
+        if schema is None:
+            return body["answer"]
+        answer = typed_answer(body["answer"], schema)
+        check_answer(answer, schema)
+        return answer
     decisions = body.get("decisions")
     actions = pending["actions"]
     if not isinstance(decisions, list) or len(decisions) != len(actions):
         raise BadDecision(f'"decisions" must be a list of {len(actions)} decision(s), one per tool call, in order')
-    pairs = zip(decisions, actions, strict=True)
-    return {"decisions": [_checked(decision, action, tools) for decision, action in pairs]}
+    checked = [_checked(decision, action, tools) for decision, action in zip(decisions, actions, strict=True)]
+    return checked[0] if pending.get("per_call") else {"decisions": checked}
 
 
 def _checked(decision: Any, action: dict[str, Any], tools: dict[str, Any]) -> dict[str, Any]:
@@ -172,6 +220,21 @@ def answer_schema(value: Any) -> dict[str, Any] | None:
     return schema if isinstance(schema, dict) else None
 
 
+def typed_answer(answer: Any, schema: dict[str, Any]) -> Any:
+    """A typed answer to a question whose schema wants a number or a yes/no: the text from the input box read as
+    JSON (`"42"` is 42, `"true"` is True); any other answer as it came.
+
+    >>> typed_answer("42", {"type": "integer"}), typed_answer("42", {"type": "string"})
+    (42, '42')
+    """
+    if isinstance(answer, str) and schema.get("type") in ("integer", "number", "boolean", "null"):
+        try:
+            return json.loads(answer.strip())
+        except ValueError:
+            return answer  # the schema check names what is wrong
+    return answer
+
+
 def check_answer(answer: Any, schema: dict[str, Any]) -> None:
     """BadDecision (400) naming the fields when the answer does not fit the schema; with the `jsonschema`
     package where it is installed, else a check of the type and presence of the listed properties.
@@ -194,25 +257,31 @@ def check_answer(answer: Any, schema: dict[str, Any]) -> None:
 
 
 def basic_problems(answer: Any, schema: dict[str, Any]) -> list[str]:
-    """What is wrong with an object answer, checked by hand: required properties, types and enums.
+    """What is wrong with an answer, checked by hand: for an object its required properties, then each
+    property's type and enum; for a plain value its own type and enum.
 
     >>> schema = {"properties": {"n": {"type": "integer"}, "ok": {"type": "boolean"}}, "required": ["ok"]}
     >>> basic_problems({"n": True}, schema)
     ["ok: 'ok' is a required property", "n: True is not of type 'integer'"]
+    >>> basic_problems("old", {"type": "integer"})
+    ["answer: 'old' is not of type 'integer'"]
     """
+    if "properties" not in schema and schema.get("type") != "object":
+        return _value_problems("answer", answer, schema)
     if not isinstance(answer, dict):
         return [f"answer: {answer!r} is not of type 'object'"]
-    properties = schema.get("properties", {})
     problems = [f"{name}: {name!r} is a required property" for name in schema.get("required", []) if name not in answer]
-    for name, rule in properties.items():
-        if name not in answer or not isinstance(rule, dict):
-            continue
-        value, kind = answer[name], rule.get("type")
-        bad_type = kind in JSON_TYPES and (
-            not isinstance(value, JSON_TYPES[kind]) or (isinstance(value, bool) and kind != "boolean")
-        )
-        if bad_type or ("enum" in rule and value not in rule["enum"]):
-            problems.append(
-                f"{name}: {value!r} is not " + (f"of type {kind!r}" if bad_type else f"one of {rule['enum']}")
-            )
+    for name, rule in schema.get("properties", {}).items():
+        if name in answer and isinstance(rule, dict):
+            problems += _value_problems(name, answer[name], rule)
     return problems
+
+
+def _value_problems(name: str, value: Any, rule: dict[str, Any]) -> list[str]:
+    kind = rule.get("type")
+    wrong_bool = isinstance(value, bool) and kind != "boolean"  # True is an int to Python, not to JSON
+    if kind in JSON_TYPES and (not isinstance(value, JSON_TYPES[kind]) or wrong_bool):
+        return [f"{name}: {value!r} is not of type {kind!r}"]
+    if "enum" in rule and value not in rule["enum"]:
+        return [f"{name}: {value!r} is not one of {rule['enum']}"]
+    return []

@@ -91,6 +91,9 @@ function toolCard(item, action, index) {
   }
   if (allowed.includes("edit")) buttons.append(button("Edit", "kit-edit", () => editArgs(card, action, decide)));
   if (allowed.includes("reject")) buttons.append(button("Reject", "kit-reject", () => askReason(card, decide)));
+  if (allowed.includes("respond")) {
+    buttons.append(button("Answer instead", "kit-respond", () => answerForTool(card, action, decide)));
+  }
   return card;
 }
 
@@ -117,15 +120,33 @@ function editArgs(card, action, decide) {
   }));
 }
 
-function askReason(card, decide) {
-  const reason = element("input", "kit-reason");
-  reason.placeholder = "Why not? (optional, the model reads it)";
-  const buttons = card.querySelector(".kit-card-buttons");
-  buttons.replaceChildren(reason, button("Reject", "kit-reject kit-confirm-reject", () => {
-    const message = reason.value.trim();
-    decide(message ? { type: "reject", message } : { type: "reject" }, message ? `Rejected: ${message}` : "Rejected");
+// A text box and a button in place of the card's buttons: a reason to reject (optional), or the answer a person
+// gives in the tool's place ("respond": the tool does not run, the model reads the answer; required).
+function askText(card, { inputClass, hint, label, buttonClass, required }, toDecision) {
+  const input = element("input", inputClass);
+  input.placeholder = hint;
+  card.querySelector(".kit-card-buttons").replaceChildren(input, button(label, buttonClass, () => {
+    const text = input.value.trim();
+    if (required && !text) {
+      card.querySelector(".kit-card-error").textContent = "Write the answer first.";
+      return;
+    }
+    toDecision(text);
   }));
-  reason.focus();
+  input.focus();
+}
+
+function askReason(card, decide) {
+  const options = { inputClass: "kit-reason", hint: "Why not? (optional, the model reads it)", label: "Reject" };
+  askText(card, { ...options, buttonClass: "kit-reject kit-confirm-reject" }, (message) => {
+    decide(message ? { type: "reject", message } : { type: "reject" }, message ? `Rejected: ${message}` : "Rejected");
+  });
+}
+
+function answerForTool(card, action, decide) {
+  const options = { inputClass: "kit-tool-answer", hint: "The tool's answer, as the model will read it" };
+  askText(card, { ...options, label: "Send answer", buttonClass: "kit-approve kit-send-answer", required: true },
+    (message) => decide({ type: "respond", message }, `Answered instead of ${action.name}: ${message}`));
 }
 
 // A decision per tool call of the interrupt; when the last is made, the chat sends them.
@@ -144,18 +165,21 @@ function questionCard(item) {
   card.dataset.interrupt = item.id;
   card.append(element("div", "kit-card-title", "The assistant asks"));
   const value = item.value && typeof item.value === "object" && "question" in item.value ? item.value.question : item.value;
-  card.append(element("div", "kit-card-question", shown(value)));
-  const schema = formSchema(item.value);
+  card.append(element("div", "kit-card-question", shown(value)), element("div", "kit-card-error"));
+  const schema = formSchema(item);
   if (schema) card.append(answerForm(item, schema, card));
   else card.append(element("div", "kit-card-done", "Answer in the box below."));
   return card;
 }
 
-// interrupt({"question": ..., "schema": {"type": "object", "properties": {...}}}): a form, one field per property.
-function formSchema(value) {
-  const schema = value && typeof value === "object" ? value.schema : null;
-  const ok = schema && typeof schema === "object" && schema.properties && typeof schema.properties === "object";
-  return ok ? schema : null;
+// A question with a schema (LangGraph's response_schema, or a "schema" key in the value): an object's is a form,
+// one field per property; a number, yes/no or choice is a form of one field. Plain text is typed in the box.
+const ONE_FIELD = ["integer", "number", "boolean"];
+function formSchema(item) {
+  const schema = item.schema && typeof item.schema === "object" ? item.schema : null;
+  if (!schema) return null;
+  if (schema.properties && typeof schema.properties === "object") return schema;
+  return ONE_FIELD.includes(schema.type) || Array.isArray(schema.enum) ? schema : null;
 }
 
 function field(name, rule) {
@@ -187,9 +211,11 @@ function field(name, rule) {
 
 function answerForm(item, schema, card) {
   const form = element("form", "kit-form");
-  const names = Array.isArray(item.fields) ? item.fields : Object.keys(schema.properties); // the schema's order
+  const single = !schema.properties; // one value, not an object
+  const properties = single ? { answer: { ...schema, title: schema.title || "Answer" } } : schema.properties;
+  const names = single ? ["answer"] : Array.isArray(item.fields) ? item.fields : Object.keys(properties);
   const inputs = names.map((name) => {
-    const rule = schema.properties[name];
+    const rule = properties[name];
     const label = field(name, rule && typeof rule === "object" ? rule : {});
     form.append(label);
     return [name, label.querySelector(".kit-field")];
@@ -204,9 +230,14 @@ function answerForm(item, schema, card) {
       const value = input.kitValue();
       if (value !== undefined) answer[name] = value; // left empty: the server names it if it is required
     }
+    const value = single ? answer.answer : answer;
+    if (value === undefined) {
+      card.querySelector(".kit-card-error").textContent = "Fill in the answer first.";
+      return;
+    }
     disableCard(card);
-    queued = { interrupt_id: item.id, answer };
-    chat.submitUserMessage({ text: JSON.stringify(answer) });
+    queued = { interrupt_id: item.id, answer: value };
+    chat.submitUserMessage({ text: single ? shown(value) : JSON.stringify(value) });
   });
   return form;
 }
@@ -226,7 +257,7 @@ function render() {
     else node.append(questionCard(item));
   }
   const question = pending.find((item) => item.kind === "question");
-  if (question && formSchema(question.value)) setPlaceholder("Fill in the form above and press Submit");
+  if (question && formSchema(question)) setPlaceholder("Fill in the form above and press Submit");
   else if (question) setPlaceholder("Type your answer to the question above");
   else if (pending.length) setPlaceholder("Waiting for your decision on the card above (a message here rejects it)");
   else setPlaceholder(null);
