@@ -168,6 +168,7 @@ def test_a_per_call_card_can_be_answered_in_the_tools_place(serve, tmp_path: Pat
         page.locator(".kit-send-answer").click()
         assert wait_until(lambda: ai_texts(page)[-1:] == ["Done: Bob is away"], timeout=15), ai_texts(page)
         assert sent == [] and cards(page) == []  # the tool never ran
+        assert page.locator(".user-message-text").all_inner_texts()[-1] == "Answered for the tool: Bob is away"
 
 
 def test_a_typed_question_is_a_one_field_form(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -92,7 +92,7 @@ function toolCard(item, action, index) {
   if (allowed.includes("edit")) buttons.append(button("Edit", "kit-edit", () => editArgs(card, action, decide)));
   if (allowed.includes("reject")) buttons.append(button("Reject", "kit-reject", () => askReason(card, decide)));
   if (allowed.includes("respond")) {
-    buttons.append(button("Answer instead", "kit-respond", () => answerForTool(card, action, decide)));
+    buttons.append(button("Answer instead", "kit-respond", () => answerForTool(card, decide)));
   }
   return card;
 }
@@ -143,10 +143,10 @@ function askReason(card, decide) {
   });
 }
 
-function answerForTool(card, action, decide) {
+function answerForTool(card, decide) {
   const options = { inputClass: "kit-tool-answer", hint: "The tool's answer, as the model will read it" };
   askText(card, { ...options, label: "Send answer", buttonClass: "kit-approve kit-send-answer", required: true },
-    (message) => decide({ type: "respond", message }, `Answered instead of ${action.name}: ${message}`));
+    (message) => decide({ type: "respond", message }, `Answered for the tool: ${message}`));
 }
 
 // A decision per tool call of the interrupt; when the last is made, the chat sends them.
