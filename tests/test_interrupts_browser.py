@@ -187,3 +187,18 @@ def test_a_typed_question_is_a_one_field_form(serve, tmp_path: Path) -> None:  #
         page.locator(".kit-submit").click()
         assert wait_until(lambda: ai_texts(page)[-1:] == ["4 days."], timeout=15), ai_texts(page)
         assert page.locator(".user-message-text").all_inner_texts()[-1] == "3"
+
+
+def test_a_message_cannot_pass_a_call_that_allows_no_reject(serve, tmp_path: Path, sent: list[Any]) -> None:  # type: ignore[no-untyped-def]
+    """A typed message rejects a pending call where it may; where the call allows no reject, sending it would
+    start a new run past the interrupt (a tool call left unanswered): the page says to decide first."""
+    server = serve(per_call_agent(open_store(tmp_path / "t.sqlite"), ["approve", "edit"]))
+    with chromium_page() as page:
+        ask_for_email(page, server.url)
+        assert placeholder(page) == "Waiting for your decision on the card above"
+        send(page, "carol")
+        assert wait_until(lambda: "Decide on the card above first" in " ".join(ai_texts(page)), timeout=10)
+        assert len(cards(page)) == 1 and sent == []
+        page.locator(".kit-approve").click()
+        assert wait_until(lambda: ai_texts(page)[-1:] == ["Done: Email to bob sent: Lunch"], timeout=15), ai_texts(page)
+        assert sent == [EMAIL]

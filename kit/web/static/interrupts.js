@@ -259,7 +259,8 @@ function render() {
   const question = pending.find((item) => item.kind === "question");
   if (question && formSchema(question)) setPlaceholder("Fill in the form above and press Submit");
   else if (question) setPlaceholder("Type your answer to the question above");
-  else if (pending.length) setPlaceholder("Waiting for your decision on the card above (a message here rejects it)");
+  else if (pending.some(rejectable)) setPlaceholder("Waiting for your decision on the card above (a message here rejects it)");
+  else if (pending.length) setPlaceholder("Waiting for your decision on the card above");
   else setPlaceholder(null);
   window.kitInterrupts.shown = pending.length;
 }
@@ -277,6 +278,10 @@ async function refresh() {
   render();
 }
 
+function rejectable(item) {
+  return item.kind === "tool_calls" && item.actions.every((action) => action.allowed_decisions.includes("reject"));
+}
+
 // The request's body for the resume route: a queued card decision, the answer to a question, or a typed
 // message that rejects the pending tool call(s) with itself as the reason.
 function resumeBody(init) {
@@ -285,8 +290,14 @@ function resumeBody(init) {
   const messages = JSON.parse(init.body || "{}").messages || [];
   const text = messages.length ? messages[messages.length - 1].text : "";
   if (question) return { interrupt_id: question.id, answer: text };
-  const item = pending.find((entry) => entry.actions.every((action) => action.allowed_decisions.includes("reject")));
+  const item = pending.find(rejectable);
   return item ? { interrupt_id: item.id, decisions: item.actions.map(() => ({ type: "reject", message: text })) } : null;
+}
+
+const UNDECIDED = "Decide on the card above first: this call cannot be rejected with a message.";
+
+function jsonError(status, error) {
+  return new Response(JSON.stringify({ error }), { status, headers: { "Content-Type": "application/json" } });
 }
 
 function afterReply(response) {
@@ -304,6 +315,9 @@ window.fetch = (input, init = {}) => {
   if (!url.pathname.endsWith("/chat-stream")) return plainFetch(input, init);
   const body = pending.length || queued ? resumeBody(init) : null;
   queued = null;
+  // A new message while a call that cannot be rejected waits would start a new run past it (LangGraph drops the
+  // interrupt and leaves a tool call unanswered, which most chat APIs then refuse): the card must be decided first.
+  if (!body && pending.length) return Promise.resolve(jsonError(409, UNDECIDED));
   if (!body) return plainFetch(input, init).then(afterReply);
   pending = [];
   render(); // the cards go at once: the decision is on its way
