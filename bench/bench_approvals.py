@@ -14,13 +14,13 @@ text) on a source that answers at once.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+from bench.measure import report
 from kit import create_app
 from kit.notebook import serve
 from kit.serving.demo import demo_agent_app
@@ -133,9 +133,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     figures = approval_figures(args.runs)
-    print(describe(figures))
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=1))
+    report(figures, describe, args.json)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench.measure import report
 from kit import CancelToken
 from kit.model.engine import Engine
 from kit.model.prefix_cache import common_prefix
@@ -369,11 +370,7 @@ def main() -> None:
     parser.add_argument("--plot", help="write the plot (png) to this file")
     args = parser.parse_args()
     results = run(args.runs, args.reply_tokens, args.short_reply_tokens, args.turns)
-    print(describe(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
-    if args.plot:
-        plot(results, Path(args.plot))
+    report(results, describe, args.json, plot, args.plot)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.measure import report
 from kit import create_app
 from kit.serving.client import Received, chat_body, iter_stream
 from kit.serving.server import BackgroundServer
@@ -210,9 +211,7 @@ def main() -> None:
             cluster.remove()
     else:
         figures = run(args.runs, args.postgres)
-    print(describe(figures))
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=1))
+    report(figures, describe, args.json)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import bench_batching
+from bench.measure import report
 from kit.model.engine import Engine
 from kit.model.settings import default_model_path
 
@@ -279,11 +280,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(run_old(args.users, args.tokens, args.threads)))
         return
     results = run(args.users, args.tokens, args.runs, args.threads)
-    print(describe(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
-    if args.plot:
-        plot(results, Path(args.plot))
+    report(results, describe, args.json, plot, args.plot)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -90,3 +91,18 @@ def summary(values: Sequence[float]) -> dict[str, float]:
         "p99": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))],
         "n": len(ordered),
     }
+
+
+def report(
+    figures: dict[str, Any],
+    describe: Callable[[dict[str, Any]], str],
+    json_path: str | None,
+    plot: Callable[[dict[str, Any], Path], None] | None = None,
+    plot_path: str | None = None,
+) -> None:
+    """A benchmark's end: its table printed, its figures written as JSON and its plot drawn where asked."""
+    print(describe(figures))
+    if json_path:
+        Path(json_path).write_text(json.dumps(figures, indent=1))
+    if plot is not None and plot_path:
+        plot(figures, Path(plot_path))

@@ -77,6 +77,21 @@ class CompatResult:
 _llama_server: ChildServer | None = None
 
 
+def one_node_graph(model: Any) -> Any:
+    """The graph of LangGraph's quickstart: MessagesState and one chat-model node."""
+    from langchain_core.messages import BaseMessage
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    def call_model(state: MessagesState) -> dict[str, list[BaseMessage]]:
+        return {"messages": [model.invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("model", call_model)
+    graph.add_edge(START, "model")
+    graph.add_edge("model", END)
+    return graph.compile()
+
+
 def llama_server_url() -> str:
     """llama-cpp-python's OpenAI-compatible server on loopback (the embedded model), started once for the rows
     that need it and stopped by `stop_llama_server` (each test module's fixture)."""

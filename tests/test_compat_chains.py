@@ -13,17 +13,15 @@ from typing import Any
 import pytest
 from langchain.agents import create_agent
 from langchain_core.callbacks import StreamingStdOutCallbackHandler
-from langchain_core.messages import BaseMessage
 from langchain_core.prompts import PromptTemplate
 from langchain_core.tools import tool
-from langgraph.graph import END, START, MessagesState, StateGraph
 
 from kit.adapters.callbacks import callback_source
 from kit.adapters.graphs import graph_source
 from kit.adapters.inputs import history_input
 from kit.adapters.ready_made import demo_chain, openai_chat_model
 from kit.model.chat_model import ChatLlama
-from tests.compat import CompatCase, check_case, llama_server_url, stop_llama_server
+from tests.compat import CompatCase, check_case, llama_server_url, one_node_graph, stop_llama_server
 
 WEATHER_QUESTION = "What is the weather in Paris?"
 QUESTION = "Tell me about Paris in two sentences."
@@ -42,19 +40,6 @@ def kit_model(max_tokens: int = 48) -> ChatLlama:
 def idle() -> bool:
     """Stop reached the model: the engine runs no generation."""
     return not kit_model().engine.busy
-
-
-def one_node_graph(model: Any) -> Any:
-    """The graph of LangGraph's quickstart: MessagesState and one chat-model node."""
-
-    def call_model(state: MessagesState) -> dict[str, list[BaseMessage]]:
-        return {"messages": [model.invoke(state["messages"])]}
-
-    graph = StateGraph(MessagesState)
-    graph.add_node("model", call_model)
-    graph.add_edge(START, "model")
-    graph.add_edge("model", END)
-    return graph.compile()
 
 
 def weather_agent(model: Any = None) -> Any:

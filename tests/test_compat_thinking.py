@@ -23,12 +23,11 @@ import ollama
 import openai
 import pytest
 from langchain.agents import create_agent
-from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessageChunk
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
-from langgraph.graph import END, START, MessagesState, StateGraph
 
 from kit.adapters.graphs import graph_source
 from kit.adapters.runnables import runnable_source
@@ -36,7 +35,7 @@ from kit.model.source import to_llama_messages
 from kit.pipeline.sources import Message
 from kit.pipeline.thinking import THINKING
 from kit.testing.fakes import ScriptedSource
-from tests.compat import CompatCase, check_case
+from tests.compat import CompatCase, check_case, one_node_graph
 from tests.sdk_peers import (
     PEER_ANSWER,
     PEER_THOUGHT,
@@ -156,17 +155,6 @@ _kwargs_chunks, _block_chunks = scripted_chunks("kwargs"), scripted_chunks("bloc
 def get_weather(city: str) -> str:
     """Get the current weather in a city."""
     return f"It is sunny and 22 degrees in {city}."
-
-
-def one_node_graph(model: Any) -> Any:
-    def call_model(state: MessagesState) -> dict[str, list[BaseMessage]]:
-        return {"messages": [model.invoke(state["messages"])]}
-
-    graph = StateGraph(MessagesState)
-    graph.add_node("model", call_model)
-    graph.add_edge(START, "model")
-    graph.add_edge("model", END)
-    return graph.compile()
 
 
 def lcel_chain(model: Any) -> Any:

@@ -8,7 +8,6 @@ so such a graph still answers a stateless client. Graphs without a checkpointer 
 from __future__ import annotations
 
 import contextlib
-import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -21,10 +20,8 @@ from langgraph.pregel import Pregel
 from kit.adapters.inputs import InputMapper
 from kit.pipeline.sources import Message
 from kit.threads.ids import current_thread_id
-from kit.threads.store import StoreDown
+from kit.threads.store import down_on_error
 from kit.threads.transcript import Bubbles, new_user_messages
-
-log = logging.getLogger(__name__)
 
 Feed = Callable[[BaseMessage, dict[str, Any]], Iterable[tuple[str, str]]]
 """A StepSelector's `feed`: a message (and its metadata) to (role, text) pieces."""
@@ -58,7 +55,7 @@ class GraphRun:
 
     def input(self, messages: list[Message], to_input: InputMapper) -> Any:
         """The whole history on a new thread; on a thread the checkpoint already holds, the new user turn only."""
-        if self.saver is None or "messages" not in self.graph.channels:
+        if not keeps_messages(self.graph):
             return to_input(messages)
         with checkpoint_errors():
             started = self.saver.get_tuple(self.config) is not None
@@ -76,14 +73,10 @@ class GraphRun:
                     self.saver.delete_thread(self.own_thread)
 
 
-@contextlib.contextmanager
-def checkpoint_errors() -> Iterator[None]:
-    """A checkpointer that fails to read (its database is down) is a 503 for the client, the cause in the log."""
-    try:
-        yield
-    except Exception as error:
-        log.warning("the graph's checkpointer failed: %s", error, exc_info=error)
-        raise StoreDown("the conversation store is unavailable right now; please try again shortly") from None
+def checkpoint_errors() -> contextlib.AbstractContextManager[None]:
+    """A checkpointer that fails to read (its database is down) is a 503 for the client, the cause in the log
+    (any error: each checkpointer has its own database driver)."""
+    return down_on_error("the graph's checkpointer", (Exception,))
 
 
 WAITING_ROLE = "approval"

@@ -61,25 +61,10 @@ def describe(
     """
     if _is_hitl_request(value):
         allowed = {config["action_name"]: config["allowed_decisions"] for config in value["review_configs"]}
-        actions = [
-            {
-                "name": action["name"],
-                "args": action.get("args", {}),
-                "description": action.get("description", ""),
-                "allowed_decisions": list(allowed.get(action["name"], [])),
-                "args_schema": _args_schema(tools.get(action["name"])),
-            }
-            for action in value["action_requests"]
-        ]
+        actions = [_action(action, allowed.get(action["name"], []), tools) for action in value["action_requests"]]
         return {"id": interrupt_id, "kind": "tool_calls", "actions": actions}
     if _is_tool_approval(value):  # per_call mode: one interrupt per gated tool call, answered by one decision
-        action = {
-            "name": value["name"],
-            "args": value.get("args", {}),
-            "description": value.get("description", ""),
-            "allowed_decisions": decision_types(response_schema),
-            "args_schema": _args_schema(tools.get(value["name"])),
-        }
+        action = _action(value, decision_types(response_schema), tools)
         return {"id": interrupt_id, "kind": "tool_calls", "per_call": True, "actions": [action]}
     question = {"id": interrupt_id, "kind": "question", "value": json.loads(json.dumps(value, default=str))}
     schema = response_schema if isinstance(response_schema, dict) else answer_schema(value)
@@ -88,6 +73,17 @@ def describe(
         if isinstance(schema.get("properties"), dict):
             question["fields"] = list(schema["properties"])  # the form's order: the JSON response sorts object keys
     return question
+
+
+def _action(request: dict[str, Any], allowed: list[str], tools: dict[str, Any]) -> dict[str, Any]:
+    """One tool call to review, as the page's card shows it (from an action request or a per-call approval)."""
+    return {
+        "name": request["name"],
+        "args": request.get("args", {}),
+        "description": request.get("description", ""),
+        "allowed_decisions": list(allowed),
+        "args_schema": _args_schema(tools.get(request["name"])),
+    }
 
 
 def _is_hitl_request(value: Any) -> bool:

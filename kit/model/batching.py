@@ -79,6 +79,11 @@ def too_long(n_ctx: int, tokens: int) -> ChatError:
     )
 
 
+def shut_down() -> ChatError:
+    """The 503 for a request the engine's closing leaves unserved."""
+    return ChatError("The model was shut down.", 503)
+
+
 def chunk(content: str | None = None, finish: str | None = None, role: str | None = None) -> dict[str, Any]:
     """A chat-completion chunk shaped as llama-cpp-python's `create_chat_completion(stream=True)` yields."""
     delta: dict[str, str] = {}
@@ -148,7 +153,7 @@ class Scheduler:
     def submit(self, request: Request) -> None:
         with self._cond:
             if self._closing:
-                raise ChatError("The model was shut down.", 503)
+                raise shut_down()
             self._waiting.append(request)
             self._cond.notify()
 
@@ -177,10 +182,10 @@ class Scheduler:
         if self._thread is not threading.current_thread():
             self._thread.join()
         for slot in list(self._running.values()):
-            slot.request.out.put(Failed(ChatError("The model was shut down.", 503)))
+            slot.request.out.put(Failed(shut_down()))
             self._finish(slot)
         for request in self._waiting:
-            request.out.put(Failed(ChatError("The model was shut down.", 503)))
+            request.out.put(Failed(shut_down()))
         self._waiting.clear()
         self.api.llama_batch_free(self.batch)
         self.api.llama_free(self.ctx)

@@ -29,6 +29,7 @@ from kit.pipeline.cancel import CancelToken, current_cancel
 from kit.pipeline.pump import receive
 
 log = logging.getLogger(__name__)
+CLOSED = "This engine was closed: engine_for(settings) gives a new one."
 
 
 class Admission:
@@ -139,7 +140,7 @@ class Engine:
         """Load the model (once) and start its batch scheduler; later calls return the same `Llama`."""
         with self._load_lock:
             if self.closed:
-                raise ChatError("This engine was closed: engine_for(settings) gives a new one.", 503)
+                raise ChatError(CLOSED, 503)
             if self._llama is None:
                 try:
                     from llama_cpp import Llama
@@ -223,7 +224,7 @@ class Engine:
     def _run(self, request: Request) -> Iterator[Any]:
         scheduler = self._scheduler
         if scheduler is None:
-            raise ChatError("This engine was closed: engine_for(settings) gives a new one.", 503)
+            raise ChatError(CLOSED, 503)
         scheduler.submit(request)
         try:
             yield from receive(request.out, request.cancel, self.poll_s)

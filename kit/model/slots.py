@@ -42,6 +42,20 @@ class ReuseCounters:
     copy_s: float = 0.0  # time those copies took
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """How much of a prompt a sequence can serve: its common prefix, then `length` tokens found `offset`
+    further on in its cells (a context shift moves them down; offset 0: none)."""
+
+    shared: int
+    offset: int = 0
+    length: int = 0
+
+    @property
+    def reusable(self) -> int:
+        return self.shared + self.length
+
+
 class SlotMemory:
     """Per-sequence cached tokens over one llama.cpp context's memory, and the host-memory store behind them."""
 
@@ -64,7 +78,7 @@ class SlotMemory:
         """Choose a free sequence for `prompt`, leave only reusable cells in it: (sequence, tokens reused, logits).
 
         The prompt's last token is read again (its logits give the first reply token) unless the sequence read
-        exactly this prompt before: then its logits then come back, and nothing is read.
+        exactly this prompt before: then its logits come back, and nothing is read.
         """
         self.tick += 1
         # Where a request goes that brings nothing of its own: an empty sequence, else the least recently used.
@@ -73,8 +87,9 @@ class SlotMemory:
         if not reuse:
             self._cut(spare, 0, save=True)
             return (*self._count(spare, prompt, 0, "none"), None)
-        best = max(free, key=lambda seq: (self._match(seq, prompt, shift), -self.used[seq]))
-        shared = self._match(best, prompt, shift)
+        matches = {seq: self._plan(seq, prompt, shift) for seq in free}
+        best = max(free, key=lambda seq: (matches[seq].reusable, -self.used[seq]))
+        shared = matches[best].reusable
         if empty and shared * 2 < len(self.tokens[best]):
             best, shared = spare, 0  # another conversation's cells stay where they are while a slot is empty
         key, in_host = self.host.best(prompt)
@@ -83,9 +98,10 @@ class SlotMemory:
             self._cut(spare, 0, save=True)
             self._restore(spare, key, state)
             best, origin = spare, "host"
+            plan = self._plan(best, prompt, shift)  # the state brought back holds other tokens than before
         else:
-            origin = "slot"
-        shared = self._reuse(best, prompt, shift)
+            origin, plan = "slot", matches[best]
+        shared = self._reuse(best, plan)
         kept = self.logits[best]
         primed = kept[1] if shared >= len(prompt) and kept is not None and kept[0] == len(prompt) else None
         shared = len(prompt) if primed is not None else min(shared, len(prompt) - 1)
@@ -110,26 +126,23 @@ class SlotMemory:
         self.used[seq] = self.tick
         return seq, shared
 
-    def _match(self, seq: int, prompt: Sequence[int], shift: bool) -> int:
-        """Tokens of `prompt` that sequence `seq` could serve from its cells (moving them down if `shift`)."""
+    def _plan(self, seq: int, prompt: Sequence[int], shift: bool) -> _Plan:
+        """What sequence `seq` could serve of `prompt`: its common prefix, and (with `shift`) the newest turns
+        further on in its cells, to be moved down over the dropped ones."""
         cached = self.tokens[seq]
         shared = common_prefix(cached, prompt)
         if shift and self.can_shift and shared < min(len(cached), len(prompt)):
             offset, length = shifted_match(cached, prompt, shared)
             if offset and length >= MIN_SHIFT:
-                return shared + length
-        return shared
+                return _Plan(shared, offset, length)
+        return _Plan(shared)
 
-    def _reuse(self, seq: int, prompt: Sequence[int], shift: bool) -> int:
-        """Make sequence `seq` hold the longest reusable prefix of `prompt` (a context shift if it pays)."""
-        cached = self.tokens[seq]
-        shared = common_prefix(cached, prompt)
-        if not (shift and self.can_shift) or shared >= min(len(cached), len(prompt)):
-            return shared
-        offset, length = shifted_match(cached, prompt, shared)
-        if not offset or length < MIN_SHIFT:
-            return shared
-        api, end = self.api, shared + offset + length
+    def _reuse(self, seq: int, plan: _Plan) -> int:
+        """Make sequence `seq` hold the reusable prefix `plan` found (a context shift if it has one)."""
+        if not plan.offset:
+            return plan.shared
+        api, shared, offset, cached = self.api, plan.shared, plan.offset, self.tokens[seq]
+        end = shared + offset + plan.length
         # Drop the old turns' cells and move the newest turns' cells down (RoPE is re-applied by llama.cpp).
         api.llama_memory_seq_rm(self.memory, seq, end, -1)
         api.llama_memory_seq_rm(self.memory, seq, shared, shared + offset)
@@ -137,8 +150,8 @@ class SlotMemory:
         self.tokens[seq] = cached[:shared] + cached[shared + offset : end]
         self.logits[seq] = None
         self.counters.shifted += 1
-        log.info("context shift: %d cached tokens moved down by %d", length, offset)
-        return shared + length
+        log.info("context shift: %d cached tokens moved down by %d", plan.length, offset)
+        return plan.reusable
 
     def _cut(self, seq: int, keep: int, save: bool) -> None:
         """Keep only the first `keep` tokens' cells of `seq` (copying the whole state to host memory first)."""

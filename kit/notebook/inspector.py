@@ -11,10 +11,11 @@ from typing import Any, Literal, NamedTuple
 from flask import Flask
 
 from kit.pipeline.observe import EndReason, StreamObserver, WriteKind
+from kit.pipeline.sources import ANSWER_ROLE, THINKING_ROLE
 from kit.web.observers import add_observer
 
 MarkKind = Literal["piece", "thought", "text", "heartbeat", "error"]
-THINKING_ROLE = "thinking"
+PIECE_KINDS: tuple[MarkKind, ...] = ("piece", "thought")  # marks of what the source yielded, not of writes
 
 
 class Mark(NamedTuple):
@@ -25,7 +26,7 @@ class Mark(NamedTuple):
     kind: MarkKind
     at: float
     size: int
-    role: str = "ai"
+    role: str = ANSWER_ROLE
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class StreamRecord(StreamObserver):
         self.started = time.perf_counter()
         self.marks: list[Mark] = []  # appended by one thread only; list.append is atomic
         self.end_reason: EndReason | None = None
-        self._role = "ai"  # the role of the pieces arriving now
+        self._role = ANSWER_ROLE  # the role of the pieces arriving now
         self._ended_at: float | None = None
         self._done = threading.Event()
         self._on_change = on_change
@@ -101,9 +102,9 @@ class StreamRecord(StreamObserver):
     @property
     def stats(self) -> StreamStats:
         marks = list(self.marks)
-        pieces = [mark for mark in marks if mark.kind in ("piece", "thought")]
+        pieces = [mark for mark in marks if mark.kind in PIECE_KINDS]
         thoughts = [mark for mark in pieces if mark.kind == "thought"]
-        answers = [mark for mark in pieces if mark.role == "ai"]
+        answers = [mark for mark in pieces if mark.role == ANSWER_ROLE]
         texts = [mark for mark in marks if mark.kind == "text"]
         end = self._ended_at if self._ended_at is not None else time.perf_counter()
         last_piece = pieces[-1].at if pieces else 0.0
@@ -112,7 +113,7 @@ class StreamRecord(StreamObserver):
             chars=sum(mark.size for mark in pieces),
             thoughts=len(thoughts),
             events=len(texts),
-            bytes=sum(mark.size for mark in marks if mark.kind not in ("piece", "thought")),
+            bytes=sum(mark.size for mark in marks if mark.kind not in PIECE_KINDS),
             heartbeats=sum(mark.kind == "heartbeat" for mark in marks),
             errors=sum(mark.kind == "error" for mark in marks),
             first_piece_s=pieces[0].at if pieces else None,
@@ -207,7 +208,7 @@ class Inspector:
 _WIDTH, _ROW, _LEFT = 560, 26, 90
 THOUGHT_COLOUR = "#9467bd"  # a reasoning model's thinking, in the timeline and in plot_streams
 _ROWS: tuple[tuple[str, tuple[MarkKind, ...], str], ...] = (
-    ("source pieces", ("piece", "thought"), "#999"),
+    ("source pieces", PIECE_KINDS, "#999"),
     ("events sent", ("text", "error"), "#1f77b4"),
     ("heartbeats", ("heartbeat",), "#2ca02c"),
 )
@@ -221,7 +222,7 @@ def timeline_svg(record: StreamRecord) -> str:
     marks = list(record.marks)
     span = max(record.stats.duration_s, 1e-3)
     scale = (_WIDTH - _LEFT - 10) / span
-    biggest = max((mark.size for mark in marks if mark.kind not in ("piece", "thought")), default=1)
+    biggest = max((mark.size for mark in marks if mark.kind not in PIECE_KINDS), default=1)
     height = _ROW * 3 + 22
     # A viewBox lets the drawing shrink to the width the widget gets, labels included.
     parts = [f'<svg viewBox="0 0 {_WIDTH} {height}" width="100%" style="max-width: {_WIDTH}px; font: 11px sans-serif">']
@@ -236,7 +237,7 @@ def timeline_svg(record: StreamRecord) -> str:
             if x in seen:
                 continue
             seen.add(x)
-            height = 20 if mark.kind in ("piece", "thought") else max(3, round(20 * mark.size / biggest))
+            height = 20 if mark.kind in PIECE_KINDS else max(3, round(20 * mark.size / biggest))
             fill = _FILLS.get(mark.kind, colour)
             parts.append(f'<rect x="{x}" y="{y + 20 - height}" width="1.5" height="{height}" fill="{fill}"/>')
     parts.append(f'<text x="{_LEFT}" y="{_ROW * 3 + 18}">0 s</text>')

@@ -32,7 +32,17 @@ class StoreDown(ChatError):
     status = 503
 
 
-_DOWN = "the conversation store is unavailable right now; please try again shortly"
+STORE_DOWN = "the conversation store is unavailable right now; please try again shortly"
+
+
+@contextlib.contextmanager
+def down_on_error(name: str, errors: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """A database error inside becomes StoreDown (a 503 for the client), the cause in the server log only."""
+    try:
+        yield
+    except errors as error:
+        log.warning("%s failed: %s", name, error, exc_info=error)
+        raise StoreDown(STORE_DOWN) from None
 
 
 class ThreadStore:
@@ -137,13 +147,10 @@ class ThreadStore:
 
     @contextlib.contextmanager
     def _guarded(self) -> Iterator[Any]:
-        try:
+        with down_on_error(self.name, self._errors()):
             self._ensure_schema()
             with self._connection() as connection:
                 yield connection
-        except self._errors() as error:
-            log.warning("%s failed: %s", self.name, error, exc_info=error)
-            raise StoreDown(_DOWN) from None
 
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         with self._guarded() as connection:
@@ -300,7 +307,7 @@ class PostgresThreadStore(ThreadStore):
             from langgraph.checkpoint.postgres import PostgresSaver
 
             saver = PostgresSaver(self.pool())
-            try:
+            with down_on_error(self.name, self._errors()):
                 self._ensure_schema()
                 # Workers starting together would race on the saver's migrations; a session lock orders them.
                 # No transaction stays open meanwhile: a migration builds an index CONCURRENTLY, which waits
@@ -311,9 +318,6 @@ class PostgresThreadStore(ThreadStore):
                         saver.setup()
                     finally:
                         lock.execute("SELECT pg_advisory_unlock(7366418)")
-            except self._errors() as error:
-                log.warning("%s failed: %s", self.name, error, exc_info=error)
-                raise StoreDown(_DOWN) from None
             self._saver = saver
         return self._saver
 

@@ -34,20 +34,20 @@ class Bubbles:
     """
 
     def __init__(self) -> None:
-        self._bubbles: list[Message] = []
+        self._bubbles: list[tuple[str, list[str]]] = []  # (role, its pieces): joined once, not per piece
 
     def add(self, text: str, role: str | None = None) -> None:
         if not text:
             return
-        current = self._bubbles[-1]["role"] if self._bubbles else ANSWER_ROLE
+        current = self._bubbles[-1][0] if self._bubbles else ANSWER_ROLE
         role = role or current
         if not self._bubbles or role != current:
-            self._bubbles.append({"role": role, "text": text})
+            self._bubbles.append((role, [text]))
         else:
-            self._bubbles[-1]["text"] += text
+            self._bubbles[-1][1].append(text)
 
     def messages(self) -> list[Message]:
-        return [dict(bubble) for bubble in self._bubbles]
+        return [{"role": role, "text": "".join(pieces)} for role, pieces in self._bubbles]
 
 
 def new_user_messages(messages: Sequence[Message]) -> list[Message]:
