@@ -1,4 +1,4 @@
-"""Command line: `python -m kit serve --demo word|char|chain|agent [--prod] ...` and `python -m kit doctor URL`."""
+"""Command line: `python -m kit serve --demo word|char|chain|agent [--prod] ...` and `python -m kit doctor [URL]`."""
 
 from __future__ import annotations
 
@@ -38,7 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     prod.add_argument("--threads", type=int, default=32, help="threads per worker = open streams (default: 32)")
     prod.add_argument("--app", help="serve your own app instead of a demo: MODULE:VARIABLE or MODULE:FACTORY(ARGS)")
     doctor = commands.add_parser("doctor", help="check that streaming works through a proxy, a hub or a tunnel")
-    doctor.add_argument("url", help="the kit's base URL (or its chat-stream URL) as users reach it")
+    doctor.add_argument(
+        "url",
+        nargs="?",
+        help="the kit's base URL (or its chat-stream URL) as users reach it; without it, only this machine's checks",
+    )
     doctor.add_argument(
         "--silence",
         type=float,
@@ -84,9 +88,13 @@ def _serve_prod(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from kit.serving.doctor import diagnose
+    from kit.serving.doctor import diagnose, diagnose_here, llama_build_finding
 
-    diagnosis = diagnose(args.url, silence_s=args.silence, headers=dict(args.header), cookie=args.cookie)
+    if args.url is None:
+        diagnosis = diagnose_here()
+    else:
+        diagnosis = diagnose(args.url, silence_s=args.silence, headers=dict(args.header), cookie=args.cookie)
+        diagnosis.findings.append(llama_build_finding())
     print(diagnosis.report())
     return 0 if diagnosis.ok else 1
 

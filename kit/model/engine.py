@@ -22,6 +22,7 @@ from typing import Any
 
 from kit.errors import ChatError, ServiceBusy
 from kit.model.batching import DEFAULT_SLOTS, Request, Scheduler, check_options
+from kit.model.cpu import inspect_llama_build
 from kit.model.fit import fit_messages
 from kit.model.settings import DEFAULT_N_CTX, INSTALL_LLAMA, LlamaSettings, ModelUnavailable
 from kit.model.slots import ReuseCounters
@@ -148,6 +149,7 @@ class Engine:
                 except ImportError as error:
                     raise ModelUnavailable(f"llama-cpp-python is not installed: run `{INSTALL_LLAMA}`") from error
                 log.info("loading %s (%d slots of %d tokens)", self.model_path.name, self.slots, self.n_ctx)
+                _log_llama_build()
                 # The Llama object holds the weights and the tokenizer; generations use the batched context.
                 llama = Llama(
                     model_path=str(self.model_path), n_ctx=256, n_threads=self.n_threads, flash_attn=True, verbose=False
@@ -248,6 +250,15 @@ class Engine:
 
 _engines: dict[tuple[Path, int, int | None, int, int], Engine] = {}
 _engines_lock = threading.Lock()
+
+
+def _log_llama_build() -> None:
+    """The CPU features llama.cpp runs with, and a warning where its AMX code would crash this process."""
+    build = inspect_llama_build()
+    if build is not None:
+        log.info(build.summary())
+        if build.warning:
+            log.warning(build.warning)
 
 
 def engine_for(settings: LlamaSettings) -> Engine:

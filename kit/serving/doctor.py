@@ -388,3 +388,22 @@ def _gist(body: str) -> str:
 
 def _ms(at: float | None, start: float) -> str:
     return "n/a" if at is None else f"{(at - start) * 1000:.0f} ms"
+
+
+# ----------------------------------------------------------------------------------------------------
+# This machine: the llama.cpp the kit would run here.
+
+
+def llama_build_finding() -> Finding:
+    """The installed llama.cpp's CPU features, failed when its AMX code would crash on this CPU."""
+    from kit.model.cpu import inspect_llama_build
+
+    build = inspect_llama_build()
+    if build is None:
+        return Finding("llama.cpp build", True, "llama-cpp-python is not installed (the embedded model is off)")
+    return Finding("llama.cpp build", not build.warning, f"{build.summary()} ({build.system_info})", build.warning)
+
+
+def diagnose_here() -> Diagnosis:
+    """The checks that need no server: what this machine would run the embedded model with."""
+    return Diagnosis("this machine", [llama_build_finding()])
