@@ -40,7 +40,7 @@ class LlamaBuild:
             return ""
         return (
             "llama.cpp was built with AMX kernels on a CPU with AMX: its AMX code dies with 'Illegal instruction' "
-            f"(SIGILL) on the first long prompt or batch; {SAFE_BUILD}"
+            f"(SIGILL) or a segmentation fault on the first long prompt or batch; {SAFE_BUILD}"
         )
 
     def summary(self) -> str:

@@ -44,6 +44,7 @@ class Diagnosis:
     url: str
     findings: list[Finding] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    verdicts: tuple[str, str] = ("streaming works end to end", "streaming is impaired; see the fixes")
 
     @property
     def ok(self) -> bool:
@@ -64,7 +65,7 @@ class Diagnosis:
             lines.append(f"  [{state}] {finding.check}: {finding.detail}")
             if finding.fix:
                 lines.append(f"         fix: {finding.fix}")
-        verdict = "streaming works end to end" if self.ok else "streaming is impaired; see the fixes"
+        verdict = self.verdicts[0] if self.ok else self.verdicts[1]
         if self.ok and any(finding.fix for finding in self.findings):
             verdict += " (read the note)"
         lines.append(f"verdict: {verdict}")
@@ -401,9 +402,10 @@ def llama_build_finding() -> Finding:
     build = inspect_llama_build()
     if build is None:
         return Finding("llama.cpp build", True, "llama-cpp-python is not installed (the embedded model is off)")
-    return Finding("llama.cpp build", not build.warning, f"{build.summary()} ({build.system_info})", build.warning)
+    return Finding("llama.cpp build", not build.warning, build.summary(), build.warning)
 
 
 def diagnose_here() -> Diagnosis:
     """The checks that need no server: what this machine would run the embedded model with."""
-    return Diagnosis("this machine", [llama_build_finding()])
+    verdicts = ("the embedded model can run here", "the embedded model would crash here; see the fix")
+    return Diagnosis("this machine", [llama_build_finding()], verdicts=verdicts)
