@@ -171,3 +171,29 @@ def test_metrics_off_import_nothing_and_serve_no_route() -> None:
         "assert 'prometheus_client' not in sys.modules and 'opentelemetry' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_threads_transcript_keeps_the_replys_usage(serve, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    from kit.threads.ids import THREAD_ID_HEADER, new_thread_id
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # a store made before the `custom` column existed
+        db.execute(
+            "CREATE TABLE kit_thread_messages (id INTEGER PRIMARY KEY AUTOINCREMENT, thread_id TEXT NOT NULL, "
+            "role TEXT NOT NULL, text TEXT NOT NULL, created REAL NOT NULL)"
+        )
+    server = serve(create_app(lambda messages: openai_chunks("kept with its usage"), thread_store=str(path)))
+    thread = new_thread_id()
+    items = iter_stream(server.url + "chat-stream", chat_body("hi"), headers={THREAD_ID_HEADER: thread})
+    assert list(items)[-1].payload == {"usage": {"input_tokens": 7, "output_tokens": 4, "model": "gpt-4o-mini"}}
+    messages = httpx.get(f"{server.url}threads/{thread}/messages").json()
+    assert messages == [
+        {"role": "user", "text": "hi"},
+        {
+            "role": "ai",
+            "text": "kept with its usage",
+            "custom": {"usage": {"input_tokens": 7, "output_tokens": 4, "model": "gpt-4o-mini"}},
+        },
+    ]

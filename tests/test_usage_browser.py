@@ -9,8 +9,10 @@ from typing import Any
 
 from kit import create_app
 from kit.testing.browser import chromium_page
+from tests.helpers import wait_until
 from tests.test_browser import send, watch_last_ai_bubble
 from tests.test_metrics import openai_chunks
+from tests.test_threads_browser import bubbles
 
 ANSWER = "one two three four five six seven eight"
 
@@ -61,3 +63,20 @@ def test_deep_chat_alone_leaves_the_bubble_as_it_is(serve) -> None:  # type: ign
         assert page.locator(".ai-message-text").all_inner_texts()[1:] == [ANSWER]
         assert page.locator(".error-message-text").count() == 0
         assert page.locator(".outer-message-container").count() == 3  # intro, question, answer: no empty bubble
+
+
+def test_a_reload_restores_the_reply_with_its_usage_and_the_chat_goes_on(serve, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    server = serve(create_app(paced, thread_store=tmp_path / "t.sqlite", coalesce_ms=0))
+    with chromium_page() as page:
+        page.goto(server.url)
+        assert wait_until(lambda: page.evaluate("() => window.kitThread && window.kitThread.restored") == 0)
+        send(page, "count")
+        assert watch_last_ai_bubble(page, until=ANSWER)[-1] == ANSWER
+        shown = bubbles(page)
+        page.reload()
+        assert wait_until(lambda: bubbles(page) == shown, timeout=10), bubbles(page)
+        send(page, "again")  # the restored history, `custom` included, is a valid request
+        assert wait_until(lambda: bubbles(page) == [*shown, ("user", "again"), ("ai", ANSWER)], timeout=15), bubbles(
+            page
+        )
+        assert page.locator(".error-message-text").count() == 0
