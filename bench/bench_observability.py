@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -122,13 +123,62 @@ def run(runs: int = 5, streams: int = 1000, tokens: int = TOKENS) -> dict[str, A
                 per_token[variant].append(value)
             for variant in ratios:
                 ratios[variant].append(figures[variant] / figures["off"])
+        scraped = scrape_histograms(f"{server.url}/metrics/metrics")
     return {
         "streams": streams,
         "tokens_per_stream": tokens,
         "cpu_us_per_token": {variant: summary(values) for variant, values in per_token.items()},
         "ratio_to_off": {variant: summary(values) for variant, values in ratios.items()},
         "sequential_us_per_token": sequential_us_per_token(200, tokens),
+        "scraped": scraped,
     }
+
+
+def scrape_histograms(url: str) -> dict[str, Any]:
+    """What `GET /metrics` of the metrics variant says after the runs: its histograms' cumulative buckets and
+    replies by outcome (the picture in docs/production.md)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = ("gen_ai_server_time_to_first_token_seconds", "gen_ai_server_request_duration_seconds")
+    found: dict[str, Any] = {name: {} for name in wanted}
+    found["replies"] = {}
+    for family in text_string_to_metric_families(httpx.get(url, timeout=30).text):
+        for sample in family.samples:
+            if sample.name.endswith("_bucket") and family.name in wanted:
+                bound = sample.labels["le"]
+                found[family.name][bound] = found[family.name].get(bound, 0.0) + sample.value
+            elif sample.name == "kit_replies_total":
+                found["replies"][sample.labels["outcome"]] = sample.value
+    return found
+
+
+def plot(figures: dict[str, Any], path: Path) -> None:
+    """Two panels: the time-to-first-token histogram a scrape showed, and CPU per token of the three variants."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    buckets = figures["scraped"]["gen_ai_server_time_to_first_token_seconds"]
+    bounds = [bound for bound in buckets if bound != "+Inf"]
+    cumulative = [buckets[bound] for bound in bounds]
+    counts = [count - previous for count, previous in zip(cumulative, [0.0, *cumulative[:-1]], strict=True)]
+    left.bar(range(len(bounds)), counts, color="C0")
+    left.set_xticks(range(len(bounds)), [f"≤{float(b):g}" for b in bounds], rotation=60, fontsize=7)
+    left.set_title(f"gen_ai_server_time_to_first_token_seconds\n{figures['streams']:,} concurrent streams, per bucket")
+    cpu = figures["cpu_us_per_token"]
+    medians = [cpu[v]["median"] for v in VARIANTS]
+    errors = [
+        [m - cpu[v]["min"] for v, m in zip(VARIANTS, medians, strict=True)],
+        [cpu[v]["max"] - m for v, m in zip(VARIANTS, medians, strict=True)],
+    ]
+    bars = right.bar(["off", "metrics=True", "traces"], medians, yerr=errors, color=["C7", "C0", "C2"], capsize=4)
+    right.bar_label(bars, fmt="{:.0f}")
+    right.set_title("server CPU µs per token (median, min-max over rounds)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def describe(figures: dict[str, Any]) -> str:
@@ -179,11 +229,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="100 streams, one round")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--plot", help="draw the scrape's TTFT histogram and the CPU per token here (PNG)")
     args = parser.parse_args()
     if args.serve:
         return _serve(args.tokens)
     streams, runs = (100, 1) if args.quick else (args.streams, args.runs)
-    report(run(runs=runs, streams=streams, tokens=args.tokens), describe, args.json)
+    report(run(runs=runs, streams=streams, tokens=args.tokens), describe, args.json, plot, args.plot)
     return None
 
 

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -110,3 +111,12 @@ def test_one_scrape_counts_every_worker() -> None:
     for other in again:
         assert other["kit_replies_total{outcome=finished}"] == 36
         assert other["gen_ai_server_time_to_first_token_seconds_count"] == 44
+
+
+def test_kit_serve_prod_serves_metrics_for_its_demos(tmp_path: Path) -> None:
+    store = {"KIT_THREAD_STORE": str(tmp_path / "threads.sqlite")}
+    with ProdServer("--workers", "2", "--delay-ms", "0", env=store) as server:
+        assert httpx.post(server.url + "chat", json=chat_body("hi"), timeout=30).status_code == 200
+        figures = scrape(server.url)
+    assert figures["kit_replies_total{outcome=finished}"] == 1
+    assert figures["gen_ai_server_request_duration_seconds_count{outcome=finished}"] == 1
