@@ -33,7 +33,12 @@ class Metrics:
     """The process's metric objects (one set per process: prometheus_client refuses a name twice)."""
 
     def __init__(self) -> None:
-        from prometheus_client import Counter, Gauge, Histogram
+        try:
+            from prometheus_client import Counter, Gauge, Histogram
+        except ImportError as error:
+            raise ImportError(
+                "metrics=True needs prometheus_client: pip install 'kit[prod]' (or prometheus-client)"
+            ) from error
 
         reply, engine = ("route", "model"), ("model",)
         self.ttft = Histogram(
