@@ -55,7 +55,7 @@ class StreamSettings:
     # client could otherwise hold a request thread for a minute outside the model's queue.
     doctor_probe: bool | None = None
     title: str = "Deep Chat streaming kit"
-    # -- observability (docs/production.md, "Metrics and traces") -----------------------------------------
+    # -- observability (docs/production.md, "Metrics, traces and token usage") ------------------------------
     # `GET /metrics` in Prometheus' format (needs prometheus_client, in the `prod` extra); `kit serve --prod` on.
     metrics: bool = False
     # OpenTelemetry spans per reply (kit.web.tracing): None when opentelemetry-sdk is set up in the process or by

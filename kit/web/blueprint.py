@@ -106,9 +106,9 @@ def create_blueprint(
 ) -> Blueprint:
     """The chat as a Blueprint: `GET /` (the Deep Chat page), `POST /chat-stream` (SSE), `POST
     /chat-stream/stop` (Stop by stream id), `POST /chat` (one JSON reply), `GET /healthz` (and `GET /metrics`
-    with `metrics=True`), relative to
-    wherever it is registered. `options` are `StreamSettings` fields (granularity="word", ...); several
-    chats need several blueprints (each gets a name of its own unless `name` is given).
+    with `metrics=True`), relative to wherever it is registered. `options` are `StreamSettings` fields
+    (granularity="word", ...); several chats need several blueprints (each gets a name of its own unless
+    `name` is given).
 
     >>> from flask import Flask
     >>> app = Flask("mine")
