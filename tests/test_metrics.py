@@ -197,3 +197,20 @@ def test_the_threads_transcript_keeps_the_replys_usage(serve, tmp_path) -> None:
             "custom": {"usage": {"input_tokens": 7, "output_tokens": 4, "model": "gpt-4o-mini"}},
         },
     ]
+
+
+def test_a_chains_usage_metadata_reaches_the_reply_and_the_embedded_chat_model_reports_it(serve) -> None:  # type: ignore[no-untyped-def]
+    from langchain_core.runnables import RunnableGenerator
+
+    from kit import ChatLlama
+
+    def chunks(_: Iterator[Any]) -> Iterator[AIMessageChunk]:
+        yield AIMessageChunk("Hi", usage_metadata={"input_tokens": 5, "output_tokens": 1, "total_tokens": 6})
+        yield AIMessageChunk(" there", usage_metadata={"input_tokens": 0, "output_tokens": 2, "total_tokens": 2})
+
+    reply = stream_chat(serve(create_app(RunnableGenerator(chunks), thread_store=False)).url + "chat-stream", "hi")
+    assert reply.text == "Hi there"
+    assert reply.events[-1] == {"usage": {"input_tokens": 5, "output_tokens": 3}}
+    message = ChatLlama(max_tokens=6, temperature=0, seed=1, n_ctx=512, slots=1, host_cache_mb=0).invoke("Hi")
+    assert message.usage_metadata is not None
+    assert message.usage_metadata["output_tokens"] >= 1 and message.usage_metadata["input_tokens"] > 5

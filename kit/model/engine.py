@@ -257,10 +257,14 @@ class Engine:
         *,
         cancel: CancelToken | None = None,
         reuse: bool = True,
+        usage: dict[str, int] | None = None,
         **options: Any,
     ) -> Iterator[str]:
-        """Like `stream`, but yields only the non-empty text of each chunk."""
+        """Like `stream`, but yields only the non-empty text of each chunk; the last chunk's token counts
+        (`prompt_tokens`, `completion_tokens`) go into `usage` when it is given."""
         for chunk in self.stream(messages, cancel=cancel, reuse=reuse, **options):
+            if usage is not None and "usage" in chunk:
+                usage.update(chunk["usage"])
             text = chunk["choices"][0]["delta"].get("content")
             if text:
                 yield text
