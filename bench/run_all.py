@@ -15,6 +15,7 @@ from typing import Any
 from bench import (
     bench_approvals,
     bench_conversations,
+    bench_observability,
     bench_threads,
     bench_users,
     bench_words,
@@ -88,6 +89,8 @@ def main() -> None:
         with concurrency.production_server(worker_class) as server:
             results["concurrency"][label] = concurrency.held_streams_memory(f"{server.url}/chat-stream", server.pid)
     conversations = bench_conversations.section(results, DOCS)  # its own process; the figures go into results
+    results["observability"] = bench_observability.run(runs=max(args.runs, 3), streams=100 if args.quick else 1000)
+    bench_observability.plot(results["observability"], DOCS / "bench_observability.png")
     results["seconds"] = time.perf_counter() - started
     DOCS.mkdir(exist_ok=True)
     table = report.markdown(results) + "\n\n" + bench_words.describe(results["words"]) + "\n"
@@ -95,6 +98,8 @@ def main() -> None:
     table += "\n" + bench_threads.describe(results["threads"]) + "\n"
     table += "\n" + conversations
     table += "\n" + bench_approvals.describe(results["approvals"]) + "\n"
+    table += "\n### Observability\n\n" + bench_observability.describe(results["observability"])
+    table += "\n\n![observability](bench_observability.png)\n"
     (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=1))
     (DOCS / "benchmarks.md").write_text(
         f"# Benchmark results\n\nReproduce with `make bench` ({results['seconds']:.0f} s on this 2-core machine; "

@@ -83,6 +83,7 @@ _HOMES = {
     "split_graphemes": "kit.pipeline.granularity",
     # watching and calling a chat
     "StreamObserver": "kit.pipeline.observe",
+    "Usage": "kit.pipeline.usage",
     "add_observer": "kit.web.observers",
     "stream_chat": "kit.serving.client",
     "iter_stream": "kit.serving.client",
@@ -108,6 +109,7 @@ __all__ = [
     "ServiceBusy",
     "StreamObserver",
     "StreamSettings",
+    "Usage",
     "add_observer",
     "callback_source",
     "chat_body",

@@ -163,3 +163,40 @@ class ProdServer:
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def metrics_app(max_tokens: int = 12, long_tokens: int = 400) -> Flask:
+    """gunicorn factory for the metrics test: the embedded model (two small slots per worker), with metrics on.
+
+    The user's text picks the reply: "busy" is refused with a 503, "fail" fails after its first text, "long" is
+    a reply long enough for a client to stop it; anything else is a short reply.
+    """
+    from kit import LlamaSource, ServiceBusy
+
+    # One llama.cpp thread per worker: four workers share the machine's cores.
+    options = {
+        "n_ctx": 512,
+        "slots": 2,
+        "n_threads": 1,
+        "host_cache_mb": 0,
+        "temperature": 0.0,
+        "seed": 1,
+        "max_queue": 64,
+    }
+    short, long = LlamaSource(max_tokens=max_tokens, **options), LlamaSource(max_tokens=long_tokens, **options)
+
+    def source(messages: list[dict[str, object]], cancel: CancelToken) -> Iterator[object]:
+        text = str(messages[-1].get("text"))
+        if text == "busy":
+            raise ServiceBusy("The model is busy (a scripted refusal).")
+        items = (long if text == "long" else short)(messages, cancel)
+        return _fail_after_text(items) if text == "fail" else iter(items)
+
+    return create_app(source, metrics=True, thread_store=False)
+
+
+def _fail_after_text(items: Iterator[object]) -> Iterator[object]:
+    for item in items:
+        yield item
+        if isinstance(item, dict) and item["choices"] and item["choices"][0]["delta"].get("content"):
+            raise RuntimeError("a scripted failure after the first text")

@@ -29,6 +29,7 @@ from kit.pipeline.sources import (
     SourceFn,
     Streamable,
 )
+from kit.pipeline.usage import Usage
 
 _DONE = object()
 
@@ -129,15 +130,20 @@ class RunnableSource:
             iterator = iterate(self.chain.astream(value, config), cancel, owned=True, context=context)
         else:
             iterator = context.run(self.chain.stream, value, config)
+        usage = Usage()  # the chain's own chunks' usage_metadata, summed: reported once, at the end
         try:
             while not cancel.cancelled:
                 item = context.run(next, iterator, _DONE)
                 yield from tap.drain()
                 if item is _DONE:
-                    return
+                    break
+                usage.read(item)
                 yield answer_only(item)
         finally:
             context.run(close_iterator, iterator)
+        if usage.reported and not cancel.cancelled:  # as an OpenAI usage chunk: no text, read by kit.pipeline.usage
+            counts = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+            yield {"choices": [], "model": usage.model, "usage": counts}
 
     def _events(self, value: Any, cancel: CancelToken) -> Iterator[str | Role]:
         selector = AnswerSelector(final_only=self.final_only, filter=self.filter, steps_role=self.steps_role)

@@ -16,7 +16,9 @@ import logging
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kit.errors import ChatError
@@ -114,7 +116,15 @@ class _Slot:
 class Scheduler:
     """The batch loop over one llama.cpp context with `slots` sequences of `slot_ctx` tokens each."""
 
-    def __init__(self, llama: Any, slots: int, slot_ctx: int, n_threads: int, host_budget: int = 0) -> None:
+    def __init__(
+        self,
+        llama: Any,
+        slots: int,
+        slot_ctx: int,
+        n_threads: int,
+        host_budget: int = 0,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
         import llama_cpp
 
         self.api = llama_cpp
@@ -145,6 +155,9 @@ class Scheduler:
         self._running: dict[int, _Slot] = {}
         self._closing = False
         self.served = 0
+        self.model_name = Path(str(getattr(llama, "model_path", "model"))).stem
+        self.generated = 0  # tokens sampled for every request so far
+        self.on_change = on_change  # the queue or the slots changed (kit.pipeline.observe.ENGINE_WATCHERS)
         self._thread = threading.Thread(target=self._loop, name="kit-llama-batch", daemon=True)
         self._thread.start()
 
@@ -156,13 +169,17 @@ class Scheduler:
                 raise shut_down()
             self._waiting.append(request)
             self._cond.notify()
+        self.on_change()
 
     def leave(self, request: Request) -> None:
         request.stopped.set()
         with self._cond:
-            if request in self._waiting:
+            waited = request in self._waiting
+            if waited:
                 self._waiting.remove(request)  # leave the queue at once, not when the loop reaches it
             self._cond.notify()
+        if waited:
+            self.on_change()
 
     @property
     def waiting(self) -> int:
@@ -200,7 +217,9 @@ class Scheduler:
                     self._cond.wait()
                 if self._closing:
                     return
-                self._take_waiting()
+                taken = self._take_waiting()
+            if taken:
+                self.on_change()
             try:
                 self._step()
             except BaseException as error:  # every running request learns of it
@@ -213,18 +232,22 @@ class Scheduler:
     def _has_work(self) -> bool:
         return bool(self._running) or any(not r.abandoned for r in self._waiting)
 
-    def _take_waiting(self) -> None:
-        """Move waiting requests into free slots, first come first served."""
+    def _take_waiting(self) -> bool:
+        """Move waiting requests into free slots, first come first served; True if the queue changed."""
+        taken = False
         while self._waiting:
             request = self._waiting[0]
             if request.abandoned:
                 self._waiting.popleft()
+                taken = True
                 continue
             free = [seq for seq in range(self.slots) if seq not in self._running]
             if not free:
-                return
+                break
             self._waiting.popleft()
             self._start(free, request)
+            taken = True
+        return taken
 
     def _start(self, free: list[int], request: Request) -> None:
         options = request.options
@@ -345,6 +368,7 @@ class Scheduler:
         if api.llama_vocab_is_eog(self.vocab, token):
             return self._end(slot, "stop")
         slot.generated += 1
+        self.generated += 1
         text = slot.held + slot.decoder.decode(self._piece(token))
         stops = slot.request.stops
         for stop in stops:
@@ -378,7 +402,9 @@ class Scheduler:
         rest = slot.held + slot.decoder.decode(b"", final=True) if flush else ""
         if rest:
             slot.request.out.put(chunk(rest))
-        slot.request.out.put(chunk(finish=reason))
+        # The last chunk names the model and the reply's usage, as OpenAI's and llama.cpp's servers send them.
+        usage = {"prompt_tokens": len(slot.request.prompt), "completion_tokens": slot.generated}
+        slot.request.out.put({**chunk(finish=reason), "model": self.model_name, "usage": usage})
         with self._cond:
             self._finish(slot)
 
@@ -391,3 +417,4 @@ class Scheduler:
             self.memory.forget(slot.seq)
         self.api.llama_sampler_free(slot.sampler)
         slot.request.out.put(Finished())
+        self.on_change()

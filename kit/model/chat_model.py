@@ -16,7 +16,7 @@ from typing import Any
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.chat_models import BaseChatModel, generate_from_stream
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from pydantic import model_validator
@@ -94,8 +94,18 @@ class ChatLlama(BaseChatModel):
         if mode.grammar is not None:
             options["grammar"] = mode.grammar
         chat = to_chat_messages(messages, mode.prompt)
-        pieces = self.engine.chat(chat, reuse=self.prefix_reuse, **options)
-        for kind, text in split_call_or_text(pieces, mode.may_call):
+        usage: dict[str, int] = {}
+        pieces = self.engine.chat(chat, reuse=self.prefix_reuse, usage=usage, **options)
+        yield from self._chunks(split_call_or_text(pieces, mode.may_call), run_manager)
+        if usage:  # the reply's token counts, as LangChain's own chat models report them in their last chunk
+            inputs, outputs = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+            metadata = UsageMetadata(input_tokens=inputs, output_tokens=outputs, total_tokens=inputs + outputs)
+            yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=metadata))
+
+    def _chunks(
+        self, pieces: Iterator[tuple[str, str]], run_manager: CallbackManagerForLLMRun | None
+    ) -> Iterator[ChatGenerationChunk]:
+        for kind, text in pieces:
             if kind == "call":
                 yield ChatGenerationChunk(message=tool_call_chunk(text))
                 continue

@@ -27,6 +27,7 @@ from kit.model.fit import fit_messages
 from kit.model.settings import DEFAULT_N_CTX, INSTALL_LLAMA, LlamaSettings, ModelUnavailable
 from kit.model.slots import ReuseCounters
 from kit.pipeline.cancel import CancelToken, current_cancel
+from kit.pipeline.observe import ENGINE_WATCHERS, EngineState
 from kit.pipeline.pump import receive
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,25 @@ class Engine:
         """Generations started, for tests and monitoring."""
         return self._scheduler.served if self._scheduler is not None else 0
 
+    def state(self) -> EngineState:
+        """The queue, the slots and the token counts now (what the kit's Prometheus metrics show)."""
+        scheduler, reuse = self._scheduler, self.reuse
+        return EngineState(
+            model=self.model_path.stem,
+            slots=self.slots,
+            waiting=self.waiting,
+            running=self.running,
+            prompt_tokens=reuse.prompt_tokens,
+            reused_tokens=reuse.reused_tokens,
+            generated_tokens=scheduler.generated if scheduler is not None else 0,
+        )
+
+    def _changed(self) -> None:
+        if ENGINE_WATCHERS:  # nobody watches: nothing is computed
+            state = self.state()
+            for watcher in list(ENGINE_WATCHERS):
+                watcher(id(self), state)
+
     # -- loading -----------------------------------------------------------------------------------
 
     def load(self) -> Any:
@@ -162,7 +182,7 @@ class Engine:
                     stop_token_ids=[eos],
                 )
                 budget = self.host_cache_mb * 2**20
-                self._scheduler = Scheduler(llama, self.slots, self.n_ctx, self.n_threads, budget)
+                self._scheduler = Scheduler(llama, self.slots, self.n_ctx, self.n_threads, budget, self._changed)
                 self._llama = llama
             return self._llama
 
@@ -239,10 +259,14 @@ class Engine:
         *,
         cancel: CancelToken | None = None,
         reuse: bool = True,
+        usage: dict[str, int] | None = None,
         **options: Any,
     ) -> Iterator[str]:
-        """Like `stream`, but yields only the non-empty text of each chunk."""
+        """Like `stream`, but yields only the non-empty text of each chunk; the last chunk's token counts
+        (`prompt_tokens`, `completion_tokens`) go into `usage` when it is given."""
         for chunk in self.stream(messages, cancel=cancel, reuse=reuse, **options):
+            if usage is not None and "usage" in chunk:
+                usage.update(chunk["usage"])
             text = chunk["choices"][0]["delta"].get("content")
             if text:
                 yield text

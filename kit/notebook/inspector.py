@@ -12,6 +12,7 @@ from flask import Flask
 
 from kit.pipeline.observe import EndReason, StreamObserver, WriteKind
 from kit.pipeline.sources import ANSWER_ROLE, THINKING_ROLE
+from kit.pipeline.usage import Usage
 from kit.web.observers import add_observer
 
 MarkKind = Literal["piece", "thought", "text", "heartbeat", "error"]
@@ -47,6 +48,8 @@ class StreamStats:
     duration_s: float  # to the end, or to now while streaming
     pieces_per_s: float  # pieces over the time from the request's start to its last piece
     end: EndReason | None  # None while streaming
+    input_tokens: int | None = None  # the token usage the source reported (None: not reported, or not yet)
+    output_tokens: int | None = None
 
 
 class StreamRecord(StreamObserver):
@@ -57,6 +60,7 @@ class StreamRecord(StreamObserver):
         self.started = time.perf_counter()
         self.marks: list[Mark] = []  # appended by one thread only; list.append is atomic
         self.end_reason: EndReason | None = None
+        self.token_usage = Usage()  # what the source reported, once the stream ends
         self._role = ANSWER_ROLE  # the role of the pieces arriving now
         self._ended_at: float | None = None
         self._done = threading.Event()
@@ -80,6 +84,9 @@ class StreamRecord(StreamObserver):
     def write(self, kind: WriteKind, nbytes: int, at: float) -> None:
         self.marks.append(Mark(kind, at - self.started, nbytes))
         self._changed(final=False)
+
+    def usage(self, usage: Usage, at: float) -> None:
+        self.token_usage = usage
 
     def end(self, reason: EndReason, at: float) -> None:
         self._ended_at = at
@@ -123,6 +130,8 @@ class StreamRecord(StreamObserver):
             duration_s=end - self.started,
             pieces_per_s=len(pieces) / last_piece if last_piece > 0 else 0.0,
             end=self.end_reason,
+            input_tokens=self.token_usage.input_tokens,
+            output_tokens=self.token_usage.output_tokens,
         )
 
 
@@ -140,6 +149,15 @@ class Inspector:
     >>> stats = inspector.wait().stats
     >>> stats.pieces, stats.events, stats.end
     (3, 3, 'finished')
+    >>> usage = {"prompt_tokens": 4, "completion_tokens": 1}
+    >>> app = create_app(lambda messages: [{"choices": [{"delta": {"content": "Hi"}}], "usage": usage}])
+    >>> inspector = Inspector(app)
+    >>> with BackgroundServer(app) as server:
+    ...     stream_chat(server.url + "chat-stream", "hi").events[-1]
+    {'usage': {'input_tokens': 4, 'output_tokens': 1}}
+    >>> stats = inspector.wait().stats
+    >>> stats.input_tokens, stats.output_tokens
+    (4, 1)
     """
 
     def __init__(self, app: Flask, *, keep: int = 50, refresh_s: float = 0.2) -> None:
@@ -249,6 +267,12 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f}"
 
 
+def _tokens(stats: StreamStats) -> str:
+    if stats.input_tokens is None and stats.output_tokens is None:
+        return "-"
+    return " / ".join("?" if count is None else str(count) for count in (stats.input_tokens, stats.output_tokens))
+
+
 def stats_table(streams: list[StreamRecord], rows: int = 8) -> str:
     """An HTML table of the latest streams' numbers."""
     head = "".join(
@@ -264,6 +288,7 @@ def stats_table(streams: list[StreamRecord], rows: int = 8) -> str:
             ("events", "text events sent"),
             ("bytes", "bytes sent: events, heartbeats, error"),
             ("beats", "heartbeats sent"),
+            ("tokens", "tokens in / out, as the source reported them"),
             ("s", "duration, seconds"),
             ("end", "how the stream ended"),
         )
@@ -276,7 +301,8 @@ def stats_table(streams: list[StreamRecord], rows: int = 8) -> str:
             f"<tr><td>{number}</td><td>{html.escape(record.prompt[:16])}</td><td>{_ms(s.first_piece_s)}</td>"
             f"<td>{_ms(s.first_thought_s)}</td><td>{_ms(s.first_answer_s)}</td>"
             f"<td>{s.pieces}</td><td>{s.pieces_per_s:.0f}</td><td>{s.events}</td><td>{s.bytes}</td>"
-            f"<td>{s.heartbeats}</td><td>{s.duration_s:.2f}</td><td>{s.end or 'streaming…'}</td></tr>"
+            f"<td>{s.heartbeats}</td><td>{_tokens(s)}</td><td>{s.duration_s:.2f}</td>"
+            f"<td>{s.end or 'streaming…'}</td></tr>"
         )
     style = "font-size: 11px; white-space: nowrap; border-collapse: collapse"
     return f'<table style="{style}"><tr>{head}</tr>{"".join(body)}</table>'

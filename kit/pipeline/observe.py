@@ -1,11 +1,14 @@
-"""Hooks that watch streams as they are served (the notebook inspector, benchmarks)."""
+"""Hooks that watch streams as they are served (the notebook inspector, metrics, benchmarks) and the engines."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
-WriteKind = Literal["text", "heartbeat", "error"]
+from kit.pipeline.usage import Usage
+
+WriteKind = Literal["text", "heartbeat", "error", "usage"]
 EndReason = Literal["finished", "failed", "client_gone"]
 
 
@@ -25,9 +28,38 @@ class StreamObserver:
     def write(self, kind: WriteKind, nbytes: int, at: float) -> None:
         """Bytes went to the client: an event or a heartbeat."""
 
+    def usage(self, usage: Usage, at: float) -> None:
+        """The tokens the source reported for this reply (called just before `end`, and only if it reported)."""
+
     def end(self, reason: EndReason, at: float) -> None:
         """The stream is over."""
 
 
 ObserverFactory = Callable[[list[dict[str, object]]], StreamObserver]
 """Called once per streamed request with its messages; returns the observer for that stream."""
+
+
+@dataclass(frozen=True)
+class EngineState:
+    """What an embedded model's engine is doing now, and its counts since it started (kit.model.engine)."""
+
+    model: str
+    slots: int
+    waiting: int  # generations queued for a free slot
+    running: int  # generations holding a slot
+    prompt_tokens: int  # prompt tokens of the generations started
+    reused_tokens: int  # ... whose cells were already there (prefix reuse)
+    generated_tokens: int
+
+
+EngineWatcher = Callable[[int, EngineState], None]
+"""Called with an engine's id and its state whenever its queue or slots change (keep it short)."""
+
+ENGINE_WATCHERS: list[EngineWatcher] = []
+"""Who watches the process's engines (the Prometheus metrics); empty, an engine's change costs one check."""
+
+
+def watch_engines(watcher: EngineWatcher) -> Callable[[], None]:
+    """Call `watcher` on every change of every engine from now on; returns a function that stops it."""
+    ENGINE_WATCHERS.append(watcher)
+    return lambda: ENGINE_WATCHERS.remove(watcher) if watcher in ENGINE_WATCHERS else None

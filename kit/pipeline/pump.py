@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import threading
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kit.pipeline.cancel import CancelToken
+from kit.pipeline.usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,9 @@ class Pump:
     """A producer thread that iterates `pieces` into a bounded queue until the end, an error or cancel.
 
     Backpressure: when the consumer stops reading for `stall_timeout_s` (a client that reads nothing),
-    the producer cancels itself instead of buffering without bound.
+    the producer cancels itself instead of buffering without bound. The thread runs in a copy of its
+    creator's context (as `asyncio.to_thread` does), so a trace's current span reaches the source.
+    `usage` is what the source reported of its token usage (filled in by the stages that read its items).
     """
 
     def __init__(
@@ -93,14 +97,17 @@ class Pump:
         queue_size: int = 256,
         stall_timeout_s: float = 30.0,
         poll_s: float = 0.05,
+        usage: Usage | None = None,
     ) -> None:
         self.cancel = cancel
+        self.usage = usage if usage is not None else Usage()
         self._pieces = pieces
         self._queue: queue.Queue[str | Finished | Failed] = queue.Queue(maxsize=queue_size)
         self._taken: deque[str | Finished | Failed] = deque()  # drained from the queue, not yet returned
         self._stall_timeout_s = stall_timeout_s
         self._poll_s = poll_s
-        self._thread = threading.Thread(target=self._produce, name="kit-pump", daemon=True)
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._produce,), name="kit-pump", daemon=True)
 
     def start(self) -> Pump:
         with _live_lock:

@@ -55,6 +55,14 @@ class StreamSettings:
     # client could otherwise hold a request thread for a minute outside the model's queue.
     doctor_probe: bool | None = None
     title: str = "Deep Chat streaming kit"
+    # -- observability (docs/production.md, "Metrics, traces and token usage") ------------------------------
+    # `GET /metrics` in Prometheus' format (needs prometheus_client, in the `prod` extra); `kit serve --prod` on.
+    metrics: bool = False
+    # OpenTelemetry spans per reply (kit.web.tracing): None when opentelemetry-sdk is set up in the process or by
+    # the OTEL_* environment, False off, True on, or the TracerProvider to use. Prompts and answers only with
+    # `trace_content` (they may hold personal data).
+    tracing: Any = None
+    trace_content: bool = False
     # -- threads (kit.web.threads) -------------------------------------------------------------------
     # Where conversations live: None for kit-threads.sqlite in the working directory, a path, a postgresql://
     # URL, a kit.threads.store.ThreadStore, or False for none.

@@ -14,6 +14,7 @@ from kit.pipeline.async_sources import is_async_iterable, with_async
 from kit.pipeline.cancel import CancelToken
 from kit.pipeline.pump import close_iterator
 from kit.pipeline.shapes import ACCEPTED, describe, read_parts, read_text
+from kit.pipeline.usage import Usage
 
 Message = dict[str, Any]
 """One Deep Chat message: {"role": "user" | "ai" | "system", "text": str, "files"?: [...]}."""
@@ -134,13 +135,13 @@ class UnreadableItem(ChatError, TypeError):
     status = 502
 
 
-def texts(items: Iterable[Any]) -> Iterator[str | Role]:
+def texts(items: Iterable[Any], usage: Usage | None = None) -> Iterator[str | Role]:
     """Normalise items to non-empty text (Role markers pass as they are); bytes are decoded incrementally,
     so a token that ends inside a UTF-8 sequence is joined with the next one instead of becoming U+FFFD.
     An item's thinking goes into a `Role(THINKING_ROLE)` bubble, and the text after it back into the bubble
-    the source chose last (a Role marker is yielded only where the role changes).
-
-    Never silent: items no shape fits are skipped with a warning naming their type, and a source that
+    the source chose last (a Role marker is yielded only where the role changes). Token usage that items
+    report goes into `usage` (kit.pipeline.usage). Never silent: items no shape fits are skipped with a
+    warning naming their type, and a source that
     ends without any text raises UnreadableItem saying why, so the client gets an error, not an empty bubble.
 
     >>> list(texts([b"caf\\xc3", b"\\xa9", "", " ok"]))
@@ -166,7 +167,7 @@ def texts(items: Iterable[Any]) -> Iterator[str | Role]:
             elif isinstance(item, bytes | bytearray):
                 thinking, text = "", decoder.decode(item)
             else:
-                parts = _readable(item)
+                parts = _readable(item, usage)
                 if parts is None:
                     if unread is None:
                         unread = describe(item)
@@ -196,7 +197,9 @@ def texts(items: Iterable[Any]) -> Iterator[str | Role]:
         close_iterator(iterator)
 
 
-def _readable(item: Any) -> tuple[str, str] | None:
+def _readable(item: Any, usage: Usage | None) -> tuple[str, str] | None:
+    if usage is not None:
+        usage.read(item)
     return ("", "") if item is None else read_parts(item)
 
 

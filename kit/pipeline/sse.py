@@ -45,3 +45,13 @@ def text_event(text: str, role: str | None = None) -> str:
 def error_event(message: str) -> str:
     """Frame an error; Deep Chat shows it as an error bubble and keeps the partial text."""
     return encode_event({"error": message})
+
+
+def usage_event(usage: dict[str, Any]) -> str:
+    """Frame a reply's token usage, its last event: Deep Chat shows nothing for an event without text, and
+    a page's `responseInterceptor` can read it.
+
+    >>> usage_event({"input_tokens": 3, "output_tokens": 5})
+    'data: {"usage": {"input_tokens": 3, "output_tokens": 5}}\\n\\n'
+    """
+    return encode_event({"usage": usage})

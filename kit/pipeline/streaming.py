@@ -16,8 +16,9 @@ from kit.pipeline.pump import TIMEOUT, Failed, Finished, Pump, Timeout
 from kit.pipeline.sanitize import neutralize_links, scrub_surrogates
 from kit.pipeline.settings import StreamSettings
 from kit.pipeline.sources import ANSWER_ROLE, Role, texts
-from kit.pipeline.sse import HEARTBEAT, error_event, text_event
+from kit.pipeline.sse import HEARTBEAT, error_event, text_event, usage_event
 from kit.pipeline.thinking import Bubbles, thinking_stages
+from kit.pipeline.usage import Usage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,11 +36,13 @@ def start_pump(items: Iterable[object], cancel: CancelToken, settings: StreamSet
     possible link), so the client gets all the text produced before the error, then the error.
     """
     failure: list[Exception] = []
-    text = scrub_surrogates(thinking_stages(_until_failure(texts(items), failure), settings.thinking))
+    usage = Usage()
+    text = scrub_surrogates(thinking_stages(_until_failure(texts(items, usage), failure), settings.thinking))
     if settings.neutralize_links:
         text = neutralize_links(text)
     pieces = _then_raise(splitter(settings.granularity)(text), failure)
-    return Pump(pieces, cancel, queue_size=settings.queue_size, stall_timeout_s=settings.stall_timeout_s).start()
+    queue_size, stall_timeout_s = settings.queue_size, settings.stall_timeout_s
+    return Pump(pieces, cancel, queue_size=queue_size, stall_timeout_s=stall_timeout_s, usage=usage).start()
 
 
 def _until_failure(items: Iterable[T], failure: list[Exception]) -> Iterator[T]:
@@ -110,9 +113,11 @@ class _Watchers:
                 observer.write(kind, nbytes, at)
         return data
 
-    def end(self, reason: EndReason) -> None:
+    def end(self, reason: EndReason, usage: Usage) -> None:
         at = time.perf_counter()
         for observer in self.observers:
+            if usage.reported:
+                observer.usage(usage, at)
             observer.end(reason, at)
 
 
@@ -160,6 +165,11 @@ class _Writer:
         if now - self.last_write >= self.heartbeat_s:
             self.last_write = now
             yield self.watch.wrote("heartbeat", HEARTBEAT)
+
+    def usage(self, usage: Usage) -> Iterator[str]:
+        # The reply's last event: Deep Chat ignores an event without text, so the bubble stays as it is.
+        if usage.reported:
+            yield self.watch.wrote("usage", usage_event(usage.as_dict()))
 
     def error(self, message: str) -> str:
         # Nothing may follow the error: any later message would make Deep Chat clear its bubble.
@@ -209,12 +219,12 @@ def sse_events(
                     return
                 yield from writer.heartbeat(now)
             else:
-                reason = yield from _ended(item, pump.cancel, writer, now)
+                reason = yield from _ended(item, pump, writer, now)
                 return
     finally:
         OPEN_STREAMS.discard(pump.cancel)
         pump.close()
-        watch.end(reason)
+        watch.end(reason, pump.usage)
 
 
 def _cancelled_elsewhere(cancel: CancelToken, writer: _Writer, now: float) -> Iterator[str]:
@@ -227,12 +237,16 @@ def _cancelled_elsewhere(cancel: CancelToken, writer: _Writer, now: float) -> It
     return "failed"
 
 
-def _ended(item: Finished | Failed, cancel: CancelToken, writer: _Writer, now: float) -> Iterator[str]:
-    """The source finished or failed: what is held back goes out, then the error if any. Returns the reason."""
+def _ended(item: Finished | Failed, pump: Pump, writer: _Writer, now: float) -> Iterator[str]:
+    """The source finished or failed: what is held back goes out, then the error if any, or the token usage the
+    source reported. Returns the reason."""
     yield from writer.flush(now)
     if isinstance(item, Failed):
         log.error("source failed mid-stream", exc_info=item.error)
         yield writer.error(public_message(item.error))
         return "failed"
     # A source that obeyed a Stop request ends normally, but the reply was stopped, not finished.
-    return "client_gone" if cancel.cancelled else "finished"
+    if pump.cancel.cancelled:
+        return "client_gone"
+    yield from writer.usage(pump.usage)
+    return "finished"

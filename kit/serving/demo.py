@@ -73,9 +73,9 @@ def demo_agent(store: Any = None, model: Any = None, *, approvals: bool = False)
     )
 
 
-def demo_agent_app(store: Any = None, model: Any = None, *, approvals: bool = False) -> Flask:
+def demo_agent_app(store: Any = None, model: Any = None, *, approvals: bool = False, **options: Any) -> Flask:
     """`create_app` around `demo_agent`: tool calls and results in a steps bubble, the answer after them;
-    `model` replaces the embedded one (a scripted model in tests and notebooks)."""
+    `model` replaces the embedded one (a scripted model in tests and notebooks); `options` go to `create_app`."""
     from kit.adapters.graphs import graph_source
     from kit.model.chat_model import ChatLlama
     from kit.threads.store import open_store
@@ -85,17 +85,19 @@ def demo_agent_app(store: Any = None, model: Any = None, *, approvals: bool = Fa
     # The model sits inside the agent's node: named here, its fair queue admits a request before the first byte.
     models = [model] if isinstance(model, ChatLlama) else []
     source = graph_source(demo_agent(store, model, approvals=approvals), steps_role="steps", models=models)
-    return create_app(source, thread_store=store, title="Deep Chat kit: agent demo")
+    return create_app(source, thread_store=store, title="Deep Chat kit: agent demo", **options)
 
 
-def build_demo_app(demo: str, delay_ms: float) -> Flask:
-    """The app behind `serve --demo NAME` (and, in each gunicorn worker, `serve --prod --demo NAME`)."""
+def build_demo_app(demo: str, delay_ms: float, **options: Any) -> Flask:
+    """The app behind `serve --demo NAME` (and, in each gunicorn worker, `serve --prod --demo NAME`, with
+    `metrics=True`); `options` are `create_app`'s."""
     store = os.environ.get(THREAD_STORE_ENV)  # None: kit-threads.sqlite in the working directory
     if demo in ("agent", "approvals"):
-        return demo_agent_app(store, approvals=demo == "approvals")
+        return demo_agent_app(store, approvals=demo == "approvals", **options)
     if demo == "chain":  # a LangChain chain on the embedded model; LangChain is imported for this demo only
         from kit.adapters.ready_made import demo_chain
 
-        return create_app(demo_chain(), title="Deep Chat kit: chain demo", thread_store=store)
+        return create_app(demo_chain(), title="Deep Chat kit: chain demo", thread_store=store, **options)
     source = demo_source(demo, delay_ms)
-    return create_app(source, granularity=demo, title=f"Deep Chat kit: {demo} demo", thread_store=store)
+    title = f"Deep Chat kit: {demo} demo"
+    return create_app(source, granularity=demo, title=title, thread_store=store, **options)

@@ -7,15 +7,20 @@
 
 This module is also that gunicorn config file: its `post_worker_init` and `worker_int` hooks make a
 worker that is told to stop end its open streams at once (each gets a final "restarting" error event)
-instead of waiting out long replies. Nothing here imports the app: gevent must patch first.
+instead of waiting out long replies; `on_starting`, `child_exit` and `on_exit` give prometheus_client a
+directory shared by the workers (PROMETHEUS_MULTIPROC_DIR), so that one scrape of `GET /metrics` counts
+every worker. Nothing here imports the app: gevent must patch first.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -70,10 +75,10 @@ def run(command: Sequence[str]) -> None:
 
 
 def demo_app(demo: str = "word", delay_ms: float = 40.0) -> Flask:
-    """The app factory behind `serve --prod --demo NAME` (gunicorn calls it in each worker)."""
+    """The app factory behind `serve --prod --demo NAME` (gunicorn calls it in each worker), with `GET /metrics`."""
     from kit.serving.demo import build_demo_app
 
-    return build_demo_app(demo, delay_ms)
+    return build_demo_app(demo, delay_ms, metrics=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -83,6 +88,33 @@ def demo_app(demo: str = "word", delay_ms: float = 40.0) -> Flask:
 # gunicorn >= 25.1 opens a control socket at one fixed path in the home directory, so two servers on one
 # machine (two kits, a test next to a dev server) fight over it. Older versions ignore this name.
 control_socket_disable = True
+
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_made_dirs: list[str] = []
+
+
+def on_starting(server: Any) -> None:
+    """gunicorn hook, in the master before any worker: a fresh directory for the workers' metric files, unless
+    PROMETHEUS_MULTIPROC_DIR names one already (then it is yours to empty between runs)."""
+    if not os.environ.get(MULTIPROC_ENV):
+        directory = tempfile.mkdtemp(prefix="kit-prometheus-")
+        os.environ[MULTIPROC_ENV] = directory  # the workers inherit it, before they import prometheus_client
+        _made_dirs.append(directory)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """gunicorn hook: a worker that ended no longer counts in the live gauges (active streams, queue depth)."""
+    if os.environ.get(MULTIPROC_ENV) and importlib.util.find_spec("prometheus_client") is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """gunicorn hook: the metric files' directory made by `on_starting` goes with the server."""
+    for directory in _made_dirs:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _end_streams() -> None:

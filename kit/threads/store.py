@@ -9,6 +9,7 @@ checkpoint would re-serialise the whole conversation at every turn. Graphs keep 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sqlite3
 import threading
@@ -53,6 +54,8 @@ class ThreadStore:
 
     placeholder = "?"
     schema: tuple[str, ...] = ()
+    # Run after the schema, each failure ignored: a store made before a column existed gets it added.
+    migrations: tuple[str, ...] = ("ALTER TABLE kit_thread_messages ADD COLUMN custom TEXT",)
     name = "thread store"
 
     def __init__(self) -> None:
@@ -63,15 +66,17 @@ class ThreadStore:
 
     def messages(self, thread_id: str) -> list[Message]:
         """The thread's visible messages in order, as Deep Chat shows them ([] for a thread never seen)."""
-        rows = self._query("SELECT role, text FROM kit_thread_messages WHERE thread_id = ? ORDER BY id", (thread_id,))
-        return [{"role": row["role"], "text": row["text"]} for row in rows]
+        sql = "SELECT role, text, custom FROM kit_thread_messages WHERE thread_id = ? ORDER BY id"
+        rows = self._query(sql, (thread_id,))
+        return [_message(row["role"], row["text"], row["custom"]) for row in rows]
 
     def append(self, thread_id: str, messages: Sequence[Message]) -> None:
         """Add messages at the end of the thread's transcript, all or none."""
         now = time.time()
-        rows = [(thread_id, str(m["role"]), str(m.get("text", "")), now) for m in messages]
+        # Deep Chat's `custom` field (a reply's token usage) is kept as JSON, as the page gets it back.
+        rows = [(thread_id, str(m["role"]), str(m.get("text", "")), _custom(m), now) for m in messages]
         if rows:
-            sql = "INSERT INTO kit_thread_messages (thread_id, role, text, created) VALUES (?, ?, ?, ?)"
+            sql = "INSERT INTO kit_thread_messages (thread_id, role, text, custom, created) VALUES (?, ?, ?, ?, ?)"
             self._execute_many(sql, rows)
 
     def claim(self, thread_id: str, owner: str) -> str:
@@ -172,6 +177,21 @@ class ThreadStore:
         with self._connection() as connection:
             for statement in self.schema:
                 connection.execute(statement)
+        for statement in self.migrations:
+            with contextlib.suppress(*self._errors()), self._connection() as connection:
+                connection.execute(statement)  # fails when the column is there already
+
+
+def _custom(message: Message) -> str | None:
+    custom = message.get("custom")
+    return None if custom is None else json.dumps(custom, ensure_ascii=False)
+
+
+def _message(role: str, text: str, custom: str | None) -> Message:
+    message: Message = {"role": role, "text": text}
+    if custom is not None:
+        message["custom"] = json.loads(custom)
+    return message
 
 
 class SqliteThreadStore(ThreadStore):
@@ -186,7 +206,7 @@ class SqliteThreadStore(ThreadStore):
 
     schema = (
         "CREATE TABLE IF NOT EXISTS kit_thread_messages (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-        "thread_id TEXT NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, created REAL NOT NULL)",
+        "thread_id TEXT NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, custom TEXT, created REAL NOT NULL)",
         "CREATE INDEX IF NOT EXISTS kit_thread_messages_by_thread ON kit_thread_messages (thread_id, id)",
         "CREATE TABLE IF NOT EXISTS kit_thread_owners (thread_id TEXT PRIMARY KEY, owner TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_stop_requests (stream_id TEXT PRIMARY KEY, created REAL NOT NULL)",
@@ -241,13 +261,15 @@ class PostgresThreadStore(ThreadStore):
     placeholder = "%s"
     schema = (
         "CREATE TABLE IF NOT EXISTS kit_thread_messages (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
-        "thread_id TEXT NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, created DOUBLE PRECISION NOT NULL)",
+        "thread_id TEXT NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, custom TEXT, "
+        "created DOUBLE PRECISION NOT NULL)",
         "CREATE INDEX IF NOT EXISTS kit_thread_messages_by_thread ON kit_thread_messages (thread_id, id)",
         "CREATE TABLE IF NOT EXISTS kit_thread_owners (thread_id TEXT PRIMARY KEY, owner TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_stop_requests (stream_id TEXT PRIMARY KEY, created DOUBLE PRECISION NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_interrupt_claims (thread_id TEXT NOT NULL, interrupt_id TEXT NOT NULL, "
         "created DOUBLE PRECISION NOT NULL, PRIMARY KEY (thread_id, interrupt_id))",
     )
+    migrations = ("ALTER TABLE kit_thread_messages ADD COLUMN IF NOT EXISTS custom TEXT",)
 
     def __init__(self, conninfo: str, *, max_connections: int = 8, timeout_s: float = 5.0) -> None:
         super().__init__()
@@ -297,7 +319,7 @@ class PostgresThreadStore(ThreadStore):
         with self._connection() as connection:
             # Two workers starting at once would race on CREATE TABLE; one lock orders them.
             connection.execute("SELECT pg_advisory_xact_lock(7366417)")
-            for statement in self.schema:
+            for statement in (*self.schema, *self.migrations):
                 connection.execute(statement)
         log.info("threads: conversations are kept in %s", self.name)
 

@@ -35,6 +35,7 @@ class Bubbles:
 
     def __init__(self) -> None:
         self._bubbles: list[tuple[str, list[str]]] = []  # (role, its pieces): joined once, not per piece
+        self.usage: dict[str, object] | None = None  # the reply's token usage (its last event), if any
 
     def add(self, text: str, role: str | None = None) -> None:
         if not text:
@@ -47,7 +48,12 @@ class Bubbles:
             self._bubbles[-1][1].append(text)
 
     def messages(self) -> list[Message]:
-        return [{"role": role, "text": "".join(pieces)} for role, pieces in self._bubbles]
+        """The bubbles; the last answer bubble carries the reply's usage in Deep Chat's `custom` field."""
+        messages: list[Message] = [{"role": role, "text": "".join(pieces)} for role, pieces in self._bubbles]
+        answers = [message for message in messages if message["role"] == ANSWER_ROLE]
+        if self.usage is not None and answers:
+            answers[-1]["custom"] = {"usage": self.usage}
+        return messages
 
 
 def new_user_messages(messages: Sequence[Message]) -> list[Message]:

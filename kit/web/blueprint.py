@@ -20,7 +20,7 @@ from kit.pipeline.sse import STREAM_HEADERS
 from kit.pipeline.streaming import collect_answer, public_message, sse_events, start_pump
 from kit.web.chat_request import parse_chat_request
 from kit.web.interrupts import ChatInterrupts  # approvals (issue 18)
-from kit.web.observers import observers_for
+from kit.web.observers import instrument, observers_for
 from kit.web.origins import OriginPolicy
 from kit.web.page import CONTENT_SECURITY_POLICY, render_page
 from kit.web.probe import PROBE_HEADER, probe_allowed, probe_plan, probe_script
@@ -105,9 +105,10 @@ def create_blueprint(
     source: Source, settings: StreamSettings | None = None, *, name: str | None = None, **options: Any
 ) -> Blueprint:
     """The chat as a Blueprint: `GET /` (the Deep Chat page), `POST /chat-stream` (SSE), `POST
-    /chat-stream/stop` (Stop by stream id), `POST /chat` (one JSON reply), `GET /healthz`, relative to
-    wherever it is registered. `options` are `StreamSettings` fields (granularity="word", ...); several
-    chats need several blueprints (each gets a name of its own unless `name` is given).
+    /chat-stream/stop` (Stop by stream id), `POST /chat` (one JSON reply), `GET /healthz` (and `GET /metrics`
+    with `metrics=True`), relative to wherever it is registered. `options` are `StreamSettings` fields
+    (granularity="word", ...); several chats need several blueprints (each gets a name of its own unless
+    `name` is given).
 
     >>> from flask import Flask
     >>> app = Flask("mine")
@@ -127,6 +128,7 @@ def create_blueprint(
     blueprint.add_url_rule("/chat", "chat", routes.answer, methods=["POST"])
     routes.threads.register_routes(blueprint)  # threads (issue 17): GET /threads/<id>/messages
     ChatInterrupts(routes).register_routes(blueprint)  # approvals (issue 18): interrupts and POST resume
+    instrument(blueprint, source, settings)  # metrics and traces (issue 29): before the guards, to see refusals
     _guard(blueprint, settings)
     return blueprint
 

@@ -158,3 +158,5 @@ def _read_event(event: str, bubbles: Bubbles) -> None:
             payload = json.loads(line[len("data: ") :])
             if isinstance(payload, dict) and isinstance(payload.get("text"), str):
                 bubbles.add(payload["text"], payload.get("role"))
+            elif isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
+                bubbles.usage = payload["usage"]

@@ -55,6 +55,27 @@ if (chat) {
     },
   };
   foldAsides(chat);
+  showUsage(chat);
+}
+
+// A reply's last event may carry its token usage, `{"usage": {"input_tokens", "output_tokens", "model"}}`, which
+// Deep Chat itself ignores (no text: the bubble stays as it is). The page keeps it for scripts of its own (a
+// `kit-usage` event on the element, `data-kit-usage` on the reply's bubble) and shows it as the bubble's tooltip.
+function showUsage(element) {
+  element.responseInterceptor = (response) => {
+    const usage = response && response.usage;
+    if (usage && typeof usage === "object") {
+      element.dispatchEvent(new CustomEvent("kit-usage", { detail: usage }));
+      const bubbles = element.shadowRoot ? element.shadowRoot.querySelectorAll(".ai-message-text") : [];
+      const bubble = bubbles[bubbles.length - 1];
+      if (bubble) {
+        const counts = [["input_tokens", "in"], ["output_tokens", "out"]].filter(([key]) => key in usage);
+        bubble.dataset.kitUsage = JSON.stringify(usage);
+        bubble.title = counts.map(([key, label]) => `${usage[key]} tokens ${label}`).join(", ");
+      }
+    }
+    return response;
+  };
 }
 
 // What a folded bubble of each role says. Only classes and attributes are added: the model's words stay the
