@@ -145,6 +145,7 @@ class Scheduler:
         self._running: dict[int, _Slot] = {}
         self._closing = False
         self.served = 0
+        self.stopped = 0  # generations ended early because their client left (Stop, a closed connection)
         self._thread = threading.Thread(target=self._loop, name="kit-llama-batch", daemon=True)
         self._thread.start()
 
@@ -292,6 +293,7 @@ class Scheduler:
         with self._cond:
             for slot in [s for s in self._running.values() if s.request.abandoned]:
                 log.info("generation stopped: its client left")
+                self.stopped += 1
                 self._finish(slot)
             slots = list(self._running.values())
         if not slots:
@@ -378,7 +380,10 @@ class Scheduler:
         rest = slot.held + slot.decoder.decode(b"", final=True) if flush else ""
         if rest:
             slot.request.out.put(chunk(rest))
-        slot.request.out.put(chunk(finish=reason))
+        done = chunk(finish=reason)
+        prompt, generated = len(slot.request.prompt), slot.generated
+        done["usage"] = {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+        slot.request.out.put(done)
         with self._cond:
             self._finish(slot)
 

@@ -22,7 +22,9 @@ from typing import Any
 
 from kit.errors import ChatError, ServiceBusy
 from kit.model.batching import DEFAULT_SLOTS, Request, Scheduler, check_options
+from kit.model.chunks import ChatText
 from kit.model.fit import fit_messages
+from kit.model.remote import RemoteEngine, remote_engine
 from kit.model.settings import DEFAULT_N_CTX, INSTALL_LLAMA, LlamaSettings, ModelUnavailable
 from kit.model.slots import ReuseCounters
 from kit.pipeline.cancel import CancelToken, current_cancel
@@ -51,7 +53,7 @@ class Cancelled(Exception):
     """The request was cancelled (its client left) before the model could serve it."""
 
 
-class Engine:
+class Engine(ChatText):
     """One llama.cpp model serving up to `slots` generations at once (continuous batching), the rest in FIFO order.
 
     `n_ctx` is each user's context (a slot); the batched context holds `slots * n_ctx` tokens. `n_threads`
@@ -134,6 +136,11 @@ class Engine:
         """Generations started, for tests and monitoring."""
         return self._scheduler.served if self._scheduler is not None else 0
 
+    @property
+    def stopped(self) -> int:
+        """Generations ended early because their client left (a Stop, a closed connection)."""
+        return self._scheduler.stopped if self._scheduler is not None else 0
+
     # -- loading -----------------------------------------------------------------------------------
 
     def load(self) -> Any:
@@ -195,6 +202,25 @@ class Engine:
 
     # -- generation --------------------------------------------------------------------------------
 
+    def request(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        cancel: CancelToken | None = None,
+        reuse: bool = True,
+        **options: Any,
+    ) -> Request:
+        """The generation for `messages`, fitted to a slot (a ChatError 413 for a message that cannot fit), not
+        yet queued: `run` queues it and yields its chunks. `stream` does both."""
+        check_options(options)
+        room = min(int(options.get("max_tokens") or 256), self.n_ctx // 4)
+        fitted = fit_messages([dict(m) for m in messages], self.prompt, self.tokenize, self.n_ctx, room)
+        stop = options.get("stop") or []
+        stops = fitted.stops + ([stop] if isinstance(stop, str) else list(stop))
+        cancel = cancel or current_cancel() or CancelToken()
+        stops = [s for s in stops if s]
+        return Request(fitted.tokens, options, cancel, stops, reuse=reuse, shift=fitted.dropped > 0)
+
     def stream(
         self,
         messages: Sequence[Mapping[str, str]],
@@ -209,19 +235,32 @@ class Engine:
         temperature, top_p, top_k, seed, repeat_penalty, stop (list of strings) and grammar (GBNF text).
         Closing the iterator, or setting `cancel` (default: the token of the enclosing `cancel_scope`),
         leaves the queue or frees the slot at the next decode step. `reuse=False` reads the whole prompt
-        from an empty sequence (reproducible whoever used the model before; see docs/engine.md).
+        from an empty sequence (reproducible whoever used the model before; see docs/engine.md). The last
+        chunk (its `finish_reason` set) carries the `usage`: prompt and completion tokens.
         """
-        check_options(options)
-        room = min(int(options.get("max_tokens") or 256), self.n_ctx // 4)
-        fitted = fit_messages([dict(m) for m in messages], self.prompt, self.tokenize, self.n_ctx, room)
-        stop = options.get("stop") or []
-        stops = fitted.stops + ([stop] if isinstance(stop, str) else list(stop))
-        cancel = cancel or current_cancel() or CancelToken()
-        stops = [s for s in stops if s]
-        request = Request(fitted.tokens, options, cancel, stops, reuse=reuse, shift=fitted.dropped > 0)
-        yield from self._run(request)
+        yield from self.run(self.request(messages, cancel=cancel, reuse=reuse, **options))
 
-    def _run(self, request: Request) -> Iterator[Any]:
+    def open(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        cancel: CancelToken,
+        *,
+        reuse: bool = True,
+        max_queue: int = 8,
+        **options: Any,
+    ) -> Iterator[dict[str, Any]]:
+        """Take a place now (ServiceBusy before the first byte) and return the reply's chunks, which give the
+        place back when they end: what a kit source calls (`RemoteEngine.open` is the same for a server)."""
+        admission = self.admit(cancel, max_queue)
+        try:
+            stream = self.stream(messages, cancel=cancel, reuse=reuse, **options)
+        except BaseException:
+            admission.release()
+            raise
+        return _released(stream, admission)
+
+    def run(self, request: Request) -> Iterator[Any]:
+        """Queue `request` for a slot and yield its chunks; closing the iterator gives the slot back."""
         scheduler = self._scheduler
         if scheduler is None:
             raise ChatError(CLOSED, 503)
@@ -231,31 +270,28 @@ class Engine:
         finally:
             scheduler.leave(request)
 
-    def chat(
-        self,
-        messages: Sequence[Mapping[str, str]],
-        *,
-        cancel: CancelToken | None = None,
-        reuse: bool = True,
-        **options: Any,
-    ) -> Iterator[str]:
-        """Like `stream`, but yields only the non-empty text of each chunk."""
-        for chunk in self.stream(messages, cancel=cancel, reuse=reuse, **options):
-            text = chunk["choices"][0]["delta"].get("content")
-            if text:
-                yield text
+
+def _released(stream: Iterator[dict[str, Any]], admission: Admission) -> Iterator[dict[str, Any]]:
+    try:
+        yield from stream
+    finally:
+        admission.release()
 
 
 _engines: dict[tuple[Path, int, int | None, int, int], Engine] = {}
 _engines_lock = threading.Lock()
 
 
-def engine_for(settings: LlamaSettings) -> Engine:
+def engine_for(settings: LlamaSettings) -> Engine | RemoteEngine:
     """The process-wide engine for these settings' model file, context size, threads, slots and host cache.
 
     Created once and kept until `close_engines()` (run at exit) or its own `close()`: each engine holds a
-    copy of the model and its context, so settings that differ in these five keep several alive.
+    copy of the model and its context, so settings that differ in these five keep several alive. With an
+    engine address (`engine_url`, or KIT_ENGINE_URL), the client of that server instead (kit.model.remote).
     """
+    address = settings.engine_address()
+    if address is not None:
+        return remote_engine(address)
     key = (settings.resolved_path(), settings.n_ctx, settings.n_threads, settings.slots, settings.host_cache_mb)
     with _engines_lock:
         engine = _engines.get(key)
