@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     engine.add_argument("--engine-url", help="point the workers at this OpenAI-compatible server (.../v1) instead")
     prod.add_argument("--n-ctx", type=int, help="the engine process's context per slot (default: LlamaSettings)")
     prod.add_argument("--slots", type=int, help="the engine process's slots (default: LlamaSettings)")
+    prod.add_argument("--engine-threads", type=int, help="the engine process's llama.cpp threads (default: every core)")
     _engine_parser(commands)
     doctor = commands.add_parser("doctor", help="check that streaming works through a proxy, a hub or a tunnel")
     doctor.add_argument("url", help="the kit's base URL (or its chat-stream URL) as users reach it")
@@ -110,7 +111,8 @@ def _serve_prod(args: argparse.Namespace) -> int:
     if args.engine_url:
         os.environ[ENGINE_URL_ENV] = args.engine_url
     elif args.engine or (args.app is None and args.demo in MODEL_DEMOS and not args.no_engine):
-        extra = [f"--{name.replace('_', '-')}={value}" for name in ("n_ctx", "slots") if (value := getattr(args, name))]
+        names = {"n_ctx": "n-ctx", "slots": "slots", "engine_threads": "threads"}
+        extra = [f"--{option}={value}" for name, option in names.items() if (value := getattr(args, name))]
         return run_with_engine(command, SupervisedEngine(extra, host="127.0.0.1"))
     run(command)
     return 0  # not reached: gunicorn replaces this process

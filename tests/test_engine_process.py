@@ -23,6 +23,9 @@ from tests.compat import one_node_graph
 from tests.helpers import wait_until
 
 SLOTS, MAX_QUEUE, N_CTX = 4, 1, 512
+# One llama.cpp thread: on a 2-core machine shared with other runs, two threads' spinning barriers cut the
+# decode rate tenfold (measured: 1 against 9.6 tokens/s), and the same threads in and out of process.
+THREADS = 1
 GREEDY = {"max_tokens": 24, "temperature": 0, "seed": 1, "prefix_reuse": False}
 LONG = "Count from 1 to 1000, separated by commas."  # runs to max_tokens without stopping
 # Stop to a free slot: one decode step and the disconnect watcher's 20 ms here, but a decode step on a
@@ -35,7 +38,7 @@ def engine_url() -> Iterator[str]:
     """`python -m kit engine` on a free loopback port, 4 slots and a queue of 1."""
     port = free_port()
     command = [sys.executable, "-m", "kit", "engine", "--port", str(port), "--n-ctx", str(N_CTX)]
-    command += ["--slots", str(SLOTS), "--max-queue", str(MAX_QUEUE)]
+    command += ["--slots", str(SLOTS), "--max-queue", str(MAX_QUEUE), "--threads", str(THREADS)]
     with ChildServer(command, f"http://127.0.0.1:{port}/v1", "/models", timeout_s=180) as child:
         yield child.url
 
@@ -66,7 +69,7 @@ def test_it_streams_openai_chunks_with_usage_then_done_and_the_in_process_reply(
     texts = [e["choices"][0]["delta"].get("content", "") for e in events[1:-2]]
     assert 0 < last["usage"]["completion_tokens"] <= 24 and last["usage"]["prompt_tokens"] > 5
     assert len([t for t in texts if t]) > 3  # streamed, not in one block
-    local = engine_for(LlamaSettings(n_ctx=N_CTX, slots=SLOTS))
+    local = engine_for(LlamaSettings(n_ctx=N_CTX, slots=SLOTS, n_threads=THREADS))
     options = {"max_tokens": 24, "temperature": 0, "seed": None, "repeat_penalty": 1.1}
     assert "".join(texts) == "".join(local.chat(question, reuse=False, **options))  # one engine, two places
     whole = httpx.post(
@@ -79,11 +82,11 @@ def test_llama_source_and_chat_llama_stream_from_it_through_the_kit(engine_url: 
     remote = LlamaSource(LlamaSettings(engine_url=engine_url, **GREEDY))
     server = serve(create_app(remote, coalesce_ms=0))
     reply = stream_chat(server.url + "chat-stream", "What is the capital of France?", timeout=120)
-    local = LlamaSource(LlamaSettings(n_ctx=N_CTX, slots=SLOTS, **GREEDY))
+    local = LlamaSource(LlamaSettings(n_ctx=N_CTX, slots=SLOTS, n_threads=THREADS, **GREEDY))
     alone = "".join(c["choices"][0]["delta"].get("content") or "" for c in local(reply_history(), _token()))
     assert reply.status == 200 and not reply.errors and reply.text == alone
     chain = demo_chain(ChatLlama(engine_url=engine_url, **GREEDY))
-    embedded = demo_chain(ChatLlama(n_ctx=N_CTX, slots=SLOTS, **GREEDY))
+    embedded = demo_chain(ChatLlama(n_ctx=N_CTX, slots=SLOTS, n_threads=THREADS, **GREEDY))
     value = history_input()(reply_history())
     assert chain.invoke(value) == embedded.invoke(value)
 
