@@ -144,6 +144,11 @@ class Scheduler:
         self._waiting: deque[Request] = deque()
         self._running: dict[int, _Slot] = {}
         self._closing = False
+        # Each token's bytes and whether it ends a generation, asked of llama.cpp once: every ctypes call lets go
+        # of the GIL, and taking it back waits for whichever request thread holds it (up to its 5 ms switch
+        # interval), so two calls per token per slot were a queue of waits in every decode step.
+        self._pieces: dict[int, bytes] = {}
+        self._ends: dict[int, bool] = {}
         self.served = 0
         self.stopped = 0  # generations ended early because their client left (Stop, a closed connection)
         self._thread = threading.Thread(target=self._loop, name="kit-llama-batch", daemon=True)
@@ -343,8 +348,10 @@ class Scheduler:
 
     def _emit(self, slot: _Slot, token: int) -> None:
         """Send the sampled token's text (holding back a possible stop string's start); end when due."""
-        api = self.api
-        if api.llama_vocab_is_eog(self.vocab, token):
+        ends = self._ends.get(token)
+        if ends is None:
+            ends = self._ends[token] = bool(self.api.llama_vocab_is_eog(self.vocab, token))
+        if ends:
             return self._end(slot, "stop")
         slot.generated += 1
         text = slot.held + slot.decoder.decode(self._piece(token))
@@ -369,6 +376,12 @@ class Scheduler:
 
     def _piece(self, token: int) -> bytes:
         """The token's bytes (a piece may end inside a multi-byte character)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._read_piece(token)
+        return piece
+
+    def _read_piece(self, token: int) -> bytes:
         buffer = ctypes.create_string_buffer(64)
         size = self.api.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, False)
         if size < 0:  # the piece is longer than the buffer: llama.cpp says how long
