@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ from kit.adapters.inputs import history_input
 from kit.model.engine import engine_for
 from kit.notebook.child_server import ChildServer, free_port
 from kit.serving.client import Received, Reply, chat_body, iter_stream, stream_chat
+from kit.serving.launcher import SupervisedEngine
 from tests.compat import one_node_graph
 from tests.helpers import wait_until
 
@@ -171,3 +173,13 @@ def test_stop_frees_the_engine_slot_through_every_path(engine_url: str, serve: C
     assert not rest.is_alive()
     # Ended by the Stop (the engine saw its client leave), not at the reply's 400 tokens.
     assert health(engine_url)["stopped"] == stopped + 1, (path, freed_s)
+
+
+def test_an_engine_process_that_cannot_start_is_reported_not_restarted_forever(tmp_path: Path) -> None:
+    engine = SupervisedEngine(["--model", str(tmp_path / "missing.gguf")])
+    try:
+        with pytest.raises(RuntimeError, match="exited with 1 before answering"):
+            engine.start(timeout_s=120)
+        assert engine.restarts == 0
+    finally:
+        engine.stop()

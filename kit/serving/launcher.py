@@ -47,6 +47,8 @@ class SupervisedEngine:
         self.url = f"http://{host}:{self.port}/v1"
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.ready = False
+        self.failed: int | None = None  # its exit code, when it exited before it ever answered
         self._stopping = threading.Event()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="kit-engine-supervisor", daemon=True)
@@ -56,8 +58,11 @@ class SupervisedEngine:
         self._thread.start()
         self._started.wait()
         wait_until_answering(self.url.removesuffix("/v1") + "/health", timeout_s, ok_only=True, check=self._alive)
+        self.ready = True
 
     def _alive(self) -> None:
+        if self.failed is not None:
+            raise RuntimeError(f"the engine process exited with {self.failed} before answering (see its log above)")
         if self._stopping.is_set():
             raise RuntimeError("the engine process was stopped")
 
@@ -70,6 +75,9 @@ class SupervisedEngine:
             self._started.set()
             code = process.wait()
             if self._stopping.is_set():
+                return
+            if not self.ready:  # it never came up (a missing model, a taken port): restarting would not help
+                self.failed = code
                 return
             self.restarts += 1
             log.warning("engine process %d exited with %s: restarting it", process.pid, code)
@@ -93,8 +101,8 @@ class SupervisedEngine:
 def run_with_engine(command: Sequence[str], engine: SupervisedEngine) -> int:
     """Start `engine`, run gunicorn's `command` pointed at it, forward signals; returns gunicorn's exit code."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
-    engine.start()
     try:
+        engine.start()
         gunicorn = subprocess.Popen(list(command), env={**os.environ, ENGINE_URL_ENV: engine.url})
 
         def forward(signum: int, frame: object) -> None:
