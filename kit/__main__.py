@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     prod = serve.add_argument_group("production (gunicorn)")
     prod.add_argument("--prod", action="store_true", help="run under gunicorn: several workers, threads or gevent")
-    prod.add_argument("--workers", type=int, default=2, help="worker processes (default: 2; the model demos share one engine process)")
+    prod.add_argument(
+        "--workers", type=int, default=2, help="worker processes (default: 2; the model demos share one engine process)"
+    )
     prod.add_argument(
         "--worker-class",
         choices=tuple(WORKER_CLASSES),

@@ -31,8 +31,8 @@ def openai_chat_model(
     """
     from langchain_openai import ChatOpenAI
 
-    kwargs.setdefault("http_client", stopping_client(timeout=TIMEOUT, trust_env=False))
-    kwargs.setdefault("http_async_client", stopping_async_client(timeout=TIMEOUT, trust_env=False))
+    kwargs.setdefault("http_client", stopping_client(timeout=TIMEOUT))
+    kwargs.setdefault("http_async_client", stopping_async_client(timeout=TIMEOUT))
     return ChatOpenAI(
         base_url=base_url,
         api_key=api_key,  # type: ignore[arg-type]

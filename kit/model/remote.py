@@ -125,8 +125,10 @@ class RemoteEngine(ChatText):
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
         self.root = self.url.removesuffix("/v1")
-        # trust_env=False: an HTTP proxy set for the outside world must not intercept loopback.
-        self.client = httpx.Client(timeout=TIMEOUT, trust_env=False, limits=httpx.Limits(max_keepalive_connections=64))
+        # An HTTP proxy set for the outside world must not intercept loopback (a server elsewhere may need it).
+        loopback = httpx.URL(self.url).host in ("127.0.0.1", "localhost", "::1")
+        limits = httpx.Limits(max_keepalive_connections=64)
+        self.client = httpx.Client(timeout=TIMEOUT, trust_env=not loopback, limits=limits)
 
     def health(self) -> dict[str, Any]:
         """The server's `/health` (the kit's engine: slots, running, waiting, in_flight, max_queue)."""
