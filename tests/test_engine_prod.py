@@ -16,16 +16,15 @@ from typing import Any
 
 import httpx
 import pytest
-from flask import Flask, Response
+from flask import Flask
 
 from kit import LlamaSource, create_app
 from kit.serving.client import Received, Reply, chat_body, iter_stream, stream_chat
 from kit.web.blueprint import STREAM_ID_HEADER
 from tests.helpers import wait_until
-from tests.prod_server import ProdServer
+from tests.prod_server import WORKER_HEADER, ProdServer, named_by_worker
 
 pytestmark = pytest.mark.timeout(600)
-WORKER_HEADER = "X-Test-Worker-Pid"
 WORDS = ["apple", "river", "guitar", "pencil", "tiger", "window", "rocket", "banana"]
 WORDS += ["castle", "violin", "garden", "camera", "dolphin", "candle", "bridge", "forest"]
 _ENGINE_PID = re.compile(r"engine process started with pid: (\d+) at (\S+)")
@@ -33,14 +32,9 @@ _ENGINE_PID = re.compile(r"engine process started with pid: (\d+) at (\S+)")
 
 def engine_app(store: str) -> Flask:
     """gunicorn factory: the embedded model's source, which the launcher points at its engine process."""
-    app = create_app(LlamaSource(max_tokens=48, temperature=0, seed=1), thread_store=store, coalesce_ms=0)
-
-    @app.after_request
-    def name_the_worker(response: Response) -> Response:
-        response.headers[WORKER_HEADER] = str(os.getpid())
-        return response
-
-    return app
+    return named_by_worker(
+        create_app(LlamaSource(max_tokens=48, temperature=0, seed=1), thread_store=store, coalesce_ms=0)
+    )
 
 
 @pytest.fixture
