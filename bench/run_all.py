@@ -15,6 +15,7 @@ from typing import Any
 from bench import (
     bench_approvals,
     bench_conversations,
+    bench_engine_process,
     bench_observability,
     bench_threads,
     bench_users,
@@ -61,6 +62,14 @@ def approvals_figures(runs: int) -> dict[str, Any]:
         return json.loads(Path(out.name).read_text())
 
 
+def engine_process_figures(runs: int) -> dict[str, Any]:
+    """One model for every worker: 8 users against 1 in process and behind 4 workers, memory, Stop (its own process)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        command = [sys.executable, "-m", "bench.bench_engine_process", "--runs", str(runs), "--json", out.name]
+        subprocess.run(command, cwd=ROOT, check=True)
+        return json.loads(Path(out.name).read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (medians and spreads over them)")
@@ -79,6 +88,7 @@ def main() -> None:
     results["words"] = bench_words.run(runs=max(args.runs, 5))
     results["threads"] = threads_figures(args.runs)
     results["approvals"] = approvals_figures(max(20, 5 * args.runs))
+    results["engine_process"] = engine_process_figures(args.runs)
     with server_process("bench.targets", "--chars", "1000") as server:
         development = concurrency.held_streams_memory(f"{server.url}/idle/chat-stream", server.pid)
     results["concurrency"] = {"development (werkzeug threads)": development}
@@ -100,6 +110,7 @@ def main() -> None:
     table += "\n" + bench_approvals.describe(results["approvals"]) + "\n"
     table += "\n### Observability\n\n" + bench_observability.describe(results["observability"])
     table += "\n\n![observability](bench_observability.png)\n"
+    table += "\n" + bench_engine_process.describe(results["engine_process"]) + "\n"
     (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=1))
     (DOCS / "benchmarks.md").write_text(
         f"# Benchmark results\n\nReproduce with `make bench` ({results['seconds']:.0f} s on this 2-core machine; "

@@ -1,4 +1,5 @@
-"""Command line: `python -m kit serve --demo word|char|chain|agent [--prod] ...` and `python -m kit doctor [URL]`."""
+"""Command line: `python -m kit serve --demo word|char|chain|agent [--prod] ...`, `python -m kit engine` and
+`python -m kit doctor [URL]`."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     prod = serve.add_argument_group("production (gunicorn)")
     prod.add_argument("--prod", action="store_true", help="run under gunicorn: several workers, threads or gevent")
-    prod.add_argument("--workers", type=int, default=2, help="worker processes (default: 2; use 1 for --demo chain)")
+    prod.add_argument(
+        "--workers", type=int, default=2, help="worker processes (default: 2; the model demos share one engine process)"
+    )
     prod.add_argument(
         "--worker-class",
         choices=tuple(WORKER_CLASSES),
@@ -37,6 +40,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     prod.add_argument("--threads", type=int, default=32, help="threads per worker = open streams (default: 32)")
     prod.add_argument("--app", help="serve your own app instead of a demo: MODULE:VARIABLE or MODULE:FACTORY(ARGS)")
+    engine = prod.add_mutually_exclusive_group()
+    engine.add_argument(
+        "--engine",
+        action="store_true",
+        help="one engine process for the model beside the workers (default for the model demos; for --app, ask)",
+    )
+    engine.add_argument("--no-engine", action="store_true", help="each worker loads its own model instead")
+    engine.add_argument("--engine-url", help="point the workers at this OpenAI-compatible server (.../v1) instead")
+    prod.add_argument("--n-ctx", type=int, help="the engine process's context per slot (default: LlamaSettings)")
+    prod.add_argument("--slots", type=int, help="the engine process's slots (default: LlamaSettings)")
+    prod.add_argument("--engine-threads", type=int, help="the engine process's llama.cpp threads (default: every core)")
+    _engine_parser(commands)
     doctor = commands.add_parser("doctor", help="check that streaming works through a proxy, a hub or a tunnel")
     doctor.add_argument(
         "url",
@@ -61,6 +76,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _engine_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    engine = commands.add_parser("engine", help="serve the embedded model to web workers (OpenAI-compatible)")
+    engine.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    engine.add_argument("--port", type=int, default=8001, help="port (default: 8001)")
+    engine.add_argument("--model", help="a .gguf file (default: the embedded SmolLM2)")
+    engine.add_argument("--n-ctx", type=int, help="context tokens per slot")
+    engine.add_argument("--slots", type=int, help="generations decoded together")
+    engine.add_argument("--max-queue", type=int, help="requests waiting beyond the slots before a 503")
+    engine.add_argument("--threads", type=int, help="llama.cpp threads (default: every core)")
+
+
+def _engine(args: argparse.Namespace) -> int:
+    from kit.serving.engine_server import run_engine
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    given = {"model_path": args.model, "n_ctx": args.n_ctx, "slots": args.slots, "max_queue": args.max_queue}
+    given["n_threads"] = args.threads
+    run_engine(args.host, args.port, **{key: value for key, value in given.items() if value is not None})
+    return 0
+
+
 def _header(text: str) -> tuple[str, str]:
     from kit.serving.doctor import parse_header
 
@@ -71,19 +107,20 @@ def _header(text: str) -> tuple[str, str]:
 
 
 def _serve_prod(args: argparse.Namespace) -> int:
-    from kit.serving.production import gunicorn_command, run
+    from kit.serving.launcher import ENGINE_URL_ENV, SupervisedEngine, run_with_engine
+    from kit.serving.production import MODEL_DEMOS, gunicorn_command, run
 
     app = args.app or f"kit.serving.production:demo_app({args.demo!r}, {args.delay_ms!r})"
-    run(
-        gunicorn_command(
-            app,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            worker_class=args.worker_class,
-            threads=args.threads,
-        )
+    command = gunicorn_command(
+        app, host=args.host, port=args.port, workers=args.workers, worker_class=args.worker_class, threads=args.threads
     )
+    if args.engine_url:
+        os.environ[ENGINE_URL_ENV] = args.engine_url
+    elif args.engine or (args.app is None and args.demo in MODEL_DEMOS and not args.no_engine):
+        names = {"n_ctx": "n-ctx", "slots": "slots", "engine_threads": "threads"}
+        extra = [f"--{option}={value}" for name, option in names.items() if (value := getattr(args, name))]
+        return run_with_engine(command, SupervisedEngine(extra, host="127.0.0.1"))
+    run(command)
     return 0  # not reached: gunicorn replaces this process
 
 
@@ -105,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ[THREAD_STORE_ENV] = args.thread_store
     if args.command == "doctor":
         return _doctor(args)
+    if args.command == "engine":
+        return _engine(args)
     if args.prod:
         return _serve_prod(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

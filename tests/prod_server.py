@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
-from flask import Flask
+from flask import Flask, Response
 
 from kit import CancelToken, create_app
 from tests.helpers import rss_bytes
@@ -42,6 +42,20 @@ def paced_source(pieces: int, interval_ms: float) -> Callable[[list[dict[str, ob
             yield f"{index:04d} {time.time():.6f}\n"
 
     return source
+
+
+WORKER_HEADER = "X-Test-Worker-Pid"
+
+
+def named_by_worker(app: Flask) -> Flask:
+    """Make each response name the worker process that served it (`WORKER_HEADER`), for tests that aim at one."""
+
+    @app.after_request
+    def name_the_worker(response: Response) -> Response:
+        response.headers[WORKER_HEADER] = str(os.getpid())
+        return response
+
+    return app
 
 
 def paced_app(pieces: int = 200, interval_ms: float = 50.0, heartbeat_s: float = 2.0) -> Flask:

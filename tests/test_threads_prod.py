@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from flask import Flask, Response
+from flask import Flask
 
 from kit import create_app
 from kit.pipeline.cancel import CancelToken
@@ -27,10 +27,9 @@ from kit.threads.store import PostgresThreadStore
 from kit.web.blueprint import STREAM_ID_HEADER
 from tests.helpers import wait_until
 from tests.postgres import PostgresCluster, postgres_cluster  # noqa: F401  (the session fixture)
-from tests.prod_server import ProdServer
+from tests.prod_server import WORKER_HEADER, ProdServer, named_by_worker
 
 pytestmark = pytest.mark.timeout(180)
-WORKER_HEADER = "X-Test-Worker-Pid"
 
 
 # -- the apps gunicorn serves ---------------------------------------------------------------------------
@@ -66,14 +65,7 @@ def threads_app(url: str, kind: str) -> Flask:
     thread store on the same PostgreSQL; each response names its worker."""
     store = PostgresThreadStore(url)
     source = _counting_graph(store.checkpointer()) if kind == "graph" else ticks
-    app = create_app(source, thread_store=store)
-
-    @app.after_request
-    def name_the_worker(response: Response) -> Response:
-        response.headers[WORKER_HEADER] = str(os.getpid())
-        return response
-
-    return app
+    return named_by_worker(create_app(source, thread_store=store))
 
 
 # -- the tests ------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Any
 from langchain_core.runnables import Runnable
 
 from kit.model.chat_model import ChatLlama
+from kit.model.remote import TIMEOUT, stopping_async_client, stopping_client
 
 # -- ready-made models and chains --------------------------------------------------------------------
 
@@ -24,10 +25,14 @@ def openai_chat_model(
     """LangChain's ChatOpenAI pointed at an OpenAI-compatible server (llama.cpp, vLLM, ...) for scale-out.
 
     langchain-openai sends the token limit as `max_completion_tokens`, which llama-cpp-python's server
-    ignores (it would generate until the context is full), so it is also sent as `max_tokens`.
+    ignores (it would generate until the context is full), so it is also sent as `max_tokens`. Its HTTP
+    clients close a reply's connection when the kit's request is cancelled (kit.model.remote), so a Stop
+    through a chain or a graph frees the server's slot at once, not when the reply would have ended.
     """
     from langchain_openai import ChatOpenAI
 
+    kwargs.setdefault("http_client", stopping_client(timeout=TIMEOUT))
+    kwargs.setdefault("http_async_client", stopping_async_client(timeout=TIMEOUT))
     return ChatOpenAI(
         base_url=base_url,
         api_key=api_key,  # type: ignore[arg-type]

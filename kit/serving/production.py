@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 # switch greenlets during a native call. "gevent" suits many long, mostly idle streams (a remote model).
 WORKER_CLASSES = {"threads": "gthread", "gevent": "gevent"}
 
+# The demos that run the embedded model: `serve --prod` gives them one engine process beside the workers.
+MODEL_DEMOS = ("chain", "agent", "approvals")
+
 # Open streams end at once on stop (see the hooks below), so this only bounds a worker stuck elsewhere.
 GRACEFUL_TIMEOUT_S = 10.0
 

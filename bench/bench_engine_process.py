@@ -1,0 +1,316 @@
+"""One model for every web worker: 8 users at once through HTTP against 1, in process and with the engine process
+behind 4 gunicorn workers, against the bare batched llama.cpp loop in the same run; memory of one engine
+process against workers each holding a model; Stop to a free engine slot through a source, a chain, a graph.
+
+Every figure comes from the same run, rounds alternating between the three set-ups (the bare loop in a process
+of its own, as bench_users does: two llama.cpp contexts in one process spin against each other). Tokens are
+counted with the model's tokenizer on the text each user received (greedy replies of `--tokens` tokens).
+
+    python -m bench.bench_engine_process [--runs 3] [--tokens 96] [--threads N] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.bench_users import PROMPTS
+from bench.measure import ROOT, report, summary
+from kit.serving.client import chat_body, iter_stream
+from kit.serving.ports import free_port, wait_until_answering
+
+GAIN_TARGET = 0.9  # the kit's 8-user gain over one user, as a share of the bare loop's gain
+STOP_TARGET_S = 0.5
+
+
+def app(threads: int = 0, tokens: int = 96) -> Any:
+    """The app every set-up serves: the embedded model's source (remote when KIT_ENGINE_URL is set)."""
+    from kit import LlamaSettings, LlamaSource, create_app
+
+    settings = LlamaSettings(max_tokens=tokens, temperature=0, seed=1, repeat_penalty=1.0, prefix_reuse=False)
+    return create_app(LlamaSource(settings, n_ctx=1024, n_threads=threads or None))
+
+
+@contextmanager
+def in_process(threads: int, tokens: int) -> Iterator[tuple[str, list[int]]]:
+    """`kit serve`-style: one werkzeug process holding the model; yields its URL and pid."""
+    port = free_port()
+    code = (
+        "import sys; from bench.bench_engine_process import app; from kit.serving.server import bind, serve_forever; "
+        f"a = app({threads}, {tokens}); serve_forever(bind(a, '127.0.0.1', {port}))"
+    )
+    with _child([sys.executable, "-c", code], f"http://127.0.0.1:{port}/") as process:
+        yield f"http://127.0.0.1:{port}/", [process.pid]
+
+
+@contextmanager
+def behind_gunicorn(threads: int, tokens: int, workers: int = 4) -> Iterator[tuple[str, list[int]]]:
+    """`kit serve --prod --engine`: 4 gunicorn workers and one engine process; yields the URL and every pid."""
+    port = free_port()
+    command = [sys.executable, "-m", "kit", "serve", "--prod", "--port", str(port), "--workers", str(workers)]
+    command += ["--app", f"bench.bench_engine_process:app(0, {tokens})", "--engine", "--n-ctx", "1024"]
+    command += ["--engine-threads", str(threads)]
+    with _child(command, f"http://127.0.0.1:{port}/", start_new_session=True) as process:
+        yield f"http://127.0.0.1:{port}/", _family(process.pid)[:1]
+
+
+@contextmanager
+def _child(command: list[str], url: str, **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
+    env = {key: value for key, value in os.environ.items() if key != "KIT_ENGINE_URL"}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL, **popen)
+    try:
+        wait_until_answering(url + "healthz", 300, ok_only=True)
+        warm(url)
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _family(pid: int) -> list[int]:
+    """A process and all its descendants (the launcher, the engine, gunicorn's master and workers)."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):  # every thread's children: the launcher starts the engine from one
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += map(int, (task / "children").read_text().split())
+    return found
+
+
+def rss_mb(pids: list[int]) -> float:
+    """Resident memory of these processes together, in MB."""
+    total_kb = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, StopIteration):
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            total_kb += next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return total_kb / 1024
+
+
+def engine_pid(pids: list[int]) -> int:
+    """The engine process among a launcher's family."""
+    return next(pid for pid in pids if b"kit\x00engine" in Path(f"/proc/{pid}/cmdline").read_bytes())
+
+
+def warm(url: str) -> None:
+    """One short reply per worker's first use of the model (loading is not what is measured)."""
+    for _ in range(4):
+        with httpx.Client(timeout=300) as client:
+            list(iter_stream(url + "chat-stream", chat_body("Hi"), client=client))
+
+
+def one_user(url: str, prompt: str, tokenize: Callable[[str], int], results: list[dict[str, float]]) -> None:
+    asked, first, last, text = time.perf_counter(), float("nan"), float("nan"), ""
+    with httpx.Client(timeout=300) as client:
+        for item in iter_stream(url + "chat-stream", chat_body(prompt), client=client):
+            payload = getattr(item, "payload", None)
+            if payload and payload.get("text"):
+                last = time.perf_counter()
+                first = last if not text else first
+                text += payload["text"]
+    done, tokens = time.perf_counter(), tokenize(text)
+    # First to last text: the bare loop times decoding only, without reading the prompt.
+    results.append({"ttft_s": first - asked, "total_s": done - asked, "tokens": tokens, "decode_s": last - first})
+
+
+def users_round(url: str, users: int, tokenize: Callable[[str], int]) -> dict[str, float]:
+    """`users` ask at once: aggregate tokens/s (all tokens over the last one's end), each user's decode rate
+    (median), and first text max."""
+    results: list[dict[str, float]] = []
+    threads = [threading.Thread(target=one_user, args=(url, PROMPTS[i], tokenize, results)) for i in range(users)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = max(r["total_s"] for r in results)
+    return {
+        "tokens_per_s": sum(r["tokens"] for r in results) / wall,
+        "decode_tokens_per_s": statistics.median((r["tokens"] - 1) / r["decode_s"] for r in results),
+        "ttft_max_s": max(r["ttft_s"] for r in results),
+    }
+
+
+def bare_loop(threads: int, tokens: int) -> dict[str, float]:
+    """bench_batching's bare greedy loop, 1 and 8 sequences, in a process of its own."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        command = [sys.executable, "-m", "bench.bench_batching", "--sequences", "1", "8", "--threads", str(threads)]
+        subprocess.run([*command, "--tokens", str(tokens), "--runs", "1", "--json", out.name], cwd=ROOT, check=True)
+        figures = json.loads(Path(out.name).read_text())
+    return {"1": figures[f"{threads}x1"]["tokens_per_s"], "8": figures[f"{threads}x8"]["tokens_per_s"]}
+
+
+def stop_to_free_slot(engine_root: str, runs: int) -> dict[str, dict[str, float]]:
+    """Seconds from Stop (the kit's stop route) to the engine's slot being free, for each kind of source."""
+    from kit import ChatLlama, LlamaSource, create_app, demo_chain, openai_chat_model
+    from kit.serving.server import BackgroundServer
+
+    url, long = engine_root + "/v1", {"max_tokens": 400, "temperature": 0}
+    sources = {
+        "plain source": lambda: LlamaSource(engine_url=url, **long),
+        "LCEL chain": lambda: demo_chain(ChatLlama(engine_url=url, **long)),
+        "LCEL chain (ChatOpenAI)": lambda: demo_chain(openai_chat_model(url, **long)),
+        "LangGraph graph (ChatOpenAI)": lambda: one_node_graph(openai_chat_model(url, **long)),
+    }
+    figures = {}
+    for name, build in sources.items():
+        with BackgroundServer(create_app(build(), coalesce_ms=0)) as server:
+            figures[name] = summary([_stop_once(server.url, engine_root) for _ in range(runs)])
+    return figures
+
+
+def one_node_graph(model: Any) -> Any:
+    """LangGraph's quickstart graph: MessagesState and one chat-model node."""
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("model", lambda state: {"messages": [model.invoke(state["messages"])]})
+    graph.add_edge(START, "model")
+    graph.add_edge("model", END)
+    return graph.compile()
+
+
+def _stop_once(url: str, engine_root: str) -> float:
+    def running() -> int:
+        return int(httpx.get(engine_root + "/health", timeout=10).json()["running"])
+
+    stream_id = secrets.token_hex(16)
+    items = iter_stream(url + "chat-stream", chat_body("Count from 1 to 1000."), headers={"X-Kit-Stream-Id": stream_id})
+    texts = 0
+    for item in items:
+        texts += bool(getattr(item, "payload", None) and item.payload.get("text"))  # type: ignore[union-attr]
+        if texts >= 3:
+            break
+    asked = time.perf_counter()
+    httpx.post(url + "chat-stream/stop", content=stream_id, timeout=10)
+    while running():
+        time.sleep(0.002)
+    freed = time.perf_counter() - asked
+    items.close()
+    return freed
+
+
+def run(runs: int, tokens: int, threads: int) -> dict[str, Any]:
+    """Rounds alternating between the bare loop, the kit in process and the kit behind 4 workers."""
+    from llama_cpp import Llama
+
+    from kit.model.settings import default_model_path
+
+    vocab = Llama(model_path=str(default_model_path()), vocab_only=True, verbose=False)
+
+    def tokenize(text: str) -> int:
+        return len(vocab.tokenize(text.encode(), add_bos=False, special=False))
+
+    rounds: dict[str, list[dict[str, Any]]] = {"bare loop": [], "in process": [], "engine process, 4 workers": []}
+    memory: dict[str, float] = {}
+    stops: dict[str, Any] = {}
+    for index in range(runs):
+        bare = bare_loop(threads, tokens)
+        rounds["bare loop"].append({"1": {"tokens_per_s": bare["1"]}, "8": {"tokens_per_s": bare["8"]}})
+        for name, setup in (("in process", in_process), ("engine process, 4 workers", behind_gunicorn)):
+            with setup(threads, tokens) as (url, pids):
+                rounds[name].append({str(n): users_round(url, n, tokenize) for n in (1, 8)})
+                family = _family(pids[0])
+                memory[name] = rss_mb(family)
+                if name != "in process":
+                    engine = engine_pid(family)
+                    memory["engine process alone"] = rss_mb([engine])
+                    if index == runs - 1:
+                        root = _engine_root(engine)
+                        stops = stop_to_free_slot(root, runs)
+    return {"runs": runs, "tokens": tokens, "threads": threads, "rounds": rounds, "memory_mb": memory, "stop": stops}
+
+
+def _engine_root(pid: int) -> str:
+    arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\x00")
+    return f"http://127.0.0.1:{int(arguments[arguments.index(b'--port') + 1])}"
+
+
+def figures(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per set-up: medians of 1 and 8 users' tokens/s, the gain, its share of the bare loop's, first text max."""
+    rows: dict[str, dict[str, float]] = {}
+    for name, rounds in results["rounds"].items():
+        one = statistics.median(r["1"]["tokens_per_s"] for r in rounds)
+        eight = statistics.median(r["8"]["tokens_per_s"] for r in rounds)
+        rows[name] = {"one": one, "eight": eight, "gain": eight / one, "one_decode": one}
+        if "ttft_max_s" in rounds[0]["8"]:
+            rows[name]["ttft_max_s"] = max(r["8"]["ttft_max_s"] for r in rounds)
+            rows[name]["one_decode"] = statistics.median(r["1"]["decode_tokens_per_s"] for r in rounds)
+    bare = rows["bare loop"]
+    for row in rows.values():
+        row["gain_share"] = row["gain"] / bare["gain"]
+        row["one_share"] = row["one_decode"] / bare["one"]
+    return rows
+
+
+def describe(results: dict[str, Any]) -> str:
+    """A markdown table of the figures, each a ratio to the bare loop measured in the same run."""
+    rows = figures(results)
+    lines = [
+        f"One model for every worker ({results['threads']} llama.cpp threads, {results['tokens']}-token greedy "
+        f"replies, medians of {results['runs']} rounds alternating between set-ups; the machine was shared with "
+        "other work, so compare the ratios, measured in the same rounds, rather than the absolute rates).",
+        "",
+        "| set-up | 1 user tokens/s | 8 users tokens/s | gain | gain ÷ bare loop's | 1 user decoding ÷ bare loop | "
+        "8 users first text max s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        ttft = f"{row['ttft_max_s']:.2f}" if "ttft_max_s" in row else "-"
+        lines.append(
+            f"| {name} | {row['one']:.1f} | {row['eight']:.1f} | {row['gain']:.2f}x | {row['gain_share']:.2f} | "
+            f"{row['one_share']:.2f} | {ttft} |"
+        )
+    lines.append(
+        f"\nTokens/s: each user's tokens over the time from asking to the end, all users' over the last one's end; "
+        f"decoding: first to last text, as the bare loop times it. Target: gain ÷ bare loop's gain >= {GAIN_TARGET} "
+        "in process and behind 4 workers."
+    )
+    memory = results["memory_mb"]
+    if memory:
+        lines.append(
+            f"Memory: 4 workers and one engine process {memory['engine process, 4 workers']:.0f} MB in all (the engine "
+            f"{memory['engine process alone']:.0f} MB), against {4 * memory['in process']:.0f} MB for 4 processes each "
+            f"holding the model ({memory['in process']:.0f} MB each, the in-process server measured)."
+        )
+    for name, stop in results["stop"].items():
+        lines.append(
+            f"Stop to a free engine slot, {name}: {stop['median']:.3f} s median ({stop['min']:.3f}-{stop['max']:.3f}, "
+            f"{stop['n']} runs; target <= {STOP_TARGET_S} s)."
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=96)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args()
+    report(run(args.runs, args.tokens, args.threads), describe, args.json)
+
+
+if __name__ == "__main__":
+    main()

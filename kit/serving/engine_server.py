@@ -1,0 +1,274 @@
+"""The kit's batched engine as a process of its own (`python -m kit engine`), speaking OpenAI-compatible
+streaming chat completions, so that any number of web workers share one model (and vLLM or llama.cpp's server
+could stand in its place).
+
+`POST /v1/chat/completions` (`stream: true`: SSE `data:` chunks, `usage` in the last one, then `data: [DONE]`),
+`GET /v1/models`, `GET /health` (slots, running, waiting, in_flight, max_queue). A request is admitted as in
+process (beyond the slots and `max_queue`, a 503 before the first byte), queued fairly, and decoded with the
+others in one batch, with prefix reuse, host-memory states and context shift (kit.model). A client whose
+connection closes (its web worker's Stop, a worker that died) cancels its generation at once: one watcher
+thread peeks at every open connection, as the kit's disconnect probe does for a browser.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import asdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from kit.errors import ChatError
+from kit.model.batching import OPTIONS
+from kit.model.engine import Admission, Engine
+from kit.model.settings import ENGINE_URL_ENV, LlamaSettings
+from kit.pipeline.cancel import CancelToken, client_gone_probe
+
+log = logging.getLogger(__name__)
+
+WATCH_S = 0.02  # how often open connections are peeked at: a closed one frees its slot within this
+ROLES = frozenset({"system", "user", "assistant"})
+# OpenAI's names for options the kit's engine calls otherwise.
+ALIASES = {"max_completion_tokens": "max_tokens", "repetition_penalty": "repeat_penalty"}
+
+
+class DisconnectWatcher:
+    """Cancels a request's token when its client closes the connection, while the engine holds no byte for it."""
+
+    def __init__(self, poll_s: float = WATCH_S) -> None:
+        self.poll_s = poll_s
+        self._lock = threading.Condition()
+        self._watched: dict[CancelToken, Callable[[], bool]] = {}
+        threading.Thread(target=self._loop, name="kit-engine-disconnects", daemon=True).start()
+
+    def watch(self, connection: Any, cancel: CancelToken) -> None:
+        with self._lock:
+            self._watched[cancel] = client_gone_probe({"gunicorn.socket": connection})
+            self._lock.notify()
+
+    def forget(self, cancel: CancelToken) -> None:
+        with self._lock:
+            self._watched.pop(cancel, None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._watched:
+                    self._lock.wait()
+                watched = list(self._watched.items())
+            for cancel, gone in watched:
+                if gone():
+                    cancel.cancel()
+                    self.forget(cancel)
+            time.sleep(self.poll_s)
+
+
+class EngineServer(ThreadingHTTPServer):
+    """A threaded HTTP server over one `Engine`: a thread per open request, the engine's thread for them all."""
+
+    daemon_threads = True
+    allow_reuse_address = True  # a restarted engine takes its port back at once
+
+    def __init__(self, address: tuple[str, int], engine: Engine, settings: LlamaSettings) -> None:
+        super().__init__(address, EngineHandler)
+        self.engine = engine
+        self.settings = settings
+        self.model_name = engine.model_path.name.removesuffix(".gguf")
+        self.watcher = DisconnectWatcher()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}/v1"
+
+    def health(self) -> dict[str, Any]:
+        engine = self.engine
+        return {
+            "status": "ok",
+            "model": self.model_name,
+            "slots": engine.slots,
+            "running": engine.running,
+            "waiting": engine.waiting,
+            "in_flight": engine.in_flight,
+            "max_queue": self.settings.max_queue,
+            "served": engine.served,
+            "stopped": engine.stopped,
+            "reuse": asdict(engine.reuse),
+        }
+
+
+def generation_options(body: dict[str, Any], settings: LlamaSettings) -> dict[str, Any]:
+    """The engine's options from an OpenAI request body (the settings' values where it says nothing).
+
+    >>> generation_options({"max_completion_tokens": 5, "stop": "."}, LlamaSettings())["max_tokens"]
+    5
+    """
+    options: dict[str, Any] = settings.options()
+    for key, value in body.items():
+        name = ALIASES.get(key, key)
+        if name in OPTIONS and value is not None:
+            options[name] = value
+    if isinstance(options.get("stop"), str):
+        options["stop"] = [options["stop"]]
+    return options
+
+
+def chat_messages(body: dict[str, Any]) -> list[dict[str, str]]:
+    """The request's messages as chat-template dicts; text parts of a content list are joined.
+
+    >>> chat_messages({"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]})
+    [{'role': 'user', 'content': 'Hi'}]
+    """
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ChatError("`messages` must be a non-empty list of {role, content} objects", 400)
+    result = []
+    for message in messages:
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in ROLES:
+            raise ChatError(f"each message's role must be one of {sorted(ROLES)}, not {role!r}", 400)
+        content = message.get("content") or ""
+        if isinstance(content, list):
+            content = "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+        result.append({"role": role, "content": str(content)})
+    return result
+
+
+class EngineHandler(BaseHTTPRequestHandler):
+    """One HTTP request to the engine (HTTP/1.1, kept alive; a stream is sent chunked)."""
+
+    protocol_version = "HTTP/1.1"
+    server: EngineServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def do_GET(self) -> None:
+        if self.path in ("/health", "/v1/health"):
+            self._json(200, self.server.health())
+        elif self.path == "/v1/models":
+            model = {"id": self.server.model_name, "object": "model", "owned_by": "kit"}
+            self._json(200, {"object": "list", "data": [model]})
+        else:
+            self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+
+    def do_POST(self) -> None:
+        if self.path != "/v1/chat/completions":
+            self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+            return
+        cancel = CancelToken()
+        try:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"null")
+            if not isinstance(body, dict):
+                raise ChatError("the body must be a JSON object", 400)
+            admission, request = self._admit(body, cancel)
+        except (ValueError, TypeError) as error:
+            self._json(400, {"error": {"message": str(error), "type": "invalid_request_error"}})
+            return
+        except ChatError as error:
+            self._json(error.status, {"error": {"message": error.message, "code": error.status}})
+            return
+        self.server.watcher.watch(self.connection, cancel)
+        try:
+            chunks = self.server.engine.run(request)
+            if body.get("stream"):
+                self._stream(chunks, cancel)
+            else:
+                self._whole(chunks)
+        finally:
+            self.server.watcher.forget(cancel)
+            admission.release()
+
+    def _admit(self, body: dict[str, Any], cancel: CancelToken) -> tuple[Admission, Any]:
+        server = self.server
+        messages = chat_messages(body)
+        options = generation_options(body, server.settings)
+        reuse = body.get("prefix_reuse", server.settings.prefix_reuse) is not False
+        admission = server.engine.admit(cancel, server.settings.max_queue)
+        try:
+            return admission, server.engine.request(messages, cancel=cancel, reuse=reuse, **options)
+        except BaseException:
+            admission.release()
+            raise
+
+    def _stream(self, chunks: Iterator[dict[str, Any]], cancel: CancelToken) -> None:
+        """Headers at once (the request may wait for a slot), then a chunk per piece, the error in-band."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        frame = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.server.model_name}
+        try:
+            with closing(chunks):
+                try:
+                    for chunk in chunks:
+                        self._send(b"data: %s\n\n" % json.dumps({**chunk, **frame}, ensure_ascii=False).encode())
+                except ChatError as error:
+                    self._send(b"data: %s\n\n" % json.dumps({"error": {"message": error.message}}).encode())
+                except Exception as error:
+                    log.exception("generation failed")
+                    self._send(b"data: %s\n\n" % json.dumps({"error": {"message": str(error)}}).encode())
+            self._send(b"data: [DONE]\n\n")
+            self._send(b"")
+        except OSError:  # the client left while we wrote: its generation stops at the next step
+            cancel.cancel()
+            self.close_connection = True
+
+    def _send(self, data: bytes) -> None:
+        # One write per event (chunk size, data and CRLFs together): one packet, not four.
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def _whole(self, chunks: Iterator[dict[str, Any]]) -> None:
+        texts: list[str] = []
+        finish: dict[str, Any] = {}
+        try:
+            with closing(chunks):
+                for chunk in chunks:
+                    texts.append(chunk["choices"][0]["delta"].get("content") or "")
+                    finish = chunk if chunk["choices"][0].get("finish_reason") else finish
+        except ChatError as error:
+            self._json(error.status, {"error": {"message": error.message, "type": "server_error"}})
+            return
+        message = {"role": "assistant", "content": "".join(texts)}
+        choice = {"index": 0, "message": message, "finish_reason": finish.get("choices", [{}])[0].get("finish_reason")}
+        reply = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time())}
+        self._json(200, {**reply, "model": self.server.model_name, "choices": [choice], "usage": finish.get("usage")})
+
+    def _json(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body, ensure_ascii=False).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def serve_engine(settings: LlamaSettings, host: str = "127.0.0.1", port: int = 8001) -> EngineServer:
+    """Load the model and bind its server (not yet serving: call `serve_forever()`, in a thread or not).
+
+    The engine process `kit serve --prod` starts runs this; `LlamaSource(engine_url=server.url)` streams from it.
+    """
+    from kit.model.engine import engine_for
+
+    engine = engine_for(settings)
+    if not isinstance(engine, Engine):
+        raise ValueError("the engine process runs the model itself: leave engine_url and KIT_ENGINE_URL unset")
+    engine.load()
+    return EngineServer((host, port), engine, settings)
+
+
+def run_engine(host: str = "127.0.0.1", port: int = 8001, **settings: Any) -> None:
+    """`python -m kit engine`: load the model with these LlamaSettings fields and serve it until Ctrl-C."""
+    from kit.serving.server import serve_forever
+
+    os.environ.pop(ENGINE_URL_ENV, None)  # this process is the engine: its model runs here
+    server = serve_engine(LlamaSettings(**settings), host, port)
+    log.info("engine serving %s at %s", server.model_name, server.url)
+    serve_forever(server)  # type: ignore[arg-type]  # any socketserver: it sets daemon threads and serves
