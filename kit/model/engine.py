@@ -22,6 +22,7 @@ from typing import Any
 
 from kit.errors import ChatError, ServiceBusy
 from kit.model.batching import DEFAULT_SLOTS, Request, Scheduler, check_options
+from kit.model.documents import fit_documents
 from kit.model.fit import fit_messages
 from kit.model.settings import DEFAULT_N_CTX, INSTALL_LLAMA, LlamaSettings, ModelUnavailable
 from kit.model.slots import ReuseCounters
@@ -176,6 +177,10 @@ class Engine:
         """The model's tokens for `text` (no special tokens, no BOS): for counting, as the tokenizer is thread-safe."""
         return self.load().tokenize(text.encode(), add_bos=False, special=False)
 
+    def detokenize(self, tokens: list[int]) -> str:
+        """The text of `tokens` (a character split at the end is dropped)."""
+        return self.load().detokenize(tokens).decode("utf-8", errors="ignore")
+
     def close(self) -> None:
         """Stop the scheduler thread and free the model and its context (requests still there get an error).
 
@@ -213,12 +218,18 @@ class Engine:
         """
         check_options(options)
         room = min(int(options.get("max_tokens") or 256), self.n_ctx // 4)
-        fitted = fit_messages([dict(m) for m in messages], self.prompt, self.tokenize, self.n_ctx, room)
+        # An attached document too long for the context is cut, and the answer starts by saying how much was read.
+        chat, cuts = fit_documents(
+            [dict(m) for m in messages], self.prompt, self.tokenize, self.detokenize, self.n_ctx - room
+        )
+        fitted = fit_messages(chat, self.prompt, self.tokenize, self.n_ctx, room)
         stop = options.get("stop") or []
         stops = fitted.stops + ([stop] if isinstance(stop, str) else list(stop))
         cancel = cancel or current_cancel() or CancelToken()
         stops = [s for s in stops if s]
         request = Request(fitted.tokens, options, cancel, stops, reuse=reuse, shift=fitted.dropped > 0)
+        for cut in cuts:
+            yield {"choices": [{"index": 0, "delta": {"content": cut.note(self.n_ctx)}, "finish_reason": None}]}
         yield from self._run(request)
 
     def _run(self, request: Request) -> Iterator[Any]:
