@@ -137,6 +137,22 @@ def test_an_lcel_chain_gets_content_blocks_each_file_named(serve) -> None:  # ty
     assert blocks[6]["type"] == "audio" and blocks[6]["mime_type"] == "audio/wav"
 
 
+def test_text_files_alone_reach_a_chain_as_one_string_with_named_sections(serve) -> None:  # type: ignore[no-untyped-def]
+    seen: list[list[BaseMessage]] = []
+    chain = ChatPromptTemplate.from_messages([MessagesPlaceholder("messages")]) | RunnableLambda(
+        lambda value: seen.append(value.to_messages()) or "ok"
+    )
+    server = serve(create_app(chain, thread_store=False))
+    assert (
+        post(server.url, [("secret.txt", SECRET.encode(), "text/plain"), ("b.md", b"# B", "text/markdown")]).status_code
+        == 200
+    )
+    assert seen[-1][-1].content == (
+        f'{QUESTION}\n\n<file name="secret.txt" type="text/plain">\n{SECRET}\n</file>\n\n'
+        '<file name="b.md" type="text/markdown">\n# B\n</file>'
+    )
+
+
 def test_a_chain_over_a_question_string_reads_the_files_as_text(serve) -> None:  # type: ignore[no-untyped-def]
     seen: list[dict[str, Any]] = []
     prompt = ChatPromptTemplate.from_messages([("human", "{question}")])

@@ -87,15 +87,15 @@ def test_an_openai_compatible_server_gets_the_file_as_text_and_the_image_as_an_i
     assert response.status_code == 200, response.text
     assert response.json()["text"].strip()
     (user,) = [m for m in bodies[-1]["messages"] if m["role"] == "user"]
-    assert user["content"] == [
-        {"type": "text", "text": QUESTION},
-        {"type": "text", "text": f'<file name="secret.txt" type="text/plain">\n{SECRET}\n</file>'},
-    ]
+    # Text files only: one string, the file a named section (the server's text template takes no list content).
+    assert user["content"] == f'{QUESTION}\n\n<file name="secret.txt" type="text/plain">\n{SECRET}\n</file>'
+
     # With the image: an image_url part with the data URL. llama-cpp-python's server without a vision model (a
     # clip projector) answers it with an empty stream, which the chat shows as an error, not as silence.
     response = post(server.url, FILES, timeout=300)
     (user,) = [m for m in bodies[-1]["messages"] if m["role"] == "user"]
-    assert user["content"][2:] == [
+    assert user["content"][1:] == [
+        {"type": "text", "text": f'<file name="secret.txt" type="text/plain">\n{SECRET}\n</file>'},
         {"type": "text", "text": "Attached image: photo.png"},
         {"type": "image_url", "image_url": {"url": data_url({"type": "image/png", "content": PNG})}},
     ]

@@ -122,3 +122,18 @@ def test_a_checkpointed_graph_reload_shows_the_files_from_its_messages(serve, tm
         },
         {"role": "ai", "text": "read"},
     ]
+
+
+def test_a_follow_up_on_the_thread_reads_the_earlier_text_file_again_from_the_store(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    recorder = Recorder()
+    server = serve(create_app(recorder, thread_store=tmp_path / "t.sqlite"))
+    headers = {"X-Kit-Thread-Id": THREAD}
+    assert post(server.url, FILES[:1], **headers).status_code == 200
+    # What Deep Chat sends next (seen in chromium): the text file by name only, as `{"type": "any", "ref": {}}`.
+    earlier = {"role": "user", "text": QUESTION, "files": [{"name": "secret.txt", "type": "any", "ref": {}}]}
+    body = {"messages": [earlier, {"role": "ai", "text": "ok"}, {"role": "user", "text": "Say it again?"}]}
+    assert httpx.post(f"{server.url}/chat", json=body, headers=headers, timeout=30).status_code == 200
+    (again,) = recorder.calls[-1][0]["files"]
+    assert (again["kind"], again["content"]) == ("text", SECRET)
+    kept = httpx.get(f"{server.url}/threads/{THREAD}/messages").json()
+    assert [m["text"] for m in kept] == [QUESTION, "ok", "Say it again?", "ok"] and "files" not in kept[2]

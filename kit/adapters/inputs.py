@@ -8,7 +8,15 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import Runnable
 
-from kit.pipeline.files import Attachment, blocks_text, data_url, file_label, file_section
+from kit.pipeline.files import (
+    FILE_SECTION,
+    Attachment,
+    blocks_text,
+    data_url,
+    file_label,
+    file_section,
+    with_files_text,
+)
 from kit.pipeline.sources import (
     Message,
     conversation,
@@ -41,8 +49,9 @@ def to_messages(messages: Sequence[Message]) -> list[BaseMessage]:
 
 
 def message_content(message: Message) -> str | list[str | dict[str, Any]]:
-    r"""A Deep Chat message as a LangChain message's content: its text, or, with files, content blocks: the
-    text, each text or PDF file as a named text block, each image as an `image_url` block with a base64 data
+    r"""A Deep Chat message as a LangChain message's content: its text, with text or PDF files only its text and
+    the files as named sections, or, with an image or a recording, content blocks: the text, each text or PDF
+    file as a named text block, each image as an `image_url` block with a base64 data
     URL (what OpenAI, Anthropic and Ollama chat models take) and each recording as an `audio` block, each
     image and recording after a text block naming it.
 
@@ -55,8 +64,10 @@ def message_content(message: Message) -> str | list[str | dict[str, Any]]:
     """
     text = str(message.get("text", ""))
     files: list[Attachment] = message.get("files") or []
-    if not files:
-        return text
+    if not any(attachment["kind"] in ("image", "audio") for attachment in files):
+        # Text alone stays a string: llama-cpp-python's server (0.3.36) answers any list content with a 500 under
+        # a text model's chat template ("can only concatenate str (not "list") to str"), and so may other servers.
+        return with_files_text(text, files)
     blocks: list[str | dict[str, Any]] = [{"type": "text", "text": text}] if text else []
     for attachment in files:
         if attachment["kind"] == "image":
@@ -81,7 +92,11 @@ def user_bubble(content: str | list[Any]) -> Message:
      {'name': 'p.png', 'type': 'image', 'src': 'data:image/png;base64,'}]}
     """
     if isinstance(content, str):
-        return {"role": "user", "text": content}
+        found = list(FILE_SECTION.finditer(content))
+        if not found:
+            return {"role": "user", "text": content}
+        named = [{"name": match.group(2), "type": "any"} for match in found]
+        return {"role": "user", "text": content[: found[0].start()].rstrip("\n"), "files": named}
     texts: list[str] = []
     files: list[dict[str, str]] = []
     label: str | None = None

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kit.model.fit import Render
+from kit.pipeline.files import FILE_SECTION
 
-_SECTION = re.compile(r'(<file name="([^"]*)" type="[^"]*">\n)(.*?)(\n</file>)', re.S)
 SLACK_TOKENS = 32  # per cut section: its note, and tokens that merge differently at the cut
 
 
@@ -52,7 +52,7 @@ def fit_documents(
     tokens, _ = render(messages)
     if len(tokens) <= budget:
         return messages, []
-    found = [(index, match) for index, m in enumerate(messages) for match in _SECTION.finditer(m["content"])]
+    found = [(index, match) for index, m in enumerate(messages) for match in FILE_SECTION.finditer(m["content"])]
     if not found:
         return messages, []
     sizes = [tokenize(match.group(3)) for _, match in found]

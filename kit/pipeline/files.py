@@ -180,6 +180,16 @@ def read_file(name: str, declared: str, data: bytes, limits: FileLimits) -> Atta
     return {**base, "kind": "text", "content": decode_text(name, data)}
 
 
+def read_again(listing: Attachment, data: bytes) -> Attachment:
+    """A file accepted earlier (a transcript's listing and its bytes) read again, whatever the limits are now.
+
+    >>> read_again({"name": "a.txt", "type": "text/plain"}, b"Hi")["content"]
+    'Hi'
+    """
+    limits = FileLimits(max(len(data), 1), max(len(data), 1), types=("*",))
+    return read_file(listing["name"], listing["type"], data, limits)
+
+
 def _media_type(name: str, declared: str, data: bytes) -> str:
     """What the bytes are: a known signature wins over the declared type; text keeps its declared or named type."""
     found = sniff(data)
@@ -247,6 +257,8 @@ def _listed(limits: FileLimits) -> str:
 
 FILE_OPEN = '<file name="{name}" type="{type}">'
 FILE_CLOSE = "</file>"
+FILE_SECTION = re.compile(r'(<file name="([^"]*)" type="[^"]*">\n)(.*?)(\n</file>)', re.S)
+"""A file's section in a prompt: its head, name, body and tail (names never hold a quote: `safe_name`)."""
 CANNOT_SEE = "[This model cannot see images: the image above is not shown to it.]"
 CANNOT_HEAR = "[This model cannot hear audio: the recording above is not played to it.]"
 EARLIER = "[The file {name} was attached earlier; its content is not sent again.]"

@@ -22,6 +22,7 @@ from flask import Blueprint, Flask, Request, Response, jsonify
 
 from kit.errors import ChatError
 from kit.pipeline.cancel import STREAM_ID, CancelToken
+from kit.pipeline.files import read_again
 from kit.pipeline.sources import Message
 from kit.threads.ids import THREAD_ID_HEADER, thread_scope, validate_thread_id
 from kit.threads.stops import SharedStops
@@ -109,6 +110,8 @@ class ChatThreads:
         thread_id = validate_thread_id(header)
         self._check_owner(thread_id, claim=True)
         store = self.store if self.memory is None else None  # a graph with memory keeps its own thread
+        if store is not None:
+            restore_earlier_files(store, thread_id, messages)  # issue 28
         return Turn(thread_id, new_user_messages(messages), store)
 
     def check_owner(self, thread_id: str) -> None:
@@ -124,6 +127,20 @@ class ChatThreads:
             owner = self.store.claim(thread_id, user)
         if owner is not None and owner != user:
             raise NoSuchThread("no such thread")
+
+
+def restore_earlier_files(store: ThreadStore, thread_id: str, messages: list[Message]) -> None:
+    """Files that earlier messages carry back by name only (Deep Chat sends a text file once) read again from
+    the thread's store, so a follow-up question about a document still has it; the newest file of a name wins."""
+    earlier = [(m, i) for m in messages for i, f in enumerate(m.get("files") or []) if f.get("kind") == "earlier"]
+    if not earlier:
+        return
+    kept = {f["name"]: f for m in store.messages(thread_id) for f in m.get("files", [])}
+    for message, index in earlier:
+        listing = kept.get(message["files"][index]["name"])
+        found = store.file(thread_id, listing["sha256"]) if listing is not None else None
+        if found is not None:
+            message["files"][index] = read_again(*found)
 
 
 def history_files(message: Message, thread_id: str) -> Message:
