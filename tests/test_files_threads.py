@@ -15,9 +15,11 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from kit import create_app
 from kit.adapters.graphs import graph_source
 from kit.pipeline.files import data_url
-from kit.threads.store import SqliteThreadStore
+from kit.threads.store import ThreadStore
 from tests.documents import PNG, SECRET
+from tests.postgres import postgres_cluster  # noqa: F401  (the session fixture)
 from tests.test_files import QUESTION, Recorder, post
+from tests.test_threads_store import store  # noqa: F401  (SQLite and PostgreSQL)
 
 THREAD = "files-thread-0123456789"
 FILES = [("secret.txt", SECRET.encode(), "text/plain"), ("photo.png", PNG, "image/png")]
@@ -69,8 +71,7 @@ def test_owners_apply_to_files(serve, tmp_path: Path) -> None:  # type: ignore[n
     assert httpx.get(f"{server.url}/threads/{THREAD}/messages").status_code == 404
 
 
-def test_the_store_keeps_files_of_messages_and_gives_them_back_without_content(tmp_path: Path) -> None:
-    store = SqliteThreadStore(tmp_path / "t.sqlite")
+def test_the_store_keeps_files_of_messages_and_gives_them_back_without_content(store: ThreadStore) -> None:  # noqa: F811
     files = [
         {
             "name": "a.txt",
@@ -96,6 +97,8 @@ def test_the_store_keeps_files_of_messages_and_gives_them_back_without_content(t
         b"Hi",
     )
     assert store.file("another-thread-000000", "ab") is None
+    store.append(THREAD, [{"role": "user", "text": "again", "files": files}])  # the same bytes: kept once
+    assert len(store.messages(THREAD)) == 3 and store.file(THREAD, "ab") is not None
 
 
 def test_a_checkpointed_graph_reload_shows_the_files_from_its_messages(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
