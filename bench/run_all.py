@@ -15,6 +15,7 @@ from typing import Any
 from bench import (
     bench_approvals,
     bench_conversations,
+    bench_documents,
     bench_threads,
     bench_users,
     bench_words,
@@ -60,6 +61,14 @@ def approvals_figures(runs: int) -> dict[str, Any]:
         return json.loads(Path(out.name).read_text())
 
 
+def documents_figures(runs: int) -> dict[str, Any]:
+    """Chat with a document: an attached file against the same text pasted (its own process: it loads the model)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        command = [sys.executable, "-m", "bench.bench_documents", "--runs", str(runs), "--json", out.name]
+        subprocess.run(command, cwd=ROOT, check=True)
+        return json.loads(Path(out.name).read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (medians and spreads over them)")
@@ -78,6 +87,7 @@ def main() -> None:
     results["words"] = bench_words.run(runs=max(args.runs, 5))
     results["threads"] = threads_figures(args.runs)
     results["approvals"] = approvals_figures(max(20, 5 * args.runs))
+    results["documents"] = documents_figures(args.runs)
     with server_process("bench.targets", "--chars", "1000") as server:
         development = concurrency.held_streams_memory(f"{server.url}/idle/chat-stream", server.pid)
     results["concurrency"] = {"development (werkzeug threads)": development}
@@ -95,6 +105,7 @@ def main() -> None:
     table += "\n" + bench_threads.describe(results["threads"]) + "\n"
     table += "\n" + conversations
     table += "\n" + bench_approvals.describe(results["approvals"]) + "\n"
+    table += "\n" + bench_documents.describe(results["documents"]) + "\n"
     (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=1))
     (DOCS / "benchmarks.md").write_text(
         f"# Benchmark results\n\nReproduce with `make bench` ({results['seconds']:.0f} s on this 2-core machine; "

@@ -4,7 +4,6 @@ included), and hostile or unreadable files refused with a 4xx naming them before
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from kit import create_app
 from kit.adapters.graphs import graph_source
 from kit.pipeline.files import CANNOT_SEE, data_url
 from kit.pipeline.sources import Message
+from kit.serving.client import multipart_body
 from tests.documents import JPEG, PNG, SECRET, TEXT_FILES, pdf, wav, zip_bomb
 
 QUESTION = "What is the secret word in the file?"
@@ -36,12 +36,10 @@ def post(
     timeout: float = 30,
     **headers: str,
 ) -> httpx.Response:
-    """A request as Deep Chat 2.4.2 sends one with attachments (seen in chromium): each file in a `files` part, each
-    earlier message as JSON in message1.., the newest message last (with text) without its files."""
-    messages = [*earlier, *([{"role": "user", "text": text}] if text else [])]
-    data = {f"message{index}": json.dumps(message) for index, message in enumerate(messages, 1)}
-    files = [("files", upload) for upload in uploads]
-    return httpx.post(f"{url}/chat", data=data, files=files, headers=headers, timeout=timeout)
+    """A request as Deep Chat 2.4.2 sends one with attachments (kit.serving.client.multipart_body)."""
+    messages = [*earlier, {"role": "user", "text": text}]
+    body = multipart_body(messages, uploads)
+    return httpx.post(f"{url}/chat", **body, headers=headers, timeout=timeout)
 
 
 class Recorder:
