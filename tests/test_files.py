@@ -260,3 +260,49 @@ def test_limits_and_the_type_allow_list_are_settings(serve) -> None:  # type: ig
     assert post(url, [("a.txt", b"x" * 80, "text/plain")]).status_code == 200
     with pytest.raises(ValueError, match="max_file_bytes"):
         create_app(recorder, max_file_bytes=0)
+
+
+def recording_graph(seen: list[list[BaseMessage]]) -> Any:
+    def node(state: MessagesState) -> dict[str, list[BaseMessage]]:
+        seen.append(list(state["messages"]))
+        return {"messages": [AIMessage("ok")]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("answer", node)
+    graph.add_edge(START, "answer")
+    graph.add_edge("answer", END)
+    return graph.compile()
+
+
+def expected_content(name: str, declared: str, kind: str, content: Any) -> Any:
+    """What a chain's HumanMessage holds for the question with this one file attached."""
+    if kind in ("text", "pdf"):
+        media_type = {"code.py": "text/x-python"}.get(name, declared)
+        return f'{QUESTION}\n\n<file name="{name}" type="{media_type}">\n{content}\n</file>'
+    label = {"type": "text", "text": f"Attached {'image' if kind == 'image' else 'recording'}: {name}"}
+    url = data_url({"type": declared, "content": content})
+    if kind == "image":
+        return [{"type": "text", "text": QUESTION}, label, {"type": "image_url", "image_url": {"url": url}}]
+    return [
+        {"type": "text", "text": QUESTION},
+        label,
+        {"type": "audio", "base64": url.split(",")[1], "mime_type": declared},
+    ]
+
+
+@pytest.mark.parametrize("kind_of_source", ["chain", "graph"])
+@pytest.mark.parametrize(("name", "declared", "data", "kind", "content"), ACCEPTED, ids=[row[0] for row in ACCEPTED])
+def test_every_accepted_type_reaches_a_chain_and_a_graph(
+    serve, kind_of_source, name, declared, data, kind, content
+) -> None:  # type: ignore[no-untyped-def]
+    seen: list[list[BaseMessage]] = []
+    if kind_of_source == "chain":
+        record = RunnableLambda(lambda value: seen.append(value.to_messages()) or "ok")
+        source: Any = ChatPromptTemplate.from_messages([MessagesPlaceholder("messages")]) | record
+    else:
+        source = recording_graph(seen)
+    server = serve(create_app(source, thread_store=False))
+    assert post(server.url, [(name, data, declared)]).status_code == 200
+    (human,) = seen[-1]
+    assert isinstance(human, HumanMessage)
+    assert human.content == expected_content(name, declared, kind, content)

@@ -18,7 +18,7 @@ from kit.adapters.ready_made import openai_chat_model
 from kit.model.source import to_llama_messages
 from kit.pipeline.files import CANNOT_SEE, data_url
 from tests.compat import llama_server_url, stop_llama_server
-from tests.documents import PNG, SECRET
+from tests.documents import PNG, SECRET, TEXT_FILES, pdf
 from tests.test_files import QUESTION, post
 
 FILES = [("secret.txt", SECRET.encode(), "text/plain"), ("photo.png", PNG, "image/png")]
@@ -83,12 +83,20 @@ def test_an_openai_compatible_server_gets_the_file_as_text_and_the_image_as_an_i
     client = httpx.Client(event_hooks={"request": [record]}, timeout=300)
     model = openai_chat_model(llama_server_url(), temperature=0, max_tokens=16, http_client=client)
     server = serve(create_app(model, thread_store=False))
-    response = post(server.url, FILES[:1], timeout=300)
+    # Every text type and a PDF: one string, each file a named section (the server's text template takes no list).
+    texts = [(name, data, declared) for name, declared, data, _ in TEXT_FILES] + [
+        ("doc.pdf", pdf([SECRET]), "application/pdf")
+    ]
+    response = post(server.url, texts, timeout=300)
     assert response.status_code == 200, response.text
     assert response.json()["text"].strip()
     (user,) = [m for m in bodies[-1]["messages"] if m["role"] == "user"]
-    # Text files only: one string, the file a named section (the server's text template takes no list content).
-    assert user["content"] == f'{QUESTION}\n\n<file name="secret.txt" type="text/plain">\n{SECRET}\n</file>'
+    sections = [
+        f'<file name="{name}" type="{ {"code.py": "text/x-python"}.get(name, declared) }">\n{content}\n</file>'
+        for name, declared, _, content in TEXT_FILES
+    ]
+    sections.append(f'<file name="doc.pdf" type="application/pdf">\n[page 1]\n{SECRET}\n</file>')
+    assert user["content"] == "\n\n".join([QUESTION, *sections])
 
     # With the image: an image_url part with the data URL. llama-cpp-python's server without a vision model (a
     # clip projector) answers it with an empty stream, which the chat shows as an error, not as silence.
