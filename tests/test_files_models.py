@@ -80,31 +80,31 @@ def test_an_openai_compatible_server_gets_the_file_as_text_and_the_image_as_an_i
         if request.url.path.endswith("/chat/completions"):
             bodies.append(json.loads(request.content))
 
-    client = httpx.Client(event_hooks={"request": [record]}, timeout=300)
-    model = openai_chat_model(llama_server_url(), temperature=0, max_tokens=16, http_client=client)
-    server = serve(create_app(model, thread_store=False))
-    # Every text type and a PDF: one string, each file a named section (the server's text template takes no list).
-    texts = [(name, data, declared) for name, declared, data, _ in TEXT_FILES] + [
-        ("doc.pdf", pdf([SECRET]), "application/pdf")
-    ]
-    response = post(server.url, texts, timeout=300)
-    assert response.status_code == 200, response.text
-    assert response.json()["text"].strip()
-    (user,) = [m for m in bodies[-1]["messages"] if m["role"] == "user"]
-    sections = [
-        f'<file name="{name}" type="{ {"code.py": "text/x-python"}.get(name, declared) }">\n{content}\n</file>'
-        for name, declared, _, content in TEXT_FILES
-    ]
-    sections.append(f'<file name="doc.pdf" type="application/pdf">\n[page 1]\n{SECRET}\n</file>')
-    assert user["content"] == "\n\n".join([QUESTION, *sections])
+    with httpx.Client(event_hooks={"request": [record]}, timeout=300) as client:  # closed: no socket left open
+        model = openai_chat_model(llama_server_url(), temperature=0, max_tokens=16, http_client=client)
+        server = serve(create_app(model, thread_store=False))
+        # Every text type and a PDF: one string, each file a named section (the server's text template takes no list).
+        texts = [(name, data, declared) for name, declared, data, _ in TEXT_FILES] + [
+            ("doc.pdf", pdf([SECRET]), "application/pdf")
+        ]
+        response = post(server.url, texts, timeout=300)
+        assert response.status_code == 200, response.text
+        assert response.json()["text"].strip()
+        (user,) = [m for m in bodies[-1]["messages"] if m["role"] == "user"]
+        sections = [
+            f'<file name="{name}" type="{ {"code.py": "text/x-python"}.get(name, declared) }">\n{content}\n</file>'
+            for name, declared, _, content in TEXT_FILES
+        ]
+        sections.append(f'<file name="doc.pdf" type="application/pdf">\n[page 1]\n{SECRET}\n</file>')
+        assert user["content"] == "\n\n".join([QUESTION, *sections])
 
-    # With the image: an image_url part with the data URL. llama-cpp-python's server without a vision model (a
-    # clip projector) answers it with an empty stream, which the chat shows as an error, not as silence.
-    response = post(server.url, FILES, timeout=300)
-    (user,) = [m for m in bodies[-1]["messages"] if m["role"] == "user"]
-    assert user["content"][1:] == [
-        {"type": "text", "text": f'<file name="secret.txt" type="text/plain">\n{SECRET}\n</file>'},
-        {"type": "text", "text": "Attached image: photo.png"},
-        {"type": "image_url", "image_url": {"url": data_url({"type": "image/png", "content": PNG})}},
-    ]
-    assert response.status_code == 500 and response.json()["error"]
+        # With the image: an image_url part with the data URL. llama-cpp-python's server without a vision model (a
+        # clip projector) answers it with an empty stream, which the chat shows as an error, not as silence.
+        response = post(server.url, FILES, timeout=300)
+        (user,) = [m for m in bodies[-1]["messages"] if m["role"] == "user"]
+        assert user["content"][1:] == [
+            {"type": "text", "text": f'<file name="secret.txt" type="text/plain">\n{SECRET}\n</file>'},
+            {"type": "text", "text": "Attached image: photo.png"},
+            {"type": "image_url", "image_url": {"url": data_url({"type": "image/png", "content": PNG})}},
+        ]
+        assert response.status_code == 500 and response.json()["error"]
