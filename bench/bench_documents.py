@@ -93,6 +93,8 @@ def run(runs: int) -> dict[str, Any]:
         "attached_s": summary(attached_s),
         "pasted_s": summary(pasted_s),
         "ratio": statistics.median(attached_s) / statistics.median(pasted_s),
+        # The fastest run of each is the least disturbed by other work on the machine: the fairer comparison.
+        "ratio_fastest": min(attached_s) / min(pasted_s),
         "reading_ms": reading,
         "runs": runs,
     }
@@ -112,7 +114,7 @@ def describe(figures: dict[str, Any]) -> str:
         "| --- | --- |",
         f"| time to first text, file attached, s | {_spread(attached)} |",
         f"| time to first text, text pasted (the floor), s | {_spread(pasted)} |",
-        f"| attached ÷ pasted (same run) | {figures['ratio']:.3f} |",
+        f"| attached ÷ pasted (same run): medians / fastest runs | {figures['ratio']:.3f} / {figures['ratio_fastest']:.3f} |",
     ]
     for name, cost in figures["reading_ms"].items():
         lines.append(f"| the kit reading the upload ({name}): parse and read, ms | {cost['median']:.2f} |")
