@@ -114,7 +114,8 @@ def describe(figures: dict[str, Any]) -> str:
         "| --- | --- |",
         f"| time to first text, file attached, s | {_spread(attached)} |",
         f"| time to first text, text pasted (the floor), s | {_spread(pasted)} |",
-        f"| attached ÷ pasted (same run): medians / fastest runs | {figures['ratio']:.3f} / {figures['ratio_fastest']:.3f} |",
+        f"| attached ÷ pasted (same run): medians / fastest runs | {figures['ratio']:.3f} / "
+        f"{figures['ratio_fastest']:.3f} |",
     ]
     for name, cost in figures["reading_ms"].items():
         lines.append(f"| the kit reading the upload ({name}): parse and read, ms | {cost['median']:.2f} |")
