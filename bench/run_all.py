@@ -15,6 +15,7 @@ from typing import Any
 from bench import (
     bench_approvals,
     bench_conversations,
+    bench_documents,
     bench_engine_process,
     bench_observability,
     bench_threads,
@@ -66,6 +67,14 @@ def engine_process_figures(runs: int) -> dict[str, Any]:
     """One model for every worker: 8 users against 1 in process and behind 4 workers, memory, Stop (its own process)."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         command = [sys.executable, "-m", "bench.bench_engine_process", "--runs", str(runs), "--json", out.name]
+        subprocess.run(command, check=True)
+        return json.loads(Path(out.name).read_text())
+
+
+def documents_figures(runs: int) -> dict[str, Any]:
+    """Chat with a document: an attached file against the same text pasted (its own process: it loads the model)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        command = [sys.executable, "-m", "bench.bench_documents", "--runs", str(runs), "--json", out.name]
         subprocess.run(command, cwd=ROOT, check=True)
         return json.loads(Path(out.name).read_text())
 
@@ -89,6 +98,7 @@ def main() -> None:
     results["threads"] = threads_figures(args.runs)
     results["approvals"] = approvals_figures(max(20, 5 * args.runs))
     results["engine_process"] = engine_process_figures(args.runs)
+    results["documents"] = documents_figures(args.runs)
     with server_process("bench.targets", "--chars", "1000") as server:
         development = concurrency.held_streams_memory(f"{server.url}/idle/chat-stream", server.pid)
     results["concurrency"] = {"development (werkzeug threads)": development}
@@ -111,6 +121,7 @@ def main() -> None:
     table += "\n### Observability\n\n" + bench_observability.describe(results["observability"])
     table += "\n\n![observability](bench_observability.png)\n"
     table += "\n" + bench_engine_process.describe(results["engine_process"]) + "\n"
+    table += "\n" + bench_documents.describe(results["documents"]) + "\n"
     (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=1))
     (DOCS / "benchmarks.md").write_text(
         f"# Benchmark results\n\nReproduce with `make bench` ({results['seconds']:.0f} s on this 2-core machine; "

@@ -169,7 +169,14 @@ def test_multipart_request_with_files_reaches_the_source(serve) -> None:  # type
         files={"files": ("notes.txt", b"hello", "text/plain")},
     )
     assert response.json() == {"text": "got it"}
-    assert seen[0][-1]["files"] == [{"name": "notes.txt", "type": "text/plain", "size": 5}]
+    (attachment,) = seen[0][-1]["files"]
+    assert {key: attachment[key] for key in ("name", "type", "size", "kind", "content")} == {
+        "name": "notes.txt",
+        "type": "text/plain",
+        "size": 5,
+        "kind": "text",
+        "content": "hello",
+    }
     assert seen[0][-1]["text"] == "what is this?"
 
 

@@ -17,7 +17,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.pregel import Pregel
 
-from kit.adapters.inputs import InputMapper
+from kit.adapters.inputs import InputMapper, user_bubble
 from kit.pipeline.sources import Message
 from kit.threads.ids import current_thread_id
 from kit.threads.store import down_on_error
@@ -95,7 +95,7 @@ def checkpoint_messages(graph: Pregel, thread_id: str, feed: Feed) -> list[Messa
         if isinstance(message, HumanMessage):
             bubbles += reply.messages()
             reply = Bubbles()
-            bubbles.append({"role": "user", "text": message.text})
+            bubbles.append(user_bubble(message.content))  # its files too (issue 28)
             continue
         for role, text in feed(message, {}):
             reply.add(text, role)

@@ -53,6 +53,7 @@ class Request:
     stopped: threading.Event = field(default_factory=threading.Event)
     reuse: bool = True  # start from cached cells sharing the prompt's prefix (False: from an empty sequence)
     shift: bool = False  # old turns were dropped: the cache may hold the newest ones further on (context shift)
+    notes: tuple[str, ...] = ()  # text the answer starts with (how much of a long attached document was read)
 
     @property
     def abandoned(self) -> bool:

@@ -24,6 +24,7 @@ from kit.errors import ChatError, ServiceBusy
 from kit.model.batching import DEFAULT_SLOTS, Request, Scheduler, check_options
 from kit.model.chunks import ChatText
 from kit.model.cpu import inspect_llama_build
+from kit.model.documents import fit_documents
 from kit.model.fit import fit_messages
 from kit.model.remote import RemoteEngine, remote_engine
 from kit.model.settings import DEFAULT_N_CTX, INSTALL_LLAMA, LlamaSettings, ModelUnavailable
@@ -206,6 +207,10 @@ class Engine(ChatText):
         """The model's tokens for `text` (no special tokens, no BOS): for counting, as the tokenizer is thread-safe."""
         return self.load().tokenize(text.encode(), add_bos=False, special=False)
 
+    def detokenize(self, tokens: list[int]) -> str:
+        """The text of `tokens` (a character split at the end is dropped)."""
+        return self.load().detokenize(tokens).decode("utf-8", errors="ignore")
+
     def close(self) -> None:
         """Stop the scheduler thread and free the model and its context (requests still there get an error).
 
@@ -237,12 +242,17 @@ class Engine(ChatText):
         yet queued: `run` queues it and yields its chunks. `stream` does both."""
         check_options(options)
         room = min(int(options.get("max_tokens") or 256), self.n_ctx // 4)
-        fitted = fit_messages([dict(m) for m in messages], self.prompt, self.tokenize, self.n_ctx, room)
+        # An attached document too long for the context is cut, and the answer starts by saying how much was read.
+        chat, cuts = fit_documents(
+            [dict(m) for m in messages], self.prompt, self.tokenize, self.detokenize, self.n_ctx - room
+        )
+        fitted = fit_messages(chat, self.prompt, self.tokenize, self.n_ctx, room)
         stop = options.get("stop") or []
         stops = fitted.stops + ([stop] if isinstance(stop, str) else list(stop))
         cancel = cancel or current_cancel() or CancelToken()
         stops = [s for s in stops if s]
-        return Request(fitted.tokens, options, cancel, stops, reuse=reuse, shift=fitted.dropped > 0)
+        notes = tuple(cut.note(self.n_ctx) for cut in cuts)
+        return Request(fitted.tokens, options, cancel, stops, reuse=reuse, shift=fitted.dropped > 0, notes=notes)
 
     def stream(
         self,
@@ -290,6 +300,8 @@ class Engine(ChatText):
         scheduler.submit(request)
         forget = request.cancel.on_cancel(lambda: request.out.put(Finished()))  # stop waiting at once
         try:
+            for note in request.notes:  # before the answer: how much of a long document was read
+                yield {"choices": [{"index": 0, "delta": {"content": note}, "finish_reason": None}]}
             yield from receive(request.out, request.cancel, self.poll_s)
         finally:
             forget()

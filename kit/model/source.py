@@ -10,6 +10,7 @@ from kit.model.engine import Engine, engine_for
 from kit.model.remote import RemoteEngine
 from kit.model.settings import LlamaSettings
 from kit.pipeline.cancel import CancelToken
+from kit.pipeline.files import with_files_text
 from kit.pipeline.sources import Message
 
 # Deep Chat roles to chat-template roles; other roles (say, a "steps" bubble the kit streamed) are not
@@ -18,12 +19,17 @@ _ROLES = {"user": "user", "ai": "assistant", "assistant": "assistant", "system":
 
 
 def to_llama_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
-    """Deep Chat messages as chat-template messages; roles the model should not see are dropped.
+    """Deep Chat messages as chat-template messages; roles the model should not see are dropped, attached files
+    are named sections of their message (an image or a recording a sentence saying the model does not get it).
 
     >>> to_llama_messages([{"role": "user", "text": "Hi"}, {"role": "ai", "text": "Hello"}, {"role": "x", "text": ""}])
     [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello'}]
     """
-    return [{"role": _ROLES[m["role"]], "content": str(m.get("text", ""))} for m in messages if m.get("role") in _ROLES]
+    return [
+        {"role": _ROLES[m["role"]], "content": with_files_text(str(m.get("text", "")), m.get("files") or [])}
+        for m in messages
+        if m.get("role") in _ROLES
+    ]
 
 
 class LlamaSource:

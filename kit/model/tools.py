@@ -25,6 +25,8 @@ from typing import Any, Literal
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
+from kit.pipeline.files import blocks_text
+
 ToolTurns = Literal["call_then_answer", "model_decides"]
 
 # An answer in text may be anything that does not open a JSON object (which would be a malformed call).
@@ -145,7 +147,8 @@ def to_chat_messages(messages: Sequence[BaseMessage], tool_prompt: str | None) -
             written = (f"{call['name']}({json.dumps(call['args'], ensure_ascii=False)})" for call in calls)
             chat.append({"role": "assistant", "content": f"{message.text}\nI call {', '.join(written)}.".strip()})
         else:
-            chat.append({"role": roles.get(message.type, message.type), "content": message.text})
+            # Files as named sections; an image or a recording as a sentence saying the model does not get it.
+            chat.append({"role": roles.get(message.type, message.type), "content": blocks_text(message.content)})
     if tool_prompt:
         if chat and chat[0]["role"] == "system":
             chat[0] = {"role": "system", "content": f"{chat[0]['content']}\n\n{tool_prompt}"}

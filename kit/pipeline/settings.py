@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kit.pipeline.coalesce import Coalescer
+from kit.pipeline.files import DEFAULT_FILE_TYPES, FileLimits
 from kit.pipeline.granularity import splitter
 from kit.pipeline.thinking import check_mode
 
@@ -54,6 +55,11 @@ class StreamSettings:
     # `python -m kit doctor`'s probe header: None turns it on except under gunicorn (production), where any
     # client could otherwise hold a request thread for a minute outside the model's queue.
     doctor_probe: bool | None = None
+    # -- attached files (kit.pipeline.files, docs/sources.md "Files in the chat") ------------------------------
+    max_file_bytes: int = 2 * 1024 * 1024
+    max_files_bytes: int = 4 * 1024 * 1024  # all the files of one message together
+    file_types: Sequence[str] = DEFAULT_FILE_TYPES  # media types, "text/*" patterns allowed
+    max_pdf_pages: int = 200  # a longer PDF is read this far, and the source is told so
     title: str = "Deep Chat streaming kit"
     # -- observability (docs/production.md, "Metrics, traces and token usage") ------------------------------
     # `GET /metrics` in Prometheus' format (needs prometheus_client, in the `prod` extra); `kit serve --prod` on.
@@ -81,6 +87,15 @@ class StreamSettings:
             raise ValueError("queue_size, stall_timeout_s and disconnect_poll_s must be positive")
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be positive, not {self.max_body_bytes}")
+        object.__setattr__(self, "file_types", tuple(self.file_types))
+        _ = self.file_limits  # validates the file fields (ValueError)
+
+    @property
+    def file_limits(self) -> FileLimits:
+        """What the chat reads of attached files."""
+        return FileLimits(
+            self.max_file_bytes, self.max_files_bytes, types=self.file_types, max_pdf_pages=self.max_pdf_pages
+        )
 
     def with_options(self, **options: Any) -> StreamSettings:
         """A copy with some fields changed; an unknown name is a TypeError listing the valid ones."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +73,23 @@ def chat_body(text: str, history: list[dict[str, str]] | None = None) -> dict[st
     return {"messages": [*(history or []), {"role": "user", "text": text}]}
 
 
+Upload = tuple[str, bytes, str]
+"""An attached file: (name, bytes, media type)."""
+
+
+def multipart_body(messages: list[dict[str, Any]], files: Sequence[Upload]) -> dict[str, Any]:
+    """httpx's `data=` and `files=` for a message with attachments, the way Deep Chat 2.4 sends them (seen in
+    chromium): each file a `files` part, each message JSON in `message1`, `message2`, ..., the newest last
+    without its files, and left out when it has no text.
+
+    >>> multipart_body([{"role": "user", "text": "Hi"}], [("a.txt", b"x", "text/plain")])["data"]
+    {'message1': '{"role": "user", "text": "Hi"}'}
+    """
+    sent = [*messages[:-1], *([messages[-1]] if messages and messages[-1].get("text") else [])]
+    data = {f"message{number}": json.dumps(message, ensure_ascii=False) for number, message in enumerate(sent, 1)}
+    return {"data": data, "files": [("files", upload) for upload in files]}
+
+
 def iter_stream(
     url: str,
     body: dict[str, Any],
@@ -80,14 +97,17 @@ def iter_stream(
     client: httpx.Client | None = None,
     timeout: float = 60.0,
     headers: dict[str, str] | None = None,
+    files: Sequence[Upload] = (),
 ) -> Iterator[Received | Reply]:
     """Yield the Reply header first, then each Received item as its line arrives (`headers` are sent along
-    with the Accept header, e.g. a stream id for `POST /chat-stream/stop`)."""
+    with the Accept header, e.g. a stream id for `POST /chat-stream/stop`; `files` attached to the last message,
+    as Deep Chat's attachment button sends them)."""
     own_client = client is None
     http = client or httpx.Client(timeout=timeout)
     try:
         started = time.perf_counter()
-        with http.stream("POST", url, json=body, headers={**ACCEPT_HEADERS, **(headers or {})}) as response:
+        sent = multipart_body(body["messages"], files) if files else {"json": body}  # files: as Deep Chat sends them
+        with http.stream("POST", url, **sent, headers={**ACCEPT_HEADERS, **(headers or {})}) as response:
             yield Reply(response.status_code, dict(response.headers), started)
             if response.status_code != 200:
                 response.read()
@@ -114,8 +134,10 @@ def stream_chat(
     history: list[dict[str, str]] | None = None,
     timeout: float = 60.0,
     client: httpx.Client | None = None,
+    files: Sequence[Upload] = (),
 ) -> Reply:
-    """Send one chat message (after the earlier turns in `history`) to a stream route and read the whole reply.
+    """Send one chat message (after the earlier turns in `history`, with `files` attached: (name, bytes, media
+    type) each) to a stream route and read the whole reply.
 
     >>> from kit import create_app
     >>> from kit.serving.server import BackgroundServer
@@ -123,7 +145,7 @@ def stream_chat(
     ...     stream_chat(server.url + "chat-stream", "hello").text
     'Hi there'
     """
-    items = iter_stream(url, chat_body(text, history), timeout=timeout, client=client)
+    items = iter_stream(url, chat_body(text, history), timeout=timeout, client=client, files=files)
     reply = next(items)
     assert isinstance(reply, Reply)
     reply.items.extend(item for item in items if isinstance(item, Received))

@@ -20,6 +20,7 @@ from typing import Any
 
 from kit.errors import ChatError
 from kit.pipeline.sources import Message
+from kit.threads import files as thread_files
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +67,39 @@ class ThreadStore:
 
     def messages(self, thread_id: str) -> list[Message]:
         """The thread's visible messages in order, as Deep Chat shows them ([] for a thread never seen)."""
-        sql = "SELECT role, text, custom FROM kit_thread_messages WHERE thread_id = ? ORDER BY id"
-        rows = self._query(sql, (thread_id,))
-        return [_message(row["role"], row["text"], row["custom"]) for row in rows]
+        with self._guarded() as connection:
+            sql = "SELECT id, role, text, custom FROM kit_thread_messages WHERE thread_id = ? ORDER BY id"
+            rows = connection.execute(self._sql(sql), (thread_id,)).fetchall()
+            messages = [_message(row["role"], row["text"], row["custom"]) for row in rows]
+            thread_files.attach(connection, self._sql, thread_id, rows, messages)  # issue 28: files, no content
+        return messages
 
     def append(self, thread_id: str, messages: Sequence[Message]) -> None:
-        """Add messages at the end of the thread's transcript, all or none."""
+        """Add messages at the end of the thread's transcript, all or none (their files, if any, too)."""
         now = time.time()
         # Deep Chat's `custom` field (a reply's token usage) is kept as JSON, as the page gets it back.
         rows = [(thread_id, str(m["role"]), str(m.get("text", "")), _custom(m), now) for m in messages]
-        if rows:
-            sql = "INSERT INTO kit_thread_messages (thread_id, role, text, custom, created) VALUES (?, ?, ?, ?, ?)"
+        sql = "INSERT INTO kit_thread_messages (thread_id, role, text, custom, created) VALUES (?, ?, ?, ?, ?)"
+        if any(m.get("files") for m in messages):
+            self._append_with_files(thread_id, rows, messages)
+        elif rows:
             self._execute_many(sql, rows)
+
+    def _append_with_files(self, thread_id: str, rows: list[tuple[Any, ...]], messages: Sequence[Message]) -> None:
+        # One insert per message, for the id its files are recorded under (issue 28).
+        sql = (
+            "INSERT INTO kit_thread_messages (thread_id, role, text, custom, created) VALUES (?, ?, ?, ?, ?) "
+            "RETURNING id"
+        )
+        with self._guarded() as connection:
+            for row, message in zip(rows, messages, strict=True):
+                message_id = int(connection.execute(self._sql(sql), row).fetchone()["id"])
+                thread_files.keep(connection, self._sql, thread_id, message_id, message.get("files") or [])
+
+    def file(self, thread_id: str, sha256: str) -> tuple[dict[str, Any], bytes] | None:
+        """A file one of the thread's messages carried (name, type, ...) and its bytes; None if none did."""
+        with self._guarded() as connection:
+            return thread_files.blob(connection, self._sql, thread_id, sha256)
 
     def claim(self, thread_id: str, owner: str) -> str:
         """Bind the thread to `owner` unless it has one already; returns the thread's owner after the call."""
@@ -212,6 +234,7 @@ class SqliteThreadStore(ThreadStore):
         "CREATE TABLE IF NOT EXISTS kit_stop_requests (stream_id TEXT PRIMARY KEY, created REAL NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_interrupt_claims (thread_id TEXT NOT NULL, interrupt_id TEXT NOT NULL, "
         "created REAL NOT NULL, PRIMARY KEY (thread_id, interrupt_id))",
+        *thread_files.file_schema("BLOB", "INTEGER"),
     )
 
     def __init__(self, path: str | Path = DEFAULT_SQLITE_FILE) -> None:
@@ -268,6 +291,7 @@ class PostgresThreadStore(ThreadStore):
         "CREATE TABLE IF NOT EXISTS kit_stop_requests (stream_id TEXT PRIMARY KEY, created DOUBLE PRECISION NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_interrupt_claims (thread_id TEXT NOT NULL, interrupt_id TEXT NOT NULL, "
         "created DOUBLE PRECISION NOT NULL, PRIMARY KEY (thread_id, interrupt_id))",
+        *thread_files.file_schema("BYTEA", "BIGINT"),
     )
     migrations = ("ALTER TABLE kit_thread_messages ADD COLUMN IF NOT EXISTS custom TEXT",)
 

@@ -66,5 +66,8 @@ def new_user_messages(messages: Sequence[Message]) -> list[Message]:
     for message in reversed(messages):
         if message.get("role") != "user":
             break
-        new.insert(0, {"role": "user", "text": str(message.get("text", ""))})
+        asked: Message = {"role": "user", "text": str(message.get("text", ""))}
+        if message.get("files"):
+            asked["files"] = message["files"]  # kept with their bytes (kit.threads.files)
+        new.insert(0, asked)
     return new

@@ -52,7 +52,7 @@ class ChatRoutes:
 
     def stream(self) -> Response:
         """`POST chat-stream`: the reply as Server-Sent Events."""
-        messages = parse_chat_request(request)
+        messages = parse_chat_request(request, self.settings.file_limits)
         turn = self.threads.turn(request, messages)  # threads (issue 17): 400/404/503 before the first byte
         cancel = CancelToken()
         self.threads.watch_stop(request.headers.get(STREAM_ID_HEADER), cancel)  # threads: Stop from other workers
@@ -79,7 +79,7 @@ class ChatRoutes:
 
     def answer(self) -> Response:
         """`POST chat`: the same pipeline as the stream, the whole answer as one JSON object."""
-        messages = parse_chat_request(request)
+        messages = parse_chat_request(request, self.settings.file_limits)
         turn = self.threads.turn(request, messages)  # threads (issue 17)
         with turn.scope():
             text = collect_answer(self.start(messages, CancelToken()))

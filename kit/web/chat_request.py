@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
 from flask import Request
+from werkzeug.formparser import FormDataParser
 
 from kit.errors import ChatError
+from kit.pipeline.files import Attachment, FileLimits, from_data_url, read_file, read_files, safe_name
 from kit.pipeline.sources import Message
 
 MAX_MESSAGES = 1_000
@@ -19,23 +22,36 @@ class BadRequest(ChatError):
     status = 400
 
 
-def parse_chat_request(request: Request) -> list[Message]:
-    """Return the conversation as plain dicts, or raise BadRequest saying what is wrong.
+def parse_chat_request(request: Request, limits: FileLimits | None = None) -> list[Message]:
+    """Return the conversation as plain dicts, or raise BadRequest (BadFile) saying what is wrong.
 
-    Files attached in a multipart request are listed (name, type, size) on the last user message.
+    Files attached in a multipart request are read (kit.pipeline.files) onto the last user message, under
+    "files"; files that earlier messages carry back (Deep Chat sends an image's data URL, a text file's name
+    only) are read too, or listed as sent earlier.
     """
+    limits = limits or FileLimits()
     if request.mimetype == "multipart/form-data":
-        return _parse_multipart(request)
+        return _parse_multipart(request, limits)
     try:
         body = json.loads(request.get_data(cache=False))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise BadRequest('the body must be JSON like {"messages": [{"role": "user", "text": "Hi"}]}') from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object with a 'messages' list")
-    return _validate_messages(body.get("messages"))
+    return _validate_messages(body.get("messages"), limits)
 
 
-def _parse_multipart(request: Request) -> list[Message]:
+class _InMemoryParser(FormDataParser):
+    """Werkzeug's form parser with every upload kept in memory (the body limit bounds it): an upload is never
+    spooled to a temporary file."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["stream_factory"] = lambda *_args, **_kwargs: io.BytesIO()
+        super().__init__(*args, **kwargs)
+
+
+def _parse_multipart(request: Request, limits: FileLimits) -> list[Message]:
+    request.form_data_parser_class = _InMemoryParser
     # Deep Chat sends each message as a JSON string in fields message1, message2, ...
     fields = sorted(
         (key for key in request.form if key.startswith("message") and key[len("message") :].isdigit()),
@@ -47,24 +63,41 @@ def _parse_multipart(request: Request) -> list[Message]:
             raw_messages.append(json.loads(request.form[key]))
         except (json.JSONDecodeError, RecursionError):
             raise BadRequest(f"form field {key!r} must hold a JSON message") from None
-    files = [
-        {"name": upload.filename or "", "type": upload.mimetype, "size": _size(upload.stream)}
-        for upload in request.files.getlist("files")
-    ]
-    if not raw_messages:
-        raw_messages = [{"role": "user", "text": ""}]
-    messages = _validate_messages(raw_messages, allow_empty_text=bool(files))
+    # Deep Chat leaves the newest message out when it has no text (the files alone are the question), and
+    # sends it without its `files` otherwise.
+    files = read_files([_upload(upload, limits) for upload in request.files.getlist("files")], limits)
+    last = raw_messages[-1] if raw_messages else None
+    if not raw_messages or (files and (not isinstance(last, dict) or last.get("role", "user") != "user")):
+        raw_messages.append({"role": "user", "text": ""})
+    messages = _validate_messages(raw_messages, limits, allow_empty_text=bool(files))
     if files:
-        messages[-1]["files"] = files
+        messages[-1]["files"] = [*messages[-1].get("files", []), *files]
     return messages
 
 
-def _size(stream: Any) -> int:
-    stream.seek(0, 2)
-    return int(stream.tell())
+def _upload(upload: Any, limits: FileLimits) -> tuple[str, str, bytes]:
+    # One byte past the limit is enough to refuse it: a huge part is never read whole.
+    return upload.filename or "", upload.mimetype or "", upload.stream.read(limits.max_file_bytes + 1)
 
 
-def _validate_messages(raw: Any, *, allow_empty_text: bool = False) -> list[Message]:
+def _earlier_files(raw: Any, index: int, limits: FileLimits) -> list[Attachment]:
+    """The files a message sent back carries: an image's data URL is read again, other files are named only."""
+    if not isinstance(raw, list) or len(raw) > limits.max_files:
+        raise BadRequest(f"messages[{index}].files must be a list of at most {limits.max_files} files")
+    files: list[Attachment] = []
+    for entry in raw:
+        if not isinstance(entry, dict):
+            raise BadRequest(f"messages[{index}].files must hold objects like {{'name': ..., 'src': ...}}")
+        name = safe_name(str(entry.get("name") or "file"))
+        found = from_data_url(entry["src"]) if isinstance(entry.get("src"), str) else None
+        if found is not None:
+            files.append(read_file(name, found[0], found[1], limits))
+        else:
+            files.append({"name": name, "type": "", "size": 0, "kind": "earlier", "content": None})
+    return files
+
+
+def _validate_messages(raw: Any, limits: FileLimits, *, allow_empty_text: bool = False) -> list[Message]:
     if not isinstance(raw, list) or not raw:
         raise BadRequest("'messages' must be a non-empty list of {role, text} objects")
     if len(raw) > MAX_MESSAGES:
@@ -80,6 +113,8 @@ def _validate_messages(raw: Any, *, allow_empty_text: bool = False) -> list[Mess
         if not isinstance(text, str):
             raise BadRequest(f"messages[{index}].text must be a string")
         messages.append({"role": role, "text": text})
+        if message.get("files") and role == "user":
+            messages[-1]["files"] = _earlier_files(message["files"], index, limits)
     if not allow_empty_text and not any(m["text"].strip() for m in messages if m["role"] == "user"):
         raise BadRequest("the conversation has no user text to answer")
     return messages

@@ -12,13 +12,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from flask import Blueprint, Flask, Request, Response, jsonify
 
 from kit.errors import ChatError
 from kit.pipeline.cancel import STREAM_ID, CancelToken
+from kit.pipeline.files import read_again
 from kit.pipeline.sources import Message
 from kit.threads.ids import THREAD_ID_HEADER, thread_scope, validate_thread_id
 from kit.threads.stops import SharedStops
@@ -26,8 +30,10 @@ from kit.threads.store import ThreadStore, open_store
 from kit.threads.transcript import Bubbles, ThreadMemory, new_user_messages
 
 log = logging.getLogger(__name__)
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 MESSAGES_ROUTE = "/threads/<thread_id>/messages"
+FILE_ROUTE = "/threads/<thread_id>/files/<sha256>"  # issue 28: a file a message of the thread carried
 Owner = Callable[[], str | None]
 """Called during a request: the signed-in user's id, or None for nobody."""
 
@@ -75,16 +81,26 @@ class ChatThreads:
     def register_routes(self, target: Flask | Blueprint) -> None:
         """Add `GET /threads/<id>/messages` to an app or a Blueprint."""
         target.add_url_rule(MESSAGES_ROUTE, "thread_messages", self._messages_route, methods=["GET"])
+        target.add_url_rule(FILE_ROUTE, "thread_file", self._file_route, methods=["GET"])  # issue 28
 
     def _messages_route(self, thread_id: str) -> Response:
         return jsonify(self.messages(validate_thread_id(thread_id)))
+
+    def _file_route(self, thread_id: str, sha256: str) -> Response:
+        thread_id = validate_thread_id(thread_id)
+        self._check_owner(thread_id, claim=False)
+        found = self.store.file(thread_id, sha256) if self.store is not None and SHA256.fullmatch(sha256) else None
+        if found is None:
+            raise NoSuchThread("no such file in this thread")
+        return file_response(*found)
 
     def messages(self, thread_id: str) -> list[Message]:
         """The thread's visible messages in Deep Chat's format; [] for a thread nobody has used."""
         self._check_owner(thread_id, claim=False)
         if self.memory is not None:
             return self.memory.thread_messages(thread_id)
-        return self.store.messages(thread_id) if self.store is not None else []
+        kept = self.store.messages(thread_id) if self.store is not None else []
+        return [history_files(message, thread_id) for message in kept]
 
     def turn(self, request: Request, messages: list[Message]) -> Turn:
         """The thread a chat request runs on (BadThreadId 400, NoSuchThread 404, StoreDown 503 before any byte)."""
@@ -94,6 +110,8 @@ class ChatThreads:
         thread_id = validate_thread_id(header)
         self._check_owner(thread_id, claim=True)
         store = self.store if self.memory is None else None  # a graph with memory keeps its own thread
+        if store is not None:
+            restore_earlier_files(store, thread_id, messages)  # issue 28
         return Turn(thread_id, new_user_messages(messages), store)
 
     def check_owner(self, thread_id: str) -> None:
@@ -109,6 +127,46 @@ class ChatThreads:
             owner = self.store.claim(thread_id, user)
         if owner is not None and owner != user:
             raise NoSuchThread("no such thread")
+
+
+def restore_earlier_files(store: ThreadStore, thread_id: str, messages: list[Message]) -> None:
+    """Files that earlier messages carry back by name only (Deep Chat sends a text file once) read again from
+    the thread's store, so a follow-up question about a document still has it; the newest file of a name wins."""
+    earlier = [(m, i) for m in messages for i, f in enumerate(m.get("files") or []) if f.get("kind") == "earlier"]
+    if not earlier:
+        return
+    kept = {f["name"]: f for m in store.messages(thread_id) for f in m.get("files", [])}
+    for message, index in earlier:
+        listing = kept.get(message["files"][index]["name"])
+        found = store.file(thread_id, listing["sha256"]) if listing is not None else None
+        if found is not None:
+            message["files"][index] = read_again(*found)
+
+
+def history_files(message: Message, thread_id: str) -> Message:
+    """A transcript message as Deep Chat's `history` shows it: its files with a `src` on the file route, an
+    image's as a thumbnail ("image"), a recording's as a player ("audio"), any other by name ("any")."""
+    if not message.get("files"):
+        return message
+    kinds = {"image": "image", "audio": "audio"}
+    files = [
+        {"name": f["name"], "type": kinds.get(f["kind"], "any"), "src": f"threads/{thread_id}/files/{f['sha256']}"}
+        for f in message["files"]
+    ]
+    return {**message, "files": files}
+
+
+def file_response(listing: dict[str, Any], data: bytes) -> Response:
+    """A kept file as a download; an image or a recording inline. It is never served as markup of this origin
+    (an attached HTML page is text here), and a sandbox CSP keeps anything in it from running."""
+    inline = listing["kind"] in ("image", "audio")
+    media_type = listing["type"] if inline else "application/octet-stream"
+    response = Response(data, mimetype=media_type)
+    disposition = "inline" if inline else "attachment"
+    response.headers["Content-Disposition"] = f"{disposition}; filename*=UTF-8''{quote(listing['name'])}"
+    response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response.headers["Cache-Control"] = "private, max-age=86400, immutable"  # content-addressed: never changes
+    return response
 
 
 class Turn:
