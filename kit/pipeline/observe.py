@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
+from kit.pipeline.events import EndReason
+
 WriteKind = Literal["text", "heartbeat", "error"]
-EndReason = Literal["finished", "failed", "client_gone"]
+__all__ = ["EndReason", "ObserverFactory", "StreamObserver", "WriteKind"]
 
 
 class StreamObserver:
@@ -23,7 +25,7 @@ class StreamObserver:
         reported whether the `thinking` option shows, hides or inlines it), or another bubble's ("steps")."""
 
     def write(self, kind: WriteKind, nbytes: int, at: float) -> None:
-        """Bytes went to the client: an event or a heartbeat."""
+        """Bytes went to the client: an event or a heartbeat (reported by the web edge, which frames them)."""
 
     def end(self, reason: EndReason, at: float) -> None:
         """The stream is over."""

@@ -192,6 +192,13 @@ class SqliteThreadStore(ThreadStore):
         "CREATE TABLE IF NOT EXISTS kit_stop_requests (stream_id TEXT PRIMARY KEY, created REAL NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_interrupt_claims (thread_id TEXT NOT NULL, interrupt_id TEXT NOT NULL, "
         "created REAL NOT NULL, PRIMARY KEY (thread_id, interrupt_id))",
+        "CREATE TABLE IF NOT EXISTS kit_thread_runs (thread_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, "
+        "seen REAL NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS kit_runs (run_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, "
+        "started REAL NOT NULL, seen REAL NOT NULL, ended REAL, read_at REAL)",
+        "CREATE INDEX IF NOT EXISTS kit_runs_by_thread ON kit_runs (thread_id, started)",
+        "CREATE TABLE IF NOT EXISTS kit_run_events (run_id TEXT NOT NULL, id INTEGER NOT NULL, body TEXT NOT NULL, "
+        "PRIMARY KEY (run_id, id))",
     )
 
     def __init__(self, path: str | Path = DEFAULT_SQLITE_FILE) -> None:
@@ -247,6 +254,14 @@ class PostgresThreadStore(ThreadStore):
         "CREATE TABLE IF NOT EXISTS kit_stop_requests (stream_id TEXT PRIMARY KEY, created DOUBLE PRECISION NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_interrupt_claims (thread_id TEXT NOT NULL, interrupt_id TEXT NOT NULL, "
         "created DOUBLE PRECISION NOT NULL, PRIMARY KEY (thread_id, interrupt_id))",
+        "CREATE TABLE IF NOT EXISTS kit_thread_runs (thread_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, "
+        "seen DOUBLE PRECISION NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS kit_runs (run_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, "
+        "started DOUBLE PRECISION NOT NULL, seen DOUBLE PRECISION NOT NULL, ended DOUBLE PRECISION, "
+        "read_at DOUBLE PRECISION)",
+        "CREATE INDEX IF NOT EXISTS kit_runs_by_thread ON kit_runs (thread_id, started)",
+        "CREATE TABLE IF NOT EXISTS kit_run_events (run_id TEXT NOT NULL, id INTEGER NOT NULL, body TEXT NOT NULL, "
+        "PRIMARY KEY (run_id, id))",
     )
 
     def __init__(self, conninfo: str, *, max_connections: int = 8, timeout_s: float = 5.0) -> None:
