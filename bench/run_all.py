@@ -15,6 +15,7 @@ from typing import Any
 from bench import (
     bench_approvals,
     bench_conversations,
+    bench_rejoin,
     bench_threads,
     bench_users,
     bench_words,
@@ -78,6 +79,9 @@ def main() -> None:
     results["words"] = bench_words.run(runs=max(args.runs, 5))
     results["threads"] = threads_figures(args.runs)
     results["approvals"] = approvals_figures(max(20, 5 * args.runs))
+    # Replies that survive the network (issue 26): the event log's cost, and a reload's rejoin in chromium.
+    streams, tokens = (200, 200) if args.quick else (1000, 200)
+    results["rejoin"] = bench_rejoin.run(streams, tokens, reloads=max(5, 2 * args.runs))
     with server_process("bench.targets", "--chars", "1000") as server:
         development = concurrency.held_streams_memory(f"{server.url}/idle/chat-stream", server.pid)
     results["concurrency"] = {"development (werkzeug threads)": development}
@@ -95,6 +99,7 @@ def main() -> None:
     table += "\n" + bench_threads.describe(results["threads"]) + "\n"
     table += "\n" + conversations
     table += "\n" + bench_approvals.describe(results["approvals"]) + "\n"
+    table += "\n## Replies that survive the network\n\n" + bench_rejoin.describe(results["rejoin"]) + "\n"
     (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=1))
     (DOCS / "benchmarks.md").write_text(
         f"# Benchmark results\n\nReproduce with `make bench` ({results['seconds']:.0f} s on this 2-core machine; "

@@ -5,6 +5,7 @@ thread, and a run whose worker died ends in the log with a clear error."""
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -87,6 +88,7 @@ def test_stop_still_stops_a_run_at_once(serve, tmp_path: Path) -> None:  # type:
     assert wait_until(lambda: source.cancelled == 1, timeout=5)
     assert len(rejoin(server.url, thread_id, first.items[-1].id or 0).text) < len(WHOLE) - len(first.text)
     # A Stop posted with the run id (what a page that rejoined has) stops it as well.
+    assert wait_until(lambda: httpx.get(f"{server.url}threads/{thread_id}/run").json() == {"running": False})
     second = read(server.url + "chat-stream", chat_body("again"), {THREAD_ID_HEADER: thread_id}, keep=1)
     assert httpx.post(server.url + "chat-stream/stop", content=second.headers["x-kit-run-id"]).json()["stopped"]
     assert wait_until(lambda: source.cancelled == 2, timeout=5)
@@ -127,6 +129,7 @@ def test_a_run_whose_worker_died_ends_with_a_clear_error(serve, tmp_path: Path) 
     from kit.threads.store import SqliteThreadStore
 
     log = RunLog(SqliteThreadStore(store))
+    gone = f"{socket.gethostname()}:999999999"
     log.start("dead-run-0123456789abcdef", thread_id, [{"role": "user", "text": "q"}])
     log.append("dead-run-0123456789abcdef", [TextEvent(1, "half a")])
     with sqlite3.connect(store) as connection:  # its worker was killed a minute ago: nothing refreshed it since
@@ -134,6 +137,14 @@ def test_a_run_whose_worker_died_ends_with_a_clear_error(serve, tmp_path: Path) 
     started = time.monotonic()
     reply = rejoin(server.url, thread_id, 0)
     assert reply.text == "half a" and reply.errors == [CRASHED] and time.monotonic() - started < 10
+    # A worker of this host killed mid-reply (its process is gone): ended at once, not after the 20 s.
+    log.start("gone-run-0123456789abcdef", thread_id, [{"role": "user", "text": "q"}])
+    with sqlite3.connect(store) as connection:
+        connection.execute("UPDATE kit_runs SET worker = ? WHERE run_id = 'gone-run-0123456789abcdef'", (gone,))
+    reply = read(
+        server.url + "chat-stream/rejoin", {"run_id": "gone-run-0123456789abcdef"}, {THREAD_ID_HEADER: thread_id}
+    )
+    assert reply.errors == [CRASHED] and reply.text == ""
 
 
 @pytest.mark.parametrize(

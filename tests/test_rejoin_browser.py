@@ -83,3 +83,21 @@ def test_a_second_tab_watches_live_and_its_stop_stops_both(serve, tmp_path: Path
         second.reload()  # the transcript: what the run wrote, which is what the first tab ends with
         assert wait_until(lambda: answer_count(second) == 1 and last_answer(second) == last_answer(first), timeout=10)
         assert last_answer(first).startswith(stopped_at.rstrip()) and "w1999" not in last_answer(first)
+
+
+def test_a_reply_cut_by_a_proxy_restart_is_rejoined_into_the_same_bubble(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.nginx import Nginx
+
+    source = ScriptedSource(TOKENS, delay_s=0.003)
+    server = serve(create_app(source, thread_store=tmp_path / "t.sqlite"))
+    with Nginx(f"127.0.0.1:{server.port}") as nginx, chromium_page() as page:
+        page.goto(nginx.url)
+        assert wait_until(lambda: page.evaluate("window.kitThread && window.kitThread.restored") == 0)
+        send(page, "write")
+        assert wait_until(lambda: "w12 " in last_answer(page), timeout=10)
+        nginx.restart()  # the page's connection is cut mid-reply; the page retries until nginx is back
+        whole = settled(page)
+        assert page.evaluate("window.kitRun.rejoins") >= 1 and answer_count(page) == 1
+        assert source.cancelled == 0
+        page.reload()  # the transcript: the reply the uninterrupted source wrote, shown the same way
+        assert wait_until(lambda: answer_count(page) == 1 and last_answer(page) == whole, timeout=10)

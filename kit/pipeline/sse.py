@@ -14,6 +14,9 @@ from kit.pipeline.events import ErrorEvent, Event, HeartbeatEvent, TextEvent
 # follows it, the browser's SSE parser dispatches nothing (Deep Chat treats any dispatched message after
 # an error as "clear the error bubble").
 HEARTBEAT = ": ping\n"
+# The end of a run, as a lone comment too (nothing dispatched): the kit's page tells a reply that ended from a
+# connection that closed mid-reply (a proxy restarting), which it rejoins.
+END = ": end\n"
 
 # Deep Chat ignores `event:` and `id:` fields, so headers and `data:` lines are all that matter to it; the
 # `id:` line is for the kit's page, which rejoins a run from the last id it has.
@@ -42,13 +45,14 @@ def encode_event(payload: dict[str, Any], event_id: int | None = None) -> str:
 
 
 def frame(event: Event) -> str:
-    """The SSE text of a typed event: a text or an error event, a heartbeat comment, nothing for the end
-    (the connection closing is the end for Deep Chat).
+    """The SSE text of a typed event: a text or an error event, a heartbeat comment, an end comment (for Deep
+    Chat the connection closing is the end).
 
     >>> frame(TextEvent(1, "Thinking", role="steps"))
     'id: 1\\ndata: {"text": "Thinking", "role": "steps"}\\n\\n'
+    >>> from kit.pipeline.events import EndEvent
     >>> frame(HeartbeatEvent(1)), frame(EndEvent(2, "finished"))
-    (': ping\\n', '')
+    (': ping\\n', ': end\\n')
     """
     if isinstance(event, TextEvent):
         # An event with a role but no text is ignored by Deep Chat, so the role always rides on text.
@@ -58,7 +62,7 @@ def frame(event: Event) -> str:
         return encode_event({"error": event.message}, event.id)
     if isinstance(event, HeartbeatEvent):
         return HEARTBEAT
-    return ""
+    return END
 
 
 # -- reading SSE (the kit's client, the doctor, tests) --------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from kit.pipeline.sse import parse_line, sse_lines
+from kit.pipeline.sse import END, parse_line, sse_lines
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def _received(chunks: Iterator[str]) -> Iterator[Received]:
     event_id: str | None = None
     for line in sse_lines(chunks):
         name, value = parse_line(line)
-        if not name and line:
+        if not name and line and line != END.rstrip("\n"):  # a heartbeat (the end's comment is none)
             yield Received(time.perf_counter(), None, line)
         elif name == "id":
             event_id = value

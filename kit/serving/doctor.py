@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from kit.pipeline.sse import parse_line, sse_lines
+from kit.pipeline.sse import END, parse_line, sse_lines
 from kit.web.probe import _SIGNATURE, DEFAULT_SILENCE_S, MAX_SILENCE_S, PROBE_HEADER, ProbePlan, probe_pieces
 
 # An event held back longer than this (beyond network and scheduling noise) means something buffers.
@@ -234,7 +234,7 @@ def _take_line(arrivals: _Arrivals, line: str, now: float) -> None:
     import json
 
     name, value = parse_line(line)
-    if line.startswith(":"):
+    if line.startswith(":") and line != END.rstrip("\n"):
         arrivals.beats.append(now)
     elif name == "data":
         try:

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from kit.pipeline.events import EndEvent, ErrorEvent, Event, from_record, to_record
-from kit.threads.runs import STALE_S
+from kit.threads.runs import STALE_S, this_worker, worker_gone
 from kit.threads.store import ThreadStore
 
+PRUNE_EVERY_S = 30.0  # ended runs past their keep time are deleted at most this often (by a run that starts)
 CRASHED = "The server writing this reply stopped before it ended. Please send your message again."
 
 
@@ -36,14 +37,17 @@ class RunLog:
         self.store = store
         self.keep_s = keep_s
         self.stale_s = stale_s
+        self._pruned_at = 0.0
 
     def start(self, run_id: str, thread_id: str, asked: Sequence[dict[str, Any]]) -> None:
-        """A new run on the thread (the log's old ended runs are forgotten now). `asked` is the question, the
-        first record of the log (id 0), so that a page that reloads mid-reply can show it."""
+        """A new run on the thread (ended runs past their keep time are forgotten now and then). `asked` is the
+        question, the first record of the log (id 0), so that a page that reloads mid-reply can show it."""
         now = time.time()
-        self._prune(now)
-        sql = "INSERT INTO kit_runs (run_id, thread_id, started, seen, ended) VALUES (?, ?, ?, ?, NULL)"
-        self.store._execute_many(sql, [(run_id, thread_id, now, now)])
+        if now - self._pruned_at >= PRUNE_EVERY_S:
+            self._pruned_at = now
+            self._prune(now)
+        sql = "INSERT INTO kit_runs (run_id, thread_id, worker, started, seen, ended) VALUES (?, ?, ?, ?, ?, NULL)"
+        self.store._execute_many(sql, [(run_id, thread_id, this_worker(), now, now)])
         self._insert(run_id, [(0, json.dumps({"asked": list(asked)}, ensure_ascii=False))])
 
     def append(self, run_id: str, events: Sequence[Event]) -> None:
@@ -79,17 +83,17 @@ class RunLog:
         return dict(rows[0]) if rows else None
 
     def state(self, run_id: str) -> dict[str, Any] | None:
-        """`thread_id`, `seen` and `ended` (None while running) of a run in the log; None for an unknown run."""
-        rows = self.store._query("SELECT thread_id, seen, ended FROM kit_runs WHERE run_id = ?", (run_id,))
+        """`thread_id`, `worker`, `seen` and `ended` (None while running) of a run; None for an unknown run."""
+        rows = self.store._query("SELECT thread_id, worker, seen, ended FROM kit_runs WHERE run_id = ?", (run_id,))
         return dict(rows[0]) if rows else None
 
     def end_if_crashed(self, run_id: str) -> bool:
-        """End a run whose worker stopped refreshing it, with an error and an end after its last event; True
-        when the run is over (now or before)."""
+        """End a run whose worker is gone (a process of this host that no longer exists) or stopped refreshing it
+        (elsewhere), with an error and an end after its last event; True when the run is over (now or before)."""
         state = self.state(run_id)
         if state is None or state["ended"] is not None:
             return True
-        if time.time() - state["seen"] < self.stale_s:
+        if time.time() - state["seen"] < self.stale_s and not worker_gone(state["worker"]):
             return False
         rows = self.store._query("SELECT MAX(id) AS last FROM kit_run_events WHERE run_id = ?", (run_id,))
         last = int(rows[0]["last"] or 0)

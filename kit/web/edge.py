@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from flask import Response, current_app, request, stream_with_context
 
 from kit.pipeline.cancel import client_gone_probe
-from kit.pipeline.events import ErrorEvent, Event, HeartbeatEvent
+from kit.pipeline.events import EndEvent, ErrorEvent, Event, HeartbeatEvent
 from kit.pipeline.observe import StreamObserver, WriteKind
 from kit.pipeline.pump import Pump, close_iterator
 from kit.pipeline.settings import StreamSettings
@@ -64,15 +64,12 @@ def sse_response(
 def sse_text(
     events: Iterator[Event], observers: list[StreamObserver], on_drop: Callable[[Iterator[Event]], None] | None = None
 ) -> Iterator[str]:
-    """Each event's SSE text (the end event has none: the connection closing ends the stream for Deep Chat);
-    observers learn how many bytes went out."""
+    """Each event's SSE text; observers learn how many bytes went out (the end's comment is not counted)."""
     ended = False
     try:
         for event in events:
             data = frame(event)
-            if not data:
-                continue
-            if observers:
+            if observers and not isinstance(event, EndEvent):
                 _wrote(observers, _kind(event), len(data.encode()))
             yield data
         ended = True

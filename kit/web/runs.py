@@ -14,7 +14,7 @@ from typing import Any
 
 from kit.errors import ChatError
 from kit.pipeline.cancel import OPEN_STREAMS, CancelToken
-from kit.pipeline.events import Event
+from kit.pipeline.events import EndEvent, Event
 from kit.pipeline.pump import Pump, close_iterator
 from kit.pipeline.settings import StreamSettings
 from kit.threads.runs import REFRESH_S, LocalRunClaims, RunClaims
@@ -109,7 +109,12 @@ class Slot:
     def _guarded(self, events: Iterator[Event], pump: Pump) -> Iterator[Event]:
         try:
             for event in events:
-                if time.monotonic() - self._refreshed > REFRESH_S:
+                if isinstance(event, EndEvent):
+                    # Free the thread before the client learns of the end: a send right after it must not be
+                    # refused. (The reply is over; closing it runs its last steps, its transcript included.)
+                    close_iterator(events)
+                    self.release(pump)
+                elif time.monotonic() - self._refreshed > REFRESH_S:
                     self._refreshed = time.monotonic()
                     with contextlib.suppress(ChatError):  # the store is down: the claim may go stale
                         self.claims.refresh(self.thread_id, self.run_id)

@@ -18,7 +18,7 @@ from flask import Blueprint, Flask, Request, Response, jsonify
 
 from kit.errors import ChatError
 from kit.pipeline.cancel import STREAM_ID, CancelToken
-from kit.pipeline.events import Event, TextEvent
+from kit.pipeline.events import EndEvent, Event, TextEvent
 from kit.pipeline.pump import close_iterator
 from kit.pipeline.sources import Message
 from kit.threads.ids import THREAD_ID_HEADER, thread_scope, validate_thread_id
@@ -132,15 +132,19 @@ class Turn:
         return self._recorded(events)
 
     def _recorded(self, events: Iterator[Event]) -> Iterator[Event]:
-        bubbles = Bubbles()
+        bubbles, kept = Bubbles(), False
         try:
             for event in events:
                 if isinstance(event, TextEvent):
                     bubbles.add(event.text, event.role)
+                elif isinstance(event, EndEvent):
+                    kept = True  # kept before the client learns of the end: a reload right after it shows it
+                    self._append(bubbles.messages())
                 yield event
         finally:
             close_iterator(events)  # the reply ends (its source cancelled) before its transcript is written
-            self._append(bubbles.messages())
+            if not kept:
+                self._append(bubbles.messages())
 
     def record_answer(self, text: str) -> None:
         """The transcript of a reply that was not streamed (`POST /chat`)."""

@@ -74,17 +74,6 @@ async function rejoinUntilBack(headers, run, signal) {
   return null;
 }
 
-async function stillRunning(headers, runId) {
-  const thread = headers.get("X-Kit-Thread-Id");
-  try {
-    const response = await plainFetch(`threads/${encodeURIComponent(thread)}/run`, { cache: "no-store" });
-    const run = await response.json();
-    return run.running && run.run_id === runId;
-  } catch {
-    return true; // cannot tell: try to rejoin, which says 404 if the run is gone
-  }
-}
-
 function resilient(response, headers, signal, state) {
   const runId = response.headers.get("X-Kit-Run-Id");
   if (!response.body || !response.ok || !runId || !headers.get("X-Kit-Thread-Id")) {
@@ -114,13 +103,22 @@ function resilient(response, headers, signal, state) {
           continue;
         }
         if (chunk.done) {
-          reader = (await stillRunning(headers, runId)) ? await reconnect() : null;
+          // Closed without the run's end (a proxy restarting, a worker stopping): rejoin it.
+          reader = events.ended ? null : await reconnect();
           if (reader) continue;
           state.ended = true;
           return controller.close();
         }
         const whole = events.take(chunk.value);
-        if (whole) return controller.enqueue(encoder.encode(whole));
+        if (whole) controller.enqueue(encoder.encode(whole));
+        if (events.ended) {
+          // The run is over (its transcript kept, its thread free): Deep Chat's stream ends now, not when the
+          // connection closes a moment later, so the next message can be sent at once.
+          state.ended = true;
+          reader.cancel().catch(() => {});
+          return controller.close();
+        }
+        if (whole) return;
       }
     },
     cancel: (reason) => reader?.cancel(reason),
@@ -136,6 +134,7 @@ class SseEvents {
     this.tail = "";
     this.lines = [];
     this.onId = onId;
+    this.ended = false;
   }
 
   take(bytes) {
@@ -149,6 +148,8 @@ class SseEvents {
         out += this.lines.join("\n") + "\n\n";
         this.lines = [];
         if (id) this.onId(Number(id.slice(3)));
+      } else if (!this.lines.length && line === ": end") {
+        this.ended = true; // the run is over: what follows is the connection closing
       } else if (!this.lines.length && line.startsWith(":")) {
         out += line + "\n"; // a heartbeat: passed on, and never dispatched by Deep Chat's parser
       } else {
