@@ -87,13 +87,16 @@ class RunLog:
         rows = self.store._query("SELECT thread_id, worker, seen, ended FROM kit_runs WHERE run_id = ?", (run_id,))
         return dict(rows[0]) if rows else None
 
-    def end_if_crashed(self, run_id: str) -> bool:
-        """End a run whose worker is gone (a process of this host that no longer exists) or stopped refreshing it
-        (elsewhere), with an error and an end after its last event; True when the run is over (now or before)."""
+    def end_if_crashed(self, run_id: str, quiet_s: float) -> bool:
+        """End a run whose worker is gone (a process of this host that no longer exists) or, elsewhere, stopped
+        refreshing it while its reader has waited `quiet_s` with nothing new, with an error and an end after its
+        last event; True when the run is over (now or before)."""
         state = self.state(run_id)
         if state is None or state["ended"] is not None:
             return True
-        if time.time() - state["seen"] < self.stale_s and not worker_gone(state["worker"]):
+        # A run nobody else read may not have written its log yet: stale only when its reader, too, has waited.
+        stale = time.time() - state["seen"] >= self.stale_s and quiet_s >= self.stale_s
+        if not (stale or worker_gone(state["worker"])):
             return False
         rows = self.store._query("SELECT MAX(id) AS last FROM kit_run_events WHERE run_id = ?", (run_id,))
         last = int(rows[0]["last"] or 0)

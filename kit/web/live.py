@@ -4,6 +4,7 @@ client's connection drops (with `on_disconnect="continue"` the run goes on, read
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -16,7 +17,7 @@ from kit.threads.runlog import RunLog
 
 log = logging.getLogger(__name__)
 
-FLUSH_S = 0.25  # the log is written at most this often per run (and at its end): readers elsewhere lag by this
+FLUSH_S = 0.25  # a shared run's log is written at most this often (and at its end): readers elsewhere lag by this
 TOUCH_S = 2.0  # how often a run tells the log it is alive, and a reader elsewhere that it reads
 
 LIVE_RUNS: dict[str, LiveRun] = {}
@@ -57,6 +58,7 @@ class LiveRun:
         self._unwritten: list[Event] = []
         self._written_at = clock()
         self._read_checked_at = clock()
+        self._shared = False
 
     def add(self, event: Event) -> None:
         """An event of the run, from whoever drives it; the log is written when due."""
@@ -67,8 +69,21 @@ class LiveRun:
             self.ended = self.ended or isinstance(event, EndEvent)
             self._changed.notify_all()
         now = self.clock()
-        if isinstance(event, EndEvent | ErrorEvent) or now - self._written_at >= FLUSH_S:
+        if isinstance(event, EndEvent | ErrorEvent):
+            self._write(now)
+        elif self._shared_now(now) and now - self._written_at >= FLUSH_S:
             self._write(now, touch=isinstance(event, HeartbeatEvent) and now - self._written_at >= TOUCH_S)
+
+    def _shared_now(self, now: float) -> bool:
+        """Whether anyone may read the run from the log: its client left (a reload may land on another worker),
+        or a reader on another worker follows it. Until then only its end is written (one commit per run)."""
+        if self._shared or self.runlog is None:
+            return self._shared
+        if now - self._read_checked_at >= TOUCH_S:
+            self._read_checked_at = now
+            with contextlib.suppress(ChatError):
+                self._shared = self.runlog.read_since(self.run_id) is not None
+        return self._shared
 
     def _write(self, now: float, *, touch: bool = False) -> None:
         with self._changed:
@@ -138,6 +153,8 @@ class LiveRun:
         request's thread is gone), so that a page that rejoins finds it going and the transcript gets all of it.
         The run ends by itself, at the latest when nobody has read it for its limit."""
         self.detach()
+        self._shared = True
+        self._write(self.clock())  # what the client had, for a page that rejoins on another worker
         threading.Thread(target=self._drain, args=(events,), name=f"kit-run-{self.run_id[:8]}", daemon=True).start()
 
     def _drain(self, events: Iterator[Event]) -> None:

@@ -135,7 +135,8 @@ def follow_log(
 ) -> Iterator[Event]:
     """A run's events from its log, for a reader on another worker than the one running it: polled every
     LOG_POLL_S, a heartbeat on silences, and a run whose worker died ended with an error (never a wait forever)."""
-    beat_at = touched_at = checked_at = clock()
+    beat_at = checked_at = fresh_at = clock()
+    touched_at = -TOUCH_S  # at once: the run's worker starts writing its log when it sees a reader elsewhere
     pause = threading.Event()
     while True:
         fresh = runlog.events_after(run_id, after)
@@ -146,10 +147,10 @@ def follow_log(
                 return
         now = clock()
         if fresh:
-            beat_at = checked_at = now
+            beat_at = checked_at = fresh_at = now
         elif now - checked_at >= TOUCH_S:
             checked_at = now
-            runlog.end_if_crashed(run_id)  # the next read gets its error and end
+            runlog.end_if_crashed(run_id, now - fresh_at)  # the next read gets its error and end
         if now - beat_at >= heartbeat_s:
             beat_at = now
             yield HeartbeatEvent(after)
