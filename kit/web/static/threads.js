@@ -55,6 +55,17 @@ async function threadMessages(id) {
   return response.json();
 }
 
+// The thread's messages and its running reply, consistent: a reply that ended between the two requests is in the
+// messages (the server keeps its transcript before it says the run is over), so it is shown, not rejoined.
+async function openThread(id) {
+  const running = await runningReply(id);
+  const messages = await threadMessages(id);
+  if (!running) return [messages, null];
+  const still = await runningReply(id);
+  if (still && still.run_id === running.run_id) return [messages, running];
+  return [await threadMessages(id), null];
+}
+
 async function runningReply(id) {
   const response = await innerFetch(`threads/${encodeURIComponent(id)}/run`, { cache: "no-store" });
   const run = response.ok ? await response.json() : { running: false };
@@ -93,7 +104,7 @@ function addNewChatButton() {
 if (chat) {
   // The thread's bubbles become Deep Chat's `history` (shown under the intro, in order). loadHistory would
   // put the intro message below them, as it loads pages of older messages above what is shown.
-  Promise.all([threadMessages(threadId), runningReply(threadId)])
+  openThread(threadId)
     .then(([messages, run]) => {
       // A reply still running (this page was reloaded mid-reply, or another tab is writing): its question is
       // sent again as a user bubble that streams the run, from its first event, into the same answer bubble.
