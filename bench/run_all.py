@@ -18,6 +18,7 @@ from bench import (
     bench_documents,
     bench_engine_process,
     bench_observability,
+    bench_rejoin,
     bench_threads,
     bench_users,
     bench_words,
@@ -99,6 +100,9 @@ def main() -> None:
     results["approvals"] = approvals_figures(max(20, 5 * args.runs))
     results["engine_process"] = engine_process_figures(args.runs)
     results["documents"] = documents_figures(args.runs)
+    # Replies that survive the network (issue 26): the event log's cost, and a reload's rejoin in chromium.
+    streams, tokens = (200, 200) if args.quick else (1000, 200)
+    results["rejoin"] = bench_rejoin.run(streams, tokens, reloads=max(5, 2 * args.runs))
     with server_process("bench.targets", "--chars", "1000") as server:
         development = concurrency.held_streams_memory(f"{server.url}/idle/chat-stream", server.pid)
     results["concurrency"] = {"development (werkzeug threads)": development}
@@ -122,6 +126,7 @@ def main() -> None:
     table += "\n\n![observability](bench_observability.png)\n"
     table += "\n" + bench_engine_process.describe(results["engine_process"]) + "\n"
     table += "\n" + bench_documents.describe(results["documents"]) + "\n"
+    table += "\n## Replies that survive the network\n\n" + bench_rejoin.describe(results["rejoin"]) + "\n"
     (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=1))
     (DOCS / "benchmarks.md").write_text(
         f"# Benchmark results\n\nReproduce with `make bench` ({results['seconds']:.0f} s on this 2-core machine; "

@@ -114,8 +114,14 @@ class Nginx:
             extra=" ".join(extra),
         )
 
-    def _start(self) -> bool:
-        self.port = free_port()
+    def restart(self) -> None:
+        """Stop nginx (every connection through it is cut) and start it again on the same port."""
+        self.stop()
+        if not self._start(self.port):
+            raise RuntimeError(f"nginx did not start again:\n{self.error_log()}")
+
+    def _start(self, port: int = 0) -> bool:
+        self.port = port or free_port()
         config = self._dir / "nginx.conf"
         config.write_text(self._config())
         command = [nginx_path(), "-p", str(self._dir), "-c", str(config), "-e", str(self._dir / "error.log")]

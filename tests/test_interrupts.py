@@ -21,6 +21,7 @@ from langgraph.types import interrupt
 from kit import create_app
 from kit.adapters.graphs import graph_source
 from kit.pipeline.cancel import current_cancel
+from kit.pipeline.sse import parse_line, sse_lines
 from kit.serving import demo
 from kit.testing.tool_model import ScriptedToolModel
 from kit.threads.ids import new_thread_id
@@ -72,7 +73,8 @@ class Chat:
 
 
 def texts(sse: str) -> str:
-    return "".join(json.loads(line[6:]).get("text", "") for line in sse.splitlines() if line.startswith("data: "))
+    data = [value for name, value in map(parse_line, sse_lines([sse])) if name == "data"]
+    return "".join(json.loads(value).get("text", "") for value in data)
 
 
 def test_approve_runs_the_tool_once_and_streams_the_continuation(store: ThreadStore, sent: list[Any]) -> None:

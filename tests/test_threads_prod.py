@@ -172,3 +172,34 @@ def test_a_worker_killed_mid_chat_loses_nothing_already_answered(postgres_cluste
         assert messages_of(server.url, thread_id).json() == history
         after = turn(server.url, "still there?", thread_id, history)
         assert after.text == "3 messages seen"
+
+
+def test_a_reply_dropped_on_one_worker_is_rejoined_exactly_on_the_other(postgres_cluster: PostgresCluster) -> None:  # noqa: F811
+    whole = "".join(f"{index} " for index in range(60))
+    with prod_server(postgres_cluster, "ticks") as server:
+        workers: set[tuple[int, int]] = set()
+        for _attempt in range(10):  # until a rejoin lands on the other worker than the one running the reply
+            thread_id = new_thread_id()
+            items = iter_stream(
+                server.url + "chat-stream", chat_body("count 60"), headers={THREAD_ID_HEADER: thread_id}
+            )
+            reply = next(items)
+            assert isinstance(reply, Reply)
+            got = []
+            for item in items:
+                if isinstance(item, Received) and item.payload:
+                    got.append(item)
+                    if len(got) == 3:
+                        items.close()  # the connection drops mid-reply: the run goes on
+                        break
+            headers = {THREAD_ID_HEADER: thread_id, "Last-Event-ID": got[-1].id or "0"}
+            rest_items = iter_stream(server.url + "chat-stream/rejoin", {}, headers=headers)
+            rejoined = next(rest_items)
+            assert isinstance(rejoined, Reply)
+            rejoined.items.extend(item for item in rest_items if isinstance(item, Received))
+            assert "".join(item.payload["text"] for item in got if item.payload) + rejoined.text == whole
+            assert rejoined.errors == []
+            workers.add((worker_of(reply), worker_of(rejoined)))
+            if any(first != second for first, second in workers):
+                break
+        assert any(first != second for first, second in workers), workers

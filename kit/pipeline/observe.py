@@ -6,10 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from kit.pipeline.events import EndReason
 from kit.pipeline.usage import Usage
 
 WriteKind = Literal["text", "heartbeat", "error", "usage"]
-EndReason = Literal["finished", "failed", "client_gone"]
+__all__ = ["EndReason", "ObserverFactory", "StreamObserver", "WriteKind"]
 
 
 class StreamObserver:
@@ -26,7 +27,7 @@ class StreamObserver:
         reported whether the `thinking` option shows, hides or inlines it), or another bubble's ("steps")."""
 
     def write(self, kind: WriteKind, nbytes: int, at: float) -> None:
-        """Bytes went to the client: an event or a heartbeat."""
+        """Bytes went to the client: an event or a heartbeat (reported by the web edge, which frames them)."""
 
     def usage(self, usage: Usage, at: float) -> None:
         """The tokens the source reported for this reply (called just before `end`, and only if it reported)."""

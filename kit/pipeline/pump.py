@@ -136,6 +136,13 @@ class Pump:
         """Cancel the source; the producer thread then finishes by itself. Safe to call more than once."""
         self.cancel.cancel()
 
+    def join(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the producer to finish (the source closed, a graph's checkpoint
+        written); True when it has."""
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def _put(self, item: str | Finished | Failed) -> bool:
         stalled_since = time.monotonic()
         while not self.cancel.cancelled:

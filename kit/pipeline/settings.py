@@ -13,6 +13,7 @@ from kit.pipeline.granularity import splitter
 from kit.pipeline.thinking import check_mode
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DOUBLE_SEND = ("reject", "enqueue", "interrupt")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,18 @@ class StreamSettings:
     thread_store: Any = None
     # Called during a request: the signed-in user's id (or None); binds each thread to its first user.
     thread_owner: Callable[[], str | None] | None = None
+    # A second send on a thread while a reply runs there (two tabs, an impatient client): "reject" (a 409 JSON
+    # error the page shows), "enqueue" (waits for the running reply, then runs) or "interrupt" (stops it, then
+    # runs); a send that waited `double_send_wait_s` in vain is refused too (kit.web.runs).
+    double_send: str = "reject"
+    double_send_wait_s: float = 60.0
+    # A dropped connection (a reload, a network cut) is not a Stop: "continue" keeps the reply going, for a page
+    # that rejoins it, until nobody has read it for `on_disconnect_limit_s`; "cancel" stops it at once (for
+    # clients without a Stop of their own). The page's Stop always stops it. Each reply on a thread is a run
+    # whose event log stays in the thread store `run_log_keep_s` after it ends (kit.web.rejoin).
+    on_disconnect: str = "continue"
+    on_disconnect_limit_s: float = 120.0
+    run_log_keep_s: float = 600.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
@@ -85,6 +98,14 @@ class StreamSettings:
             raise ValueError(f"heartbeat_s must be positive, not {self.heartbeat_s}")
         if self.queue_size < 1 or self.stall_timeout_s <= 0 or self.disconnect_poll_s <= 0:
             raise ValueError("queue_size, stall_timeout_s and disconnect_poll_s must be positive")
+        if self.double_send not in DOUBLE_SEND:
+            raise ValueError(f"double_send must be one of {DOUBLE_SEND}, not {self.double_send!r}")
+        if self.on_disconnect not in ("continue", "cancel"):
+            raise ValueError(f"on_disconnect must be 'continue' or 'cancel', not {self.on_disconnect!r}")
+        if self.on_disconnect_limit_s <= 0 or self.run_log_keep_s < 0:
+            raise ValueError("on_disconnect_limit_s must be positive and run_log_keep_s 0 or more")
+        if self.double_send_wait_s < 0:
+            raise ValueError(f"double_send_wait_s must be 0 or more, not {self.double_send_wait_s}")
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be positive, not {self.max_body_bytes}")
         object.__setattr__(self, "file_types", tuple(self.file_types))

@@ -1,4 +1,4 @@
-"""The response loop: pump items in, coalesced SSE events and heartbeats out, one error at most."""
+"""The response loop: pump items in, coalesced typed events and heartbeats out, one error at most, then the end."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import TypeVar
 from kit.errors import ChatError
 from kit.pipeline.cancel import OPEN_STREAMS, CancelToken
 from kit.pipeline.coalesce import Coalescer
+from kit.pipeline.events import EndEvent, EndReason, ErrorEvent, Event, HeartbeatEvent, TextEvent, UsageEvent
 from kit.pipeline.granularity import splitter
-from kit.pipeline.observe import EndReason, StreamObserver, WriteKind
+from kit.pipeline.observe import StreamObserver
 from kit.pipeline.pump import TIMEOUT, Failed, Finished, Pump, Timeout
 from kit.pipeline.sanitize import neutralize_links, scrub_surrogates
 from kit.pipeline.settings import StreamSettings
 from kit.pipeline.sources import ANSWER_ROLE, Role, texts
-from kit.pipeline.sse import HEARTBEAT, error_event, text_event, usage_event
 from kit.pipeline.thinking import Bubbles, thinking_stages
 from kit.pipeline.usage import Usage
 
@@ -90,7 +90,8 @@ def collect_answer(pump: Pump) -> str:
 
 
 class _Watchers:
-    """Fans stream notifications out to observers; free when there are none."""
+    """Fans stream notifications out to observers; free when there are none. What was written (bytes) is
+    reported by the web edge, which frames the events (kit.web.edge)."""
 
     def __init__(self, observers: list[StreamObserver]) -> None:
         self.observers = observers
@@ -106,13 +107,6 @@ class _Watchers:
         for observer in self.observers:
             observer.role(name, at)
 
-    def wrote(self, kind: WriteKind, data: str) -> str:
-        if self.observers:
-            at, nbytes = time.perf_counter(), len(data.encode())
-            for observer in self.observers:
-                observer.write(kind, nbytes, at)
-        return data
-
     def end(self, reason: EndReason, usage: Usage) -> None:
         at = time.perf_counter()
         for observer in self.observers:
@@ -123,13 +117,15 @@ class _Watchers:
 
 class _Writer:
     """What one stream has sent and holds back: the coalescer's text, the role of the next bubble, the time of
-    the last write (heartbeats are due a while after it). Every method returns the SSE text to send."""
+    the last event (heartbeats are due a while after it), the id of the last event. Every method returns the
+    typed events to send."""
 
     def __init__(self, settings: StreamSettings, watch: _Watchers, now: float) -> None:
         self.coalescer = Coalescer(settings.coalesce_ms / 1000, settings.max_event_chars)
         self.heartbeat_s = settings.heartbeat_s
         self.watch = watch
         self.last_write = now
+        self.last_id = 0  # event ids count from 1, so "after 0" is the whole reply
         self.bubbles = Bubbles(settings.thinking)  # a role is sent with the next text event (a new bubble)
 
     def wake_at(self, now: float, poll_s: float) -> float:
@@ -143,7 +139,7 @@ class _Writer:
         """The pieces arriving now are not sent (thinking, with thinking="hide")."""
         return self.bubbles.bubble is None
 
-    def piece(self, item: str | Role, now: float) -> Iterator[str]:
+    def piece(self, item: str | Role, now: float) -> Iterator[Event]:
         if isinstance(item, Role):
             yield from self.flush(now)  # text before the marker stays in the bubble it belongs to
             self.bubbles.switch(item.name)
@@ -156,31 +152,37 @@ class _Writer:
         if text is not None:
             yield self._text(text, now)
 
-    def flush(self, now: float, *, due_only: bool = False) -> Iterator[str]:
+    def flush(self, now: float, *, due_only: bool = False) -> Iterator[Event]:
         deadline = self.coalescer.deadline()
         if deadline is not None and (not due_only or now >= deadline):
             yield self._text(self.coalescer.flush(now) or "", now)
 
-    def heartbeat(self, now: float) -> Iterator[str]:
+    def heartbeat(self, now: float) -> Iterator[Event]:
         if now - self.last_write >= self.heartbeat_s:
             self.last_write = now
-            yield self.watch.wrote("heartbeat", HEARTBEAT)
+            yield HeartbeatEvent(self.last_id)
 
-    def usage(self, usage: Usage) -> Iterator[str]:
+    def usage(self, usage: Usage) -> Iterator[Event]:
         # The reply's last event: Deep Chat ignores an event without text, so the bubble stays as it is.
         if usage.reported:
-            yield self.watch.wrote("usage", usage_event(usage.as_dict()))
+            self.last_id += 1
+            yield UsageEvent(self.last_id, usage.as_dict())
 
-    def error(self, message: str) -> str:
+    def error(self, message: str) -> Event:
         # Nothing may follow the error: any later message would make Deep Chat clear its bubble.
-        return self.watch.wrote("error", error_event(message))
+        self.last_id += 1
+        return ErrorEvent(self.last_id, message)
 
-    def _text(self, text: str, now: float) -> str:
-        data, self.last_write = text_event(text, self.bubbles.announce()), now
-        return self.watch.wrote("text", data)
+    def end(self, reason: EndReason) -> Event:
+        self.last_id += 1
+        return EndEvent(self.last_id, reason)
+
+    def _text(self, text: str, now: float) -> Event:
+        self.last_id, self.last_write = self.last_id + 1, now
+        return TextEvent(self.last_id, text, self.bubbles.announce())
 
 
-def sse_events(
+def reply_events(
     pump: Pump,
     settings: StreamSettings,
     *,
@@ -188,12 +190,16 @@ def sse_events(
     client_gone: Callable[[], bool] = lambda: False,
     clock: Callable[[], float] = time.monotonic,
     observers: list[StreamObserver] | None = None,
-) -> Iterator[str]:
-    """Yield SSE text for a running pump until its source ends, fails, or the client leaves.
+) -> Iterator[Event]:
+    """Yield the typed events of a running pump (text, heartbeats, at most one error, then the end) until its
+    source ends, fails, or the client leaves (then no end event: nobody reads it).
 
     The stream is one of the process's open streams (kit.pipeline.cancel.OPEN_STREAMS) while it runs, under
     `stream_id` if its client named it. Closing this generator (the server does so when a write fails)
     cancels the source.
+
+    >>> [type(e).__name__ for e in reply_events(start_pump(["Hi"], CancelToken(), StreamSettings()), StreamSettings())]
+    ['TextEvent', 'EndEvent']
     """
     watch = _Watchers(observers or [])
     writer = _Writer(settings, watch, clock())
@@ -216,10 +222,12 @@ def sse_events(
                     return
                 if pump.cancel.cancelled:
                     reason = yield from _cancelled_elsewhere(pump.cancel, writer, now)
+                    yield writer.end(reason)
                     return
                 yield from writer.heartbeat(now)
             else:
                 reason = yield from _ended(item, pump, writer, now)
+                yield writer.end(reason)
                 return
     finally:
         OPEN_STREAMS.discard(pump.cancel)
@@ -227,7 +235,7 @@ def sse_events(
         watch.end(reason, pump.usage)
 
 
-def _cancelled_elsewhere(cancel: CancelToken, writer: _Writer, now: float) -> Iterator[str]:
+def _cancelled_elsewhere(cancel: CancelToken, writer: _Writer, now: float) -> Iterator[Event]:
     """Cancelled while idle, not by this loop: a stalled client (nobody reads an error), a Stop request, or
     the server stopping (which owes the client a "restarting" error). Returns the end reason."""
     if not OPEN_STREAMS.ended_by_server(cancel):
@@ -237,7 +245,7 @@ def _cancelled_elsewhere(cancel: CancelToken, writer: _Writer, now: float) -> It
     return "failed"
 
 
-def _ended(item: Finished | Failed, pump: Pump, writer: _Writer, now: float) -> Iterator[str]:
+def _ended(item: Finished | Failed, pump: Pump, writer: _Writer, now: float) -> Iterator[Event]:
     """The source finished or failed: what is held back goes out, then the error if any, or the token usage the
     source reported. Returns the reason."""
     yield from writer.flush(now)

@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from kit.pipeline.sse import END, parse_line, sse_lines
+
 
 @dataclass(frozen=True)
 class Received:
@@ -22,6 +24,7 @@ class Received:
     at: float  # time.perf_counter() when its line arrived
     payload: dict[str, Any] | None = None  # None for a heartbeat
     raw: str = ""
+    id: str | None = None  # the `id:` field of the event (the kit numbers a reply's events from 1)
 
     @property
     def is_heartbeat(self) -> bool:
@@ -115,16 +118,23 @@ def iter_stream(
                 payload = response.json() if is_json else {}
                 yield Received(time.perf_counter(), payload, response.text)
                 return
-            for line in response.iter_lines():
-                now = time.perf_counter()
-                if line.startswith(":"):
-                    yield Received(now, None, line)
-                elif line.startswith("data:"):
-                    data = line[5:].removeprefix(" ")
-                    yield Received(now, json.loads(data), line)
+            yield from _received(response.iter_text())
     finally:
         if own_client:
             http.close()
+
+
+def _received(chunks: Iterator[str]) -> Iterator[Received]:
+    """The heartbeats and events of an SSE body, each as its line arrives (lines end at CR, LF or CRLF only)."""
+    event_id: str | None = None
+    for line in sse_lines(chunks):
+        name, value = parse_line(line)
+        if not name and line and line != END.rstrip("\n"):  # a heartbeat (the end's comment is none)
+            yield Received(time.perf_counter(), None, line)
+        elif name == "id":
+            event_id = value
+        elif name == "data":
+            yield Received(time.perf_counter(), json.loads(value), line, event_id)
 
 
 def stream_chat(

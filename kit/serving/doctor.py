@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
+from kit.pipeline.sse import END, parse_line, sse_lines
 from kit.web.probe import _SIGNATURE, DEFAULT_SILENCE_S, MAX_SILENCE_S, PROBE_HEADER, ProbePlan, probe_pieces
 
 # An event held back longer than this (beyond network and scheduling noise) means something buffers.
@@ -220,7 +221,7 @@ def _receive(target: str, silence_s: float, timeout_s: float, extra: Mapping[str
             if response.status_code != 200:
                 arrivals.body = response.read().decode(errors="replace")[:500]
                 return arrivals
-            for line in response.iter_lines():
+            for line in sse_lines(response.iter_text()):
                 _take_line(arrivals, line, time.perf_counter())
                 if arrivals.texts and not arrivals.texts[0][1].startswith(_SIGNATURE):
                     return arrivals  # not the probe: leave now, which cancels whatever answered instead
@@ -233,11 +234,12 @@ def _receive(target: str, silence_s: float, timeout_s: float, extra: Mapping[str
 def _take_line(arrivals: _Arrivals, line: str, now: float) -> None:
     import json
 
-    if line.startswith(":"):
+    name, value = parse_line(line)
+    if line.startswith(":") and line != END.rstrip("\n"):
         arrivals.beats.append(now)
-    elif line.startswith("data:"):
+    elif name == "data":
         try:
-            payload = json.loads(line[5:].strip())
+            payload = json.loads(value)
         except ValueError:
             return
         if isinstance(payload, dict) and isinstance(payload.get("text"), str):

@@ -4,32 +4,32 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from kit.adapters import adapt
 from kit.errors import ChatError
-from kit.pipeline.cancel import OPEN_STREAMS, CancelToken, client_gone_probe
+from kit.pipeline.cancel import OPEN_STREAMS, CancelToken
 from kit.pipeline.pump import Pump
 from kit.pipeline.settings import StreamSettings
 from kit.pipeline.sources import Message, Source, SourceFn, with_system_prompt
-from kit.pipeline.sse import STREAM_HEADERS
-from kit.pipeline.streaming import collect_answer, public_message, sse_events, start_pump
+from kit.pipeline.streaming import collect_answer, public_message, start_pump
 from kit.web.chat_request import parse_chat_request
+from kit.web.edge import STREAM_ID_HEADER, stream_reply
 from kit.web.interrupts import ChatInterrupts  # approvals (issue 18)
-from kit.web.observers import instrument, observers_for
+from kit.web.observers import instrument
 from kit.web.origins import OriginPolicy
 from kit.web.page import CONTENT_SECURITY_POLICY, render_page
 from kit.web.probe import PROBE_HEADER, probe_allowed, probe_plan, probe_script
+from kit.web.rejoin import RunStreams
+from kit.web.runs import ThreadRuns
 from kit.web.threads import ChatThreads  # threads (issue 17)
 
 log = logging.getLogger(__name__)
 
-STREAM_ID_HEADER = "X-Kit-Stream-Id"
-"""The page names each stream with 128 random bits, so that its Stop can reach it by `POST chat-stream/stop`."""
 STOP_ROUTE = "/chat-stream/stop"
 
 _names = itertools.count(1)
@@ -44,6 +44,8 @@ class ChatRoutes:
         # The doctor's probe bypasses the source, so it is cut as sent: its timing is what gets measured.
         self.probe_settings = settings.with_options(granularity="chunk")
         self.threads = ChatThreads(source, store=settings.thread_store, owner=settings.thread_owner)  # issue 17
+        self.runs = ThreadRuns(self.threads, settings)  # one reply at a time per thread (issue 26)
+        self.streams = RunStreams(self.threads, settings)  # runs that survive the network, and their rejoin
 
     def start(self, messages: list[Message], cancel: CancelToken) -> Pump:
         # Called in the view, not in the stream, so that a failure to start still gets a proper HTTP status.
@@ -60,30 +62,23 @@ class ChatRoutes:
         if plan is not None and probe_allowed(self.settings.doctor_probe, request.environ):
             # `python -m kit doctor`: a bounded, known script instead of the model.
             script = probe_script(plan, self.settings.heartbeat_s, cancel)
-            pump = start_pump(script, cancel, self.probe_settings)
-        else:
-            with turn.scope():  # threads (issue 17)
-                pump = self.start(messages, cancel)
-        events = turn.record(self.events(pump, messages))  # threads (issue 17): the transcript, when it ends
-        return Response(stream_with_context(events), headers=STREAM_HEADERS)
-
-    def events(self, pump: Pump, messages: list[Message]) -> Iterator[str]:
-        """The SSE events of a running pump for this request (its stream id, its client, the app's observers)."""
-        return sse_events(
-            pump,
-            self.settings,
-            stream_id=request.headers.get(STREAM_ID_HEADER),
-            client_gone=client_gone_probe(request.environ),
-            observers=observers_for(current_app, messages),
-        )
+            return stream_reply(start_pump(script, cancel, self.probe_settings), self.settings, messages, turn.record)
+        with self.runs.starting(turn.thread_id, cancel) as slot, turn.scope():  # 409 on a busy thread (issue 26)
+            pump = self.start(messages, cancel)
+        # The transcript is written when the reply ends, then the thread is free for the next one.
+        return self.streams.respond(slot, pump, messages, turn.asked, turn.record)
 
     def answer(self) -> Response:
         """`POST chat`: the same pipeline as the stream, the whole answer as one JSON object."""
         messages = parse_chat_request(request, self.settings.file_limits)
         turn = self.threads.turn(request, messages)  # threads (issue 17)
-        with turn.scope():
-            text = collect_answer(self.start(messages, CancelToken()))
-        turn.record_answer(text)  # threads (issue 17)
+        cancel = CancelToken()
+        with self.runs.starting(turn.thread_id, cancel) as slot:  # issue 26
+            with turn.scope():
+                pump = self.start(messages, cancel)
+            text = collect_answer(pump)
+            turn.record_answer(text)  # threads (issue 17)
+        slot.release(pump)
         return jsonify(text=text)
 
     def stop_stream(self) -> Response:
@@ -127,7 +122,9 @@ def create_blueprint(
     blueprint.add_url_rule(STOP_ROUTE, "stop_stream", routes.stop_stream, methods=["POST"])
     blueprint.add_url_rule("/chat", "chat", routes.answer, methods=["POST"])
     routes.threads.register_routes(blueprint)  # threads (issue 17): GET /threads/<id>/messages
-    ChatInterrupts(routes).register_routes(blueprint)  # approvals (issue 18): interrupts and POST resume
+    routes.streams.register_routes(blueprint)  # issue 26: POST chat-stream/rejoin, GET threads/<id>/run
+    # approvals (issue 18): GET interrupts and POST resume
+    ChatInterrupts(routes.source, settings, routes.threads, routes.runs).register_routes(blueprint)
     instrument(blueprint, source, settings)  # metrics and traces (issue 29): before the guards, to see refusals
     _guard(blueprint, settings)
     return blueprint

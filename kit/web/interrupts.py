@@ -8,17 +8,21 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Flask, Response, jsonify, request, stream_with_context
+from flask import Blueprint, Flask, Response, jsonify, request
 
 from kit.errors import ChatError
 from kit.pipeline.cancel import CancelToken
-from kit.pipeline.sse import STREAM_HEADERS
+from kit.pipeline.events import Event
+from kit.pipeline.settings import StreamSettings
+from kit.pipeline.sources import SourceFn
 from kit.pipeline.streaming import start_pump
 from kit.threads.ids import THREAD_ID_HEADER, thread_scope, validate_thread_id
+from kit.web.edge import STREAM_ID_HEADER, stream_reply
+from kit.web.runs import ThreadRuns
+from kit.web.threads import ChatThreads
 
 if TYPE_CHECKING:
     from kit.adapters.graphs import GraphSource
-    from kit.web.blueprint import ChatRoutes
 
 INTERRUPTS_ROUTE = "/threads/<thread_id>/interrupts"
 RESUME_ROUTE = "/chat-stream/resume"
@@ -62,9 +66,12 @@ class LocalClaims:
 class ChatInterrupts:
     """The interrupt routes of one mounted chat; they answer only for a graph compiled with a checkpointer."""
 
-    def __init__(self, routes: ChatRoutes) -> None:
-        self.routes = routes
-        self.claims: Any = routes.threads.store if routes.threads.store is not None else LocalClaims()
+    def __init__(self, source: SourceFn, settings: StreamSettings, threads: ChatThreads, runs: ThreadRuns) -> None:
+        self.source = source
+        self.settings = settings
+        self.threads = threads
+        self.runs = runs  # a resume is a run of its thread like a send (issue 26)
+        self.claims: Any = threads.store if threads.store is not None else LocalClaims()
 
     def register_routes(self, target: Flask | Blueprint) -> None:
         target.add_url_rule(INTERRUPTS_ROUTE, "thread_interrupts", self._interrupts_route, methods=["GET"])
@@ -74,14 +81,14 @@ class ChatInterrupts:
         from kit.adapters.graph_threads import checkpointer_of
         from kit.adapters.graphs import GraphSource
 
-        source = self.routes.source
+        source = self.source
         return source if isinstance(source, GraphSource) and checkpointer_of(source.graph) is not None else None
 
     def pending(self, thread_id: str) -> list[dict[str, Any]]:
         """What the thread waits for, minus interrupts someone is resuming right now."""
         from kit.adapters.interrupts import pending_interrupts
 
-        self.routes.threads.check_owner(thread_id)
+        self.threads.check_owner(thread_id)
         source = self._graph()
         if source is None:
             return []
@@ -99,7 +106,7 @@ class ChatInterrupts:
         source = self._graph()
         if source is None:
             raise NotPending("this chat's source is not a graph with a checkpointer: it has no interrupts")
-        self.routes.threads.check_owner(thread_id)
+        self.threads.check_owner(thread_id)
         found = [item for item in pending_interrupts(source.graph, thread_id) if item["id"] == interrupt_id]
         if not found:
             if self.claims.interrupt_claimed(thread_id, interrupt_id):
@@ -109,19 +116,22 @@ class ChatInterrupts:
         if not self.claims.claim_interrupt(thread_id, interrupt_id):
             raise AlreadyDecided(ALREADY_DECIDED)
         cancel = CancelToken()
-        self.routes.threads.watch_stop(request.headers.get("X-Kit-Stream-Id"), cancel)
+        self.threads.watch_stop(request.headers.get(STREAM_ID_HEADER), cancel)
         try:
-            with thread_scope(thread_id):
-                pump = start_pump(source.resume({interrupt_id: value}, cancel), cancel, self.routes.settings)
+            with self.runs.starting(thread_id, cancel) as slot, thread_scope(thread_id):
+                pump = start_pump(source.resume({interrupt_id: value}, cancel), cancel, self.settings)
         except BaseException:
             self.claims.release_interrupt(thread_id, interrupt_id)
             raise
-        events = self._released_if_still_pending(self.routes.events(pump, []), source, thread_id, interrupt_id)
-        return Response(stream_with_context(events), headers=STREAM_HEADERS)
+
+        def released(events: Iterator[Event]) -> Iterator[Event]:
+            return slot.guard(self._released_if_still_pending(events, source, thread_id, interrupt_id), pump)
+
+        return stream_reply(pump, self.settings, [], released)
 
     def _released_if_still_pending(
-        self, events: Iterator[str], source: GraphSource, thread_id: str, interrupt_id: str
-    ) -> Iterator[str]:
+        self, events: Iterator[Event], source: GraphSource, thread_id: str, interrupt_id: str
+    ) -> Iterator[Event]:
         """The continuation; if it ended (failed or stopped) before getting past the interrupt, the claim is
         given back so the decision can be made again (LangGraph re-runs the node from its start on resume)."""
         from kit.adapters.interrupts import pending_interrupts

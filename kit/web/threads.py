@@ -10,7 +10,6 @@ app that knows its users binds each thread to one with `owner=`, after which any
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -22,7 +21,9 @@ from flask import Blueprint, Flask, Request, Response, jsonify
 
 from kit.errors import ChatError
 from kit.pipeline.cancel import STREAM_ID, CancelToken
+from kit.pipeline.events import EndEvent, Event, TextEvent, UsageEvent
 from kit.pipeline.files import read_again
+from kit.pipeline.pump import close_iterator
 from kit.pipeline.sources import Message
 from kit.threads.ids import THREAD_ID_HEADER, thread_scope, validate_thread_id
 from kit.threads.stops import SharedStops
@@ -181,21 +182,29 @@ class Turn:
         """Start the source inside this: a checkpointed graph reads the thread id from it."""
         return thread_scope(self.thread_id)
 
-    def record(self, events: Iterator[str]) -> Iterator[str]:
-        """The SSE events as they are; when they end (finished, failed or stopped) the question and the
+    def record(self, events: Iterator[Event]) -> Iterator[Event]:
+        """The reply's events as they are; when they end (finished, failed or stopped) the question and the
         bubbles the client saw are appended to the thread's transcript."""
         if self.store is None or self.thread_id is None:
             return events
         return self._recorded(events)
 
-    def _recorded(self, events: Iterator[str]) -> Iterator[str]:
-        bubbles = Bubbles()
+    def _recorded(self, events: Iterator[Event]) -> Iterator[Event]:
+        bubbles, kept = Bubbles(), False
         try:
             for event in events:
-                _read_event(event, bubbles)
+                if isinstance(event, TextEvent):
+                    bubbles.add(event.text, event.role)
+                elif isinstance(event, UsageEvent):
+                    bubbles.usage = event.usage
+                elif isinstance(event, EndEvent):
+                    kept = True  # kept before the client learns of the end: a reload right after it shows it
+                    self._append(bubbles.messages())
                 yield event
         finally:
-            self._append(bubbles.messages())
+            close_iterator(events)  # the reply ends (its source cancelled) before its transcript is written
+            if not kept:
+                self._append(bubbles.messages())
 
     def record_answer(self, text: str) -> None:
         """The transcript of a reply that was not streamed (`POST /chat`)."""
@@ -208,13 +217,3 @@ class Turn:
             self.store.append(self.thread_id, [*self.asked, *reply])
         except ChatError:
             log.warning("thread %s: the reply could not be kept (the store is down)", self.thread_id)
-
-
-def _read_event(event: str, bubbles: Bubbles) -> None:
-    for line in event.splitlines():
-        if line.startswith("data: "):
-            payload = json.loads(line[len("data: ") :])
-            if isinstance(payload, dict) and isinstance(payload.get("text"), str):
-                bubbles.add(payload["text"], payload.get("role"))
-            elif isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
-                bubbles.usage = payload["usage"]

@@ -23,20 +23,143 @@ window.fetch = (input, init = {}) => {
   const id = streamId();
   const headers = new Headers(init.headers);
   headers.set("X-Kit-Stream-Id", id);
-  let ended = false; // the whole reply was read: nothing left to stop
+  const state = { ended: false, stopId: id }; // ended: the whole reply was read, nothing left to stop
   const stopUrl = new URL(STREAM_ROUTE + "/stop", document.baseURI).href; // a resumed run stops the same way
-  const stop = () => ended || navigator.sendBeacon(stopUrl, id);
+  const stop = () => state.ended || navigator.sendBeacon(stopUrl, state.stopId);
   init.signal.addEventListener("abort", stop, { once: true });
-  return plainFetch(input, { ...init, headers }).then((response) => {
-    if (!response.body) {
-      ended = true;
-      return response;
-    }
-    const body = response.body.pipeThrough(new TransformStream({ flush: () => { ended = true; } }));
-    const { status, statusText } = response;
-    return new Response(body, { status, statusText, headers: response.headers });
-  });
+  const rejoin = window.kitRun.takeRejoin(); // a page that opened on a running reply: stream that one
+  if (rejoin) state.stopId = rejoin.run_id; // its Stop stops the run, whichever tab started it
+  const request = rejoin
+    ? openRejoin(headers, rejoin, init.signal)
+    : plainFetch(input, { ...init, headers });
+  return request.then((response) => resilient(response, headers, init.signal, state));
 };
+
+// A reply that survives the network. Each reply on a thread is a run on the server, which goes on when the
+// connection drops (a reload, a network cut, a proxy restart): Deep Chat's own client never reconnects, so this
+// stream does. It hands Deep Chat whole SSE events only, remembers the id of the last one, and when the
+// connection breaks it rejoins the run from the next event (`POST chat-stream/rejoin`), into the same bubble.
+const REJOIN_ROUTE = STREAM_ROUTE + "/rejoin";
+const RETRY_FOR_MS = 60000;
+
+window.kitRun = {
+  pending: null, // {run_id}: the next send streams this run instead (set by threads.js on a running thread)
+  rejoins: 0, // how many times a broken stream was rejoined (for tests)
+  takeRejoin() {
+    const pending = this.pending;
+    this.pending = null;
+    return pending;
+  },
+};
+
+function openRejoin(headers, run, signal) {
+  const sent = new Headers(headers);
+  sent.set("Content-Type", "application/json");
+  sent.set("Last-Event-ID", String(run.after || 0));
+  const body = JSON.stringify({ run_id: run.run_id, after: run.after || 0 });
+  return plainFetch(new URL(REJOIN_ROUTE, document.baseURI).href, { method: "POST", headers: sent, body, signal });
+}
+
+async function rejoinUntilBack(headers, run, signal) {
+  const until = Date.now() + RETRY_FOR_MS;
+  for (let wait = 250; Date.now() < until && !signal.aborted; wait = Math.min(wait * 2, 2000)) {
+    try {
+      const response = await openRejoin(headers, run, signal);
+      if (response.ok && response.body) return response;
+      if (response.status === 404 || response.status === 400) return null; // the run is gone
+    } catch {
+      // the network is still down (or the proxy still restarting): try again
+    }
+    await new Promise((resolve) => setTimeout(resolve, wait));
+  }
+  return null;
+}
+
+function resilient(response, headers, signal, state) {
+  const runId = response.headers.get("X-Kit-Run-Id");
+  if (!response.body || !response.ok || !runId || !headers.get("X-Kit-Thread-Id")) {
+    if (!response.body) state.ended = true;
+    const body = response.body?.pipeThrough(new TransformStream({ flush: () => { state.ended = true; } }));
+    return body ? new Response(body, { status: response.status, headers: response.headers }) : response;
+  }
+  state.stopId = runId; // a Stop reaches the run whichever stream (first or rejoined) is reading it
+  const run = { run_id: runId, after: 0 };
+  const events = new SseEvents((id) => { run.after = id; });
+  const encoder = new TextEncoder();
+  let reader = response.body.getReader();
+  const reconnect = async () => {
+    const again = await rejoinUntilBack(headers, run, signal);
+    if (again) window.kitRun.rejoins += 1;
+    return again ? again.body.getReader() : null;
+  };
+  const body = new ReadableStream({
+    async pull(controller) {
+      for (;;) {
+        let chunk;
+        try {
+          chunk = await reader.read();
+        } catch (error) {
+          reader = signal.aborted ? null : await reconnect();
+          if (!reader) return controller.error(error);
+          continue;
+        }
+        if (chunk.done) {
+          // Closed without the run's end (a proxy restarting, a worker stopping): rejoin it.
+          reader = events.ended ? null : await reconnect();
+          if (reader) continue;
+          state.ended = true;
+          return controller.close();
+        }
+        const whole = events.take(chunk.value);
+        if (whole) controller.enqueue(encoder.encode(whole));
+        if (events.ended) {
+          // The run is over (its transcript kept, its thread free): Deep Chat's stream ends now, not when the
+          // connection closes a moment later, so the next message can be sent at once.
+          state.ended = true;
+          reader.cancel().catch(() => {});
+          return controller.close();
+        }
+        if (whole) return;
+      }
+    },
+    cancel: (reason) => reader?.cancel(reason),
+  });
+  return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+}
+
+// Cuts SSE text into whole events (and lone comment lines, the heartbeats), noting each event's id. The kit's
+// server ends lines with LF only; U+2028 and friends are text.
+class SseEvents {
+  constructor(onId) {
+    this.decoder = new TextDecoder();
+    this.tail = "";
+    this.lines = [];
+    this.onId = onId;
+    this.ended = false;
+  }
+
+  take(bytes) {
+    const parts = (this.tail + this.decoder.decode(bytes, { stream: true })).split("\n");
+    this.tail = parts.pop();
+    let out = "";
+    for (const line of parts) {
+      if (line === "") {
+        if (!this.lines.length) continue;
+        const id = this.lines.find((field) => field.startsWith("id:"));
+        out += this.lines.join("\n") + "\n\n";
+        this.lines = [];
+        if (id) this.onId(Number(id.slice(3)));
+      } else if (!this.lines.length && line === ": end") {
+        this.ended = true; // the run is over: what follows is the connection closing
+      } else if (!this.lines.length && line.startsWith(":")) {
+        out += line + "\n"; // a heartbeat: passed on, and never dispatched by Deep Chat's parser
+      } else {
+        this.lines.push(line);
+      }
+    }
+    return out;
+  }
+}
 
 if (chat) {
   chat.connect = { url: STREAM_ROUTE, stream: true };

@@ -55,6 +55,31 @@ async function threadMessages(id) {
   return response.json();
 }
 
+// The thread's messages and its running reply, consistent: a reply that ended between the two requests is in the
+// messages (the server keeps its transcript before it says the run is over), so it is shown, not rejoined.
+async function openThread(id) {
+  const running = await runningReply(id);
+  const messages = await threadMessages(id);
+  if (!running) return [messages, null];
+  const still = await runningReply(id);
+  if (still && still.run_id === running.run_id) return [messages, running];
+  return [await threadMessages(id), null];
+}
+
+async function runningReply(id) {
+  const response = await innerFetch(`threads/${encodeURIComponent(id)}/run`, { cache: "no-store" });
+  const run = response.ok ? await response.json() : { running: false };
+  return run.running ? run : null;
+}
+
+function rejoinWhenReady(run, asked) {
+  window.kitRun.pending = { run_id: run.run_id, after: 0 };
+  customElements.whenDefined("deep-chat").then(() => setTimeout(() => {
+    window.kitThread.rejoined = run.run_id;
+    chat.submitUserMessage({ text: asked });
+  }, 0));
+}
+
 function startNewChat() {
   threadId = newThreadId();
   keepThreadId(threadId);
@@ -79,10 +104,16 @@ function addNewChatButton() {
 if (chat) {
   // The thread's bubbles become Deep Chat's `history` (shown under the intro, in order). loadHistory would
   // put the intro message below them, as it loads pages of older messages above what is shown.
-  threadMessages(threadId)
-    .then((messages) => {
+  openThread(threadId)
+    .then(([messages, run]) => {
+      // A reply still running (this page was reloaded mid-reply, or another tab is writing): its question is
+      // sent again as a user bubble that streams the run, from its first event, into the same answer bubble.
+      const asked = run ? run.asked.map((message) => message.text).join("\n") : "";
+      const last = messages[messages.length - 1];
+      if (run && last && last.role === "user" && last.text === asked) messages.pop(); // a graph's checkpoint has it
       if (messages.length) chat.history = messages;
       window.kitThread.restored = messages.length;
+      if (run) rejoinWhenReady(run, asked);
     })
     .catch((error) => {
       chat.history = [{ role: "ai", error: String(error.message || error) }];

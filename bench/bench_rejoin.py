@@ -1,0 +1,185 @@
+"""Replies that survive the network: what the run's event log costs, and how fast a reloaded page rejoins.
+
+- Per-token overhead of the event log: many concurrent streams of a fast source, one event per token
+  (`coalesce_ms=0`), on a thread (a run with its claim and log in SQLite) against the same streams without a
+  thread (no run, no log), in the same run: server-side microseconds per token, and the ratio (the limit is 1.0,
+  no log at all).
+- The log's size per 1,000 tokens (the rows' bytes as stored), one event per token and as coalesced by default.
+- Reload mid-reply to the first rejoined text in chromium (kit's page, the real bundle): p50 and max, against the
+  same page's first text of a fresh send (the limit: a page that had nothing to rejoin).
+
+    python -m bench.bench_rejoin [--streams 1000] [--tokens 100] [--reloads 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.measure import report
+from kit import create_app
+from kit.serving.client import chat_body
+from kit.serving.server import BackgroundServer
+from kit.testing.fakes import ScriptedSource
+from kit.threads.ids import THREAD_ID_HEADER, new_thread_id
+
+
+def fast_source(tokens: int) -> Any:
+    def source(messages: list[dict[str, str]]) -> Iterator[str]:
+        yield from (f"t{index} " for index in range(tokens))
+
+    return source
+
+
+async def _one(client: httpx.AsyncClient, url: str, threaded: bool) -> int:
+    headers = {"Accept": "text/event-stream", **({THREAD_ID_HEADER: new_thread_id()} if threaded else {})}
+    events = 0
+    async with client.stream("POST", url, json=chat_body("go"), headers=headers) as response:
+        async for line in response.aiter_lines():
+            events += line.startswith("data:")
+    return events
+
+
+async def _wave(url: str, streams: int, threaded: bool) -> tuple[float, int]:
+    limits = httpx.Limits(max_connections=streams + 10, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        started = time.perf_counter()
+        counts = await asyncio.gather(*(_one(client, url, threaded) for _ in range(streams)))
+        return time.perf_counter() - started, sum(counts)
+
+
+def log_overhead(streams: int, tokens: int, rounds: int = 3) -> dict[str, Any]:
+    """Wall time per token of `streams` concurrent streams with the log on (threads) and off, alternated."""
+    with tempfile.TemporaryDirectory() as folder:
+        app = create_app(fast_source(tokens), coalesce_ms=0, thread_store=Path(folder) / "t.sqlite")
+        with BackgroundServer(app) as server:
+            url = server.url + "chat-stream"
+            asyncio.run(_wave(url, min(streams, 50), True))  # warm: schema, imports
+            on, off = [], []
+            for _ in range(rounds):
+                for threaded, samples in ((False, off), (True, on)):
+                    seconds, events = asyncio.run(_wave(url, streams, threaded))
+                    samples.append(seconds / max(events, 1) * 1e6)
+    return {
+        "streams": streams,
+        "tokens": tokens,
+        "off_us_per_token": statistics.median(off),
+        "on_us_per_token": statistics.median(on),
+        "off_spread": [min(off), max(off)],
+        "on_spread": [min(on), max(on)],
+        "ratio": statistics.median(on) / statistics.median(off),
+    }
+
+
+def log_size(tokens: int = 1000) -> dict[str, float]:
+    """Bytes the log keeps for a reply of `tokens` tokens: one event per token, and coalesced by default."""
+    sizes = {}
+    for name, coalesce_ms in (("per_token", 0.0), ("coalesced", 16.0)):
+        with tempfile.TemporaryDirectory() as folder:
+            store = Path(folder) / "t.sqlite"
+            source = ScriptedSource([f"t{index} " for index in range(tokens)], delay_s=0.001)
+            with BackgroundServer(create_app(source, coalesce_ms=coalesce_ms, thread_store=store)) as server:
+                body = chat_body("go")
+                httpx.post(server.url + "chat-stream", json=body, headers={THREAD_ID_HEADER: new_thread_id()}).read()
+            with sqlite3.connect(store) as connection:
+                row = connection.execute("SELECT COUNT(*), SUM(LENGTH(body) + 8 + LENGTH(run_id)) FROM kit_run_events")
+                events, stored = row.fetchone()
+            sizes[f"{name}_events"] = events
+            sizes[f"{name}_bytes_per_1000_tokens"] = stored * 1000 / tokens
+    return sizes
+
+
+def _wait(page: Any, expression: str, timeout_s: float = 30.0) -> None:
+    # The page's CSP forbids eval, which Playwright's wait_for_function needs: poll with evaluate instead.
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the page never showed {expression!r}")
+        time.sleep(0.005)
+
+
+def reload_rejoin(reloads: int) -> dict[str, Any]:
+    """Chromium: reload mid-reply, time to the first rejoined text in the answer bubble; and a fresh send's."""
+    from kit.testing.browser import chromium_page
+
+    tokens = [f"w{index} " for index in range(1000)]
+    # The last bubble (the intro left out) is an answer with text in it.
+    first_text = (
+        "(() => { const root = document.querySelector('#chat').shadowRoot; if (!root) return false;"
+        " const all = [...root.querySelectorAll(\"[class*='deep-chat-outer-container-role-']\")]"
+        ".filter((e) => !e.classList.contains('deep-chat-intro')); const last = all[all.length - 1];"
+        " return !!last && last.className.includes('role-ai') && last.innerText.trim().length > 0; })()"
+    )
+    rejoin_ms, fresh_ms = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        app = create_app(ScriptedSource(tokens, delay_s=0.002), thread_store=Path(folder) / "t.sqlite")
+        with BackgroundServer(app) as server, chromium_page() as page:
+            page.goto(server.url)
+            _wait(page, "window.kitThread && window.kitThread.restored === 0")
+            for _ in range(reloads):
+                page.locator("#kit-new-chat").click()
+                started = time.perf_counter()
+                page.locator("#text-input").click()
+                page.keyboard.type("go")
+                page.keyboard.press("Enter")
+                _wait(page, first_text)
+                fresh_ms.append((time.perf_counter() - started) * 1000)
+                started = time.perf_counter()
+                page.reload()
+                _wait(page, first_text)
+                rejoin_ms.append((time.perf_counter() - started) * 1000)
+                # The rejoined reply read to its end before the next round (Deep Chat sends nothing meanwhile).
+                _wait(page, first_text.replace("innerText.trim().length > 0", "innerText.includes('w999')"))
+    return {
+        "reloads": reloads,
+        "rejoin_p50_ms": statistics.median(rejoin_ms),
+        "rejoin_max_ms": max(rejoin_ms),
+        "fresh_p50_ms": statistics.median(fresh_ms),
+        "ratio": statistics.median(rejoin_ms) / statistics.median(fresh_ms),
+    }
+
+
+def describe(results: dict[str, Any]) -> str:
+    over, size, reload = results["overhead"], results["size"], results["reload"]
+    return "\n".join(
+        [
+            "| figure | value | limit, same run | ratio |",
+            "| --- | --- | --- | --- |",
+            f"| event log, per token, {over['streams']:,} concurrent streams x {over['tokens']} tokens | "
+            f"{over['on_us_per_token']:.1f} us ({over['on_spread'][0]:.1f}-{over['on_spread'][1]:.1f}) | "
+            f"{over['off_us_per_token']:.1f} us without a run | {over['ratio']:.2f} |",
+            f"| log size per 1,000 tokens, one event a token | {size['per_token_bytes_per_1000_tokens']:,.0f} B | | |",
+            f"| log size per 1,000 tokens, coalesced (default) | {size['coalesced_bytes_per_1000_tokens']:,.0f} B "
+            f"({size['coalesced_events']} events) | | |",
+            f"| reload mid-reply to first rejoined text (chromium), p50 / max | {reload['rejoin_p50_ms']:.0f} / "
+            f"{reload['rejoin_max_ms']:.0f} ms | {reload['fresh_p50_ms']:.0f} ms, a fresh send's first text | "
+            f"{reload['ratio']:.2f} |",
+        ]
+    )
+
+
+def run(streams: int, tokens: int, reloads: int) -> dict[str, Any]:
+    return {"overhead": log_overhead(streams, tokens), "size": log_size(), "reload": reload_rejoin(reloads)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--tokens", type=int, default=100)
+    parser.add_argument("--reloads", type=int, default=5)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    report(run(args.streams, args.tokens, args.reloads), describe, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""One reply at a time per thread: a second send while a reply runs (two tabs, an impatient client) gets the
+chat's `double_send` policy, and afterwards the transcript or the graph's checkpoint holds every user message
+once, each followed by its answer, in order. 20 threads double-sent at once, over a real server."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph import START, MessagesState, StateGraph
+
+from kit import create_app
+from kit.pipeline.cancel import current_cancel
+from kit.serving.client import Received, Reply, chat_body, iter_stream
+from kit.testing.fakes import ScriptedSource
+from kit.threads.ids import THREAD_ID_HEADER, new_thread_id
+from kit.threads.runs import RunClaims
+from kit.threads.store import SqliteThreadStore
+from kit.web.runs import REPLY_IN_PROGRESS
+from tests.helpers import wait_until
+
+PAIRS = 20
+ANSWER = [f"word{index} " for index in range(40)]  # 2 s at 0.05 s a word: a second send comes mid-reply
+
+
+def send(url: str, thread_id: str, text: str, started: threading.Event | None = None) -> Reply:
+    """One streamed turn from a tab that sees no earlier messages; `started` is set at the first text."""
+    items = iter_stream(url + "chat-stream", chat_body(text), headers={THREAD_ID_HEADER: thread_id}, timeout=60)
+    reply = next(items)
+    assert isinstance(reply, Reply)
+    for item in items:
+        if isinstance(item, Received):
+            reply.items.append(item)
+            if started is not None and item.payload and item.payload.get("text"):
+                started.set()
+    if started is not None:
+        started.set()
+    return reply
+
+
+def double_send(url: str, thread_id: str, running: Any) -> tuple[Reply, Reply]:
+    """Send "first", then, while its reply runs (`running(thread_id, started)` says so), "second"."""
+    started = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(send, url, thread_id, "first", started)
+        assert wait_until(lambda: running(thread_id, started), timeout=30)
+        second = send(url, thread_id, "second")
+        return first.result(timeout=60), second
+
+
+def pairs(url: str, running: Any) -> list[tuple[str, Reply, Reply]]:
+    threads = [new_thread_id() for _ in range(PAIRS)]
+    with ThreadPoolExecutor(PAIRS) as pool:
+        results = list(pool.map(lambda thread_id: double_send(url, thread_id, running), threads))
+    return [(thread_id, first, second) for thread_id, (first, second) in zip(threads, results, strict=True)]
+
+
+def refused(reply: Reply) -> bool:
+    return (
+        reply.status == 409
+        and reply.headers["content-type"].startswith("application/json")
+        and reply.errors == [REPLY_IN_PROGRESS]
+    )
+
+
+@pytest.mark.parametrize("policy", ["reject", "enqueue", "interrupt"])
+def test_double_sends_on_transcripts(serve, tmp_path: Path, policy: str) -> None:  # type: ignore[no-untyped-def]
+    store = tmp_path / "t.sqlite"
+    server = serve(create_app(ScriptedSource(ANSWER, delay_s=0.05), thread_store=store, double_send=policy))
+    whole = "".join(ANSWER)
+    for thread_id, first, second in pairs(server.url, lambda thread_id, started: started.is_set()):
+        kept = httpx.get(f"{server.url}threads/{thread_id}/messages").json()
+        if policy == "reject":
+            assert first.text == whole and refused(second)
+            assert kept == [{"role": "user", "text": "first"}, {"role": "ai", "text": whole}]
+            continue
+        assert second.status == 200 and second.text == whole
+        if policy == "enqueue":
+            assert first.text == whole
+        else:  # interrupted: the first reply keeps what it had streamed when the second came
+            assert first.status == 200 and 0 < len(first.text) < len(whole) and whole.startswith(first.text)
+        assert kept == [
+            {"role": "user", "text": "first"},
+            {"role": "ai", "text": first.text},
+            {"role": "user", "text": "second"},
+            {"role": "ai", "text": whole},
+        ]
+
+
+def slow_graph(saver: Any) -> Any:
+    """A checkpointed graph whose answer takes a while (and obeys a Stop while it waits)."""
+
+    def answer(state: MessagesState) -> dict[str, list[BaseMessage]]:
+        cancel = current_cancel()
+        if cancel is not None:
+            cancel.wait(0.4)
+        return {"messages": [AIMessage(f"answer to {state['messages'][-1].text}")]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("answer", answer)
+    graph.add_edge(START, "answer")
+    return graph.compile(checkpointer=saver)
+
+
+@pytest.mark.parametrize("policy", ["reject", "enqueue", "interrupt"])
+def test_double_sends_on_checkpointed_graph_threads(serve, tmp_path: Path, policy: str) -> None:  # type: ignore[no-untyped-def]
+    saver = SqliteSaver(sqlite3.connect(tmp_path / "graph.sqlite", check_same_thread=False))
+    graph = slow_graph(saver)
+    store = SqliteThreadStore(tmp_path / "t.sqlite")
+    server = serve(create_app(graph, thread_store=store, double_send=policy))
+    claims = RunClaims(store)
+    for thread_id, first, second in pairs(server.url, lambda thread_id, _: claims.holder(thread_id) is not None):
+        state = graph.get_state({"configurable": {"thread_id": thread_id}}).values["messages"]
+        kept = [(type(message), message.text) for message in state]
+        if policy == "reject":
+            assert first.text == "answer to first" and refused(second)
+            assert kept == [(HumanMessage, "first"), (AIMessage, "answer to first")]
+            continue
+        assert second.status == 200 and second.text == "answer to second"
+        if policy == "enqueue":
+            assert first.text == "answer to first"
+            assert kept == [
+                (HumanMessage, "first"),
+                (AIMessage, "answer to first"),
+                (HumanMessage, "second"),
+                (AIMessage, "answer to second"),
+            ]
+        else:
+            # Interrupted mid-node: as with a Stop, LangGraph keeps what it had committed (the question, or not
+            # even that when the stop came before its first checkpoint), never the unfinished step; nothing twice,
+            # in order, and the second question has its answer.
+            assert first.text in ("", "answer to first")
+            assert kept[-2:] == [(HumanMessage, "second"), (AIMessage, "answer to second")]
+            assert kept[:-2] in (
+                [],
+                [(HumanMessage, "first")],
+                [(HumanMessage, "first"), (AIMessage, "answer to first")],
+            )
+    saver.conn.close()
+
+
+def test_a_refused_send_leaves_the_server_up_and_a_later_send_runs(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server = serve(create_app(ScriptedSource(ANSWER, delay_s=0.02), thread_store=tmp_path / "t.sqlite"))
+    thread_id = new_thread_id()
+    first, second = double_send(server.url, thread_id, lambda thread_id, started: started.is_set())
+    assert refused(second) and first.text == "".join(ANSWER)
+    assert send(server.url, thread_id, "third").text == "".join(ANSWER)  # the thread was freed at the end
