@@ -32,52 +32,42 @@ from bench.measure import ROOT, server_process
 DOCS = ROOT / "docs"
 
 
-def model_figures() -> dict[str, Any]:
-    """Run the model benchmark in its own process (it loads the model) and read its JSON."""
+def in_own_process(module: str, *args: str) -> dict[str, Any]:
+    """A benchmark run as its own process (it loads the model, or starts servers), its figures read from the JSON
+    file it writes."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run([sys.executable, "-m", "bench.bench_model", "--json", out.name], cwd=ROOT, check=True)
+        subprocess.run([sys.executable, "-m", f"bench.{module}", *args, "--json", out.name], cwd=ROOT, check=True)
         return json.loads(Path(out.name).read_text())
+
+
+def model_figures() -> dict[str, Any]:
+    """The model benchmark: the kit against llama-cpp-python's own throughput."""
+    return in_own_process("bench_model")
 
 
 def users_figures() -> dict[str, Any]:
-    """Many users on the embedded model, batched and one at a time (its own process: it loads the model)."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        plot = DOCS / "bench_users.png"
-        command = [sys.executable, "-m", "bench.bench_users", "--json", out.name, "--plot", str(plot)]
-        subprocess.run(command, cwd=ROOT, check=True)
-        return json.loads(Path(out.name).read_text())
+    """Many users on the embedded model, batched and one at a time."""
+    return in_own_process("bench_users", "--plot", str(DOCS / "bench_users.png"))
 
 
 def threads_figures(runs: int) -> dict[str, Any]:
-    """Threads: turn 10 against turn 1, and reloads on SQLite and PostgreSQL (its own process: it loads the model)."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, "-m", "bench.bench_threads", "--runs", str(runs), "--postgres", "auto"]
-        subprocess.run([*command, "--json", out.name], cwd=ROOT, check=True)
-        return json.loads(Path(out.name).read_text())
+    """Threads: turn 10 against turn 1, and reloads on SQLite and PostgreSQL."""
+    return in_own_process("bench_threads", "--runs", str(runs), "--postgres", "auto")
 
 
 def approvals_figures(runs: int) -> dict[str, Any]:
-    """Approvals: click on Approve to the continuation's first text, in chromium (its own process, like threads)."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, "-m", "bench.bench_approvals", "--runs", str(runs), "--json", out.name]
-        subprocess.run(command, cwd=ROOT, check=True)
-        return json.loads(Path(out.name).read_text())
+    """Approvals: click on Approve to the continuation's first text, in chromium."""
+    return in_own_process("bench_approvals", "--runs", str(runs))
 
 
 def engine_process_figures(runs: int) -> dict[str, Any]:
-    """One model for every worker: 8 users against 1 in process and behind 4 workers, memory, Stop (its own process)."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, "-m", "bench.bench_engine_process", "--runs", str(runs), "--json", out.name]
-        subprocess.run(command, check=True)
-        return json.loads(Path(out.name).read_text())
+    """One model for every worker: 8 users against 1 in process and behind 4 workers, memory, Stop."""
+    return in_own_process("bench_engine_process", "--runs", str(runs))
 
 
 def documents_figures(runs: int) -> dict[str, Any]:
-    """Chat with a document: an attached file against the same text pasted (its own process: it loads the model)."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, "-m", "bench.bench_documents", "--runs", str(runs), "--json", out.name]
-        subprocess.run(command, cwd=ROOT, check=True)
-        return json.loads(Path(out.name).read_text())
+    """Chat with a document: an attached file against the same text pasted."""
+    return in_own_process("bench_documents", "--runs", str(runs))
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from flask import Flask
 
-from kit import LlamaSource, create_app
+from kit import CancelToken, LlamaSource, create_app
 from kit.serving.client import Received, Reply, chat_body, iter_stream, stream_chat
 from kit.web.blueprint import STREAM_ID_HEADER
 from tests.helpers import wait_until
@@ -27,20 +27,26 @@ from tests.prod_server import WORKER_HEADER, ProdServer, named_by_worker
 pytestmark = pytest.mark.timeout(600)
 WORDS = ["apple", "river", "guitar", "pencil", "tiger", "window", "rocket", "banana"]
 WORDS += ["castle", "violin", "garden", "camera", "dolphin", "candle", "bridge", "forest"]
+LONG = "Count from 1 to 1000, separated by commas."  # runs to max_tokens without stopping (tests/test_batching.py)
 _ENGINE_PID = re.compile(r"engine process started with pid: (\d+) at (\S+)")
 
 
 def engine_app(store: str) -> Flask:
-    """gunicorn factory: the embedded model's source, which the launcher points at its engine process."""
-    return named_by_worker(
-        create_app(LlamaSource(max_tokens=48, temperature=0, seed=1), thread_store=store, coalesce_ms=0)
-    )
+    """gunicorn factory: the embedded model's source, which the launcher points at its engine process. A
+    LONG question gets a reply long enough (256 tokens) that a Stop always lands while it is generating."""
+    short = LlamaSource(max_tokens=48, temperature=0, seed=1)
+    long = LlamaSource(max_tokens=256, temperature=0, seed=1)
+
+    def reply(messages: list[dict[str, Any]], cancel: CancelToken) -> Iterator[dict[str, Any]]:
+        return (long if messages[-1].get("text") == LONG else short)(messages, cancel)
+
+    return named_by_worker(create_app(reply, thread_store=store, coalesce_ms=0))
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ProdServer]:
     app = f"tests.test_engine_prod:engine_app({str(tmp_path / 'threads.sqlite')!r})"
-    args = ["--workers", "4", "--app", app, "--engine", "--n-ctx", "512", "--slots", "8"]
+    args = ["--workers", "4", "--app", app, "--engine", "--n-ctx", "1024", "--slots", "8"]
     args += ["--engine-threads", "1"]  # see tests/test_engine_process.py: spinning threads on a shared machine
     with ProdServer(*args, timeout_s=300) as prod:
         yield prod
@@ -102,10 +108,7 @@ def paused(pids: list[int]) -> Iterator[None]:
 def test_sixteen_streams_through_four_workers_some_stopped_all_exact(server: ProdServer) -> None:
     stopped_before = health(server)["stopped"]
     # 4 of the 16 ask for a long reply, and are stopped through another worker than the one holding them.
-    asks = [
-        f"Count from 1 to 1000 about a {w}." if i % 4 == 0 else f"Write one sentence about a {w}."
-        for i, w in enumerate(WORDS)
-    ]
+    asks = [LONG if i % 4 == 0 else f"Write one sentence about a {w}." for i, w in enumerate(WORDS)]
     streams: list[Stream] = []
     workers = server.worker_pids[:4]
     for index, worker in enumerate(workers):  # 4 streams on each worker
@@ -133,7 +136,7 @@ def test_sixteen_streams_through_four_workers_some_stopped_all_exact(server: Pro
 
 
 def test_an_engine_killed_mid_stream_is_one_error_per_stream_and_back_for_the_next(server: ProdServer) -> None:
-    streams = [Stream(server, f"Count from 1 to 1000 about a {word}.") for word in WORDS[:3]]
+    streams = [Stream(server, LONG) for _ in range(3)]
     assert all(stream.started.wait(300) for stream in streams)
     pid, _ = engine_of(server)
     os.kill(pid, signal.SIGKILL)
@@ -154,7 +157,7 @@ def test_an_engine_killed_mid_stream_is_one_error_per_stream_and_back_for_the_ne
 
 
 def test_a_web_worker_killed_mid_stream_frees_its_slots(server: ProdServer) -> None:
-    streams = [Stream(server, f"Count from 1 to 1000 about a {word}.") for word in WORDS[:4]]
+    streams = [Stream(server, LONG) for _ in range(4)]
     assert all(stream.started.wait(300) for stream in streams)
     assert health(server)["running"] == 4
     stopped_before = health(server)["stopped"]

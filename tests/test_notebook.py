@@ -215,7 +215,8 @@ def test_the_inspector_counts_pieces_events_bytes_and_how_the_stream_ended() -> 
     stats = inspector.wait().stats
     assert reply.text == "abc" and reply.errors
     assert (stats.pieces, stats.chars, stats.events, stats.errors, stats.end) == (3, 3, 3, 1, "failed")
-    raw_bytes = sum(len(item.raw.encode()) + 2 for item in reply.items)  # each line plus its blank line
+    # Each event's `id:` line, its data line and the blank line after it.
+    raw_bytes = sum(len(f"id: {item.id}\n") + len(item.raw.encode()) + 2 for item in reply.items)
     assert stats.bytes == raw_bytes
     assert 0 <= stats.first_piece_s <= stats.first_event_s <= stats.duration_s
     assert inspector.streams[-1].prompt == "spell"

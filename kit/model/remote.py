@@ -22,6 +22,7 @@ import httpx
 from kit.errors import ChatError, ServiceBusy
 from kit.model.chunks import ChatText
 from kit.pipeline.cancel import CancelToken, current_cancel
+from kit.pipeline.sse import sse_lines
 
 UNREACHABLE = "The model engine at {url} is not answering ({error}); it may be restarting: try again in a moment."
 LOST = "The connection to the model engine was lost mid-reply ({error}). Please try again."
@@ -100,6 +101,8 @@ def read_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
 
     >>> list(read_events(iter(['data: {"a": 1}', "", ": ping", "data: [DONE]", 'data: {"b": 2}'])))
     [{'a': 1}]
+    >>> list(read_events(sse_lines(['data: {"a": "x\\u2028y"}\\n\\n', "data: [DONE]\\n\\n"])))  # U+2028 is text
+    [{'a': 'x\\u2028y'}]
     """
     for line in lines:
         if not line.startswith("data:"):
@@ -180,7 +183,7 @@ class RemoteEngine(ChatText):
 
     def _chunks(self, response: httpx.Response, cancel: CancelToken) -> Iterator[dict[str, Any]]:
         try:
-            yield from read_events(response.iter_lines())
+            yield from read_events(sse_lines(response.iter_text()))  # lines end at CR/LF only, not U+2028
         except httpx.TransportError as error:
             if not cancel.cancelled:  # a Stop shut the connection down on purpose
                 raise ChatError(LOST.format(error=error), 503) from error

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kit.pipeline.events import EndEvent, ErrorEvent, Event, from_record, to_record
+from kit.threads.files import listed
 from kit.threads.runs import STALE_S, this_worker, worker_gone
 from kit.threads.store import ThreadStore
 
@@ -48,7 +49,9 @@ class RunLog:
             self._prune(now)
         sql = "INSERT INTO kit_runs (run_id, thread_id, worker, started, seen, ended) VALUES (?, ?, ?, ?, ?, NULL)"
         self.store._execute_many(sql, [(run_id, thread_id, this_worker(), now, now)])
-        self._insert(run_id, [(0, json.dumps({"asked": list(asked)}, ensure_ascii=False))])
+        # Files are listed without their content (bytes are not JSON; the transcript keeps them once).
+        shown = [{**m, "files": listed(m["files"])} if m.get("files") else dict(m) for m in asked]
+        self._insert(run_id, [(0, json.dumps({"asked": shown}, ensure_ascii=False))])
 
     def append(self, run_id: str, events: Sequence[Event]) -> None:
         """Add events at the end of the run's log (heartbeats are not kept); an end event ends the run."""
