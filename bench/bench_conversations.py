@@ -16,11 +16,7 @@ Three loads, each sent as Deep Chat sends it (the whole visible history with eve
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -348,16 +344,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
-
-
-def section(results: dict[str, Any], docs: Path) -> str:
-    """For bench/run_all.py: run this benchmark in a process of its own, keep its figures, return its section."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        plot_path = docs / "bench_conversations.png"
-        command = [sys.executable, "-m", "bench.bench_conversations", "--json", out.name, "--plot", str(plot_path)]
-        subprocess.run(command, cwd=docs.parent, check=True)
-        results["conversations"] = json.loads(Path(out.name).read_text())
-    return describe(results["conversations"]) + "\n\n![long conversations](bench_conversations.png)\n"
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,61 +71,113 @@ def documents_figures(runs: int) -> dict[str, Any]:
     return in_own_process("bench_documents", "--runs", str(runs))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=3, help="runs per figure (medians and spreads over them)")
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, for trying the script out")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in the table's output
-    started = time.perf_counter()
-    results: dict[str, Any] = {"runs": args.runs}
-    chars = 20_000 if args.quick else 100_000
-    results["pipeline"] = pipeline.run(runs=args.runs, chars=chars, duration_s=1.5 if args.quick else 4.0)
-    results["browser"] = browser.run(runs=args.runs, chars=4_000 if args.quick else 20_000)
-    results["model"] = model_figures()
-    DOCS.mkdir(exist_ok=True)
-    results["users"] = users_figures()
-    results["words"] = bench_words.run(runs=max(args.runs, 5))
-    results["threads"] = threads_figures(args.runs)
-    results["approvals"] = approvals_figures(max(20, 5 * args.runs))
-    results["engine_process"] = engine_process_figures(args.runs)
-    results["documents"] = documents_figures(args.runs)
-    # Replies that survive the network (issue 26): the event log's cost, and a reload's rejoin in chromium.
-    streams, tokens = (200, 200) if args.quick else (1000, 200)
-    results["rejoin"] = bench_rejoin.run(streams, tokens, reloads=max(5, 2 * args.runs))
+def concurrency_figures() -> dict[str, Any]:
+    """Memory of held streams on the development server and on both production worker classes."""
     with server_process("bench.targets", "--chars", "1000") as server:
         development = concurrency.held_streams_memory(f"{server.url}/idle/chat-stream", server.pid)
-    results["concurrency"] = {"development (werkzeug threads)": development}
+    figures = {"development (werkzeug threads)": development}
     for worker_class, label in (
         ("threads", "production (gunicorn 2 x 128 threads)"),
         ("gevent", "production (gunicorn 2 gevent workers)"),
     ):
         with concurrency.production_server(worker_class) as server:
-            results["concurrency"][label] = concurrency.held_streams_memory(f"{server.url}/chat-stream", server.pid)
-    conversations = bench_conversations.section(results, DOCS)  # its own process; the figures go into results
-    results["observability"] = bench_observability.run(runs=max(args.runs, 3), streams=100 if args.quick else 1000)
-    bench_observability.plot(results["observability"], DOCS / "bench_observability.png")
-    results["seconds"] = time.perf_counter() - started
-    DOCS.mkdir(exist_ok=True)
+            figures[label] = concurrency.held_streams_memory(f"{server.url}/chat-stream", server.pid)
+    return figures
+
+
+def observability_figures(runs: int, quick: bool) -> dict[str, Any]:
+    figures = bench_observability.run(runs=max(runs, 3), streams=100 if quick else 1000)
+    bench_observability.plot(figures, DOCS / "bench_observability.png")
+    return figures
+
+
+def conversations_figures() -> dict[str, Any]:
+    return in_own_process("bench_conversations", "--plot", str(DOCS / "bench_conversations.png"))
+
+
+def sections(runs: int, quick: bool) -> dict[str, Callable[[], Any]]:
+    """Every figure of `make bench`, by the key it has in docs/benchmarks.json, in the order they run."""
+    chars = 20_000 if quick else 100_000
+    # Replies that survive the network (issue 26): the event log's cost, and a reload's rejoin in chromium.
+    streams, tokens = (200, 200) if quick else (1000, 200)
+    return {
+        "pipeline": lambda: pipeline.run(runs=runs, chars=chars, duration_s=1.5 if quick else 4.0),
+        "browser": lambda: browser.run(runs=runs, chars=4_000 if quick else 20_000),
+        "model": model_figures,
+        "users": users_figures,
+        "words": lambda: bench_words.run(runs=max(runs, 5)),
+        "threads": lambda: threads_figures(runs),
+        "approvals": lambda: approvals_figures(max(20, 5 * runs)),
+        "engine_process": lambda: engine_process_figures(runs),
+        "documents": lambda: documents_figures(runs),
+        "rejoin": lambda: bench_rejoin.run(streams, tokens, reloads=max(5, 2 * runs)),
+        "concurrency": concurrency_figures,
+        "conversations": conversations_figures,
+        "observability": lambda: observability_figures(runs, quick),
+    }
+
+
+def document(results: dict[str, Any]) -> str:
+    """docs/benchmarks.md's body from every section's figures."""
     table = report.markdown(results) + "\n\n" + bench_words.describe(results["words"]) + "\n"
     table += "\n" + bench_users.describe(results["users"]) + "\n\n![many users](bench_users.png)\n"
     table += "\n" + bench_threads.describe(results["threads"]) + "\n"
-    table += "\n" + conversations
+    table += "\n" + bench_conversations.describe(results["conversations"])
+    table += "\n\n![long conversations](bench_conversations.png)\n"
     table += "\n" + bench_approvals.describe(results["approvals"]) + "\n"
     table += "\n### Observability\n\n" + bench_observability.describe(results["observability"])
     table += "\n\n![observability](bench_observability.png)\n"
     table += "\n" + bench_engine_process.describe(results["engine_process"]) + "\n"
     table += "\n" + bench_documents.describe(results["documents"]) + "\n"
     table += "\n## Replies that survive the network\n\n" + bench_rejoin.describe(results["rejoin"]) + "\n"
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (medians and spreads over them)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for trying the script out")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="SECTION",
+        help="run these sections only and keep the others' figures from docs/benchmarks.json (their runs are noted)",
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in the table's output
+    started = time.perf_counter()
+    everything = sections(args.runs, args.quick)
+    chosen = args.only or list(everything)
+    unknown = sorted(set(chosen) - set(everything))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; known: {', '.join(everything)}")
+    stored = DOCS / "benchmarks.json"
+    results: dict[str, Any] = json.loads(stored.read_text()) if args.only and stored.exists() else {}
+    missing = [name for name in everything if name not in results and name not in chosen]
+    if missing:
+        parser.error(f"docs/benchmarks.json has no figures for {missing}: run them too")
+    DOCS.mkdir(exist_ok=True)
+    run_dates = results.get("section_dates", {})
+    for name in everything:
+        if name in chosen:
+            results[name] = everything[name]()
+            run_dates[name] = time.strftime("%Y-%m-%d")
+    results["section_dates"] = run_dates
+    results["runs"] = args.runs
+    seconds = time.perf_counter() - started
+    results["seconds"] = seconds if not args.only else results.get("seconds", seconds)
+    table = document(results)
     (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=1))
+    rerun = f" The sections {', '.join(chosen)} were re-run on their own (`--only`)." if args.only else ""
     (DOCS / "benchmarks.md").write_text(
         f"# Benchmark results\n\nReproduce with `make bench` ({results['seconds']:.0f} s on this 2-core machine; "
-        f"{args.runs} runs per figure).\n\n{table}\n![benchmarks](benchmarks.png)\n"
+        f"{args.runs} runs per figure).{rerun} Each section's comparisons come from one run of that section.\n\n"
+        f"{table}\n![benchmarks](benchmarks.png)\n"
     )
     report.plots(results, DOCS)
     print(table)
-    print(f"total {results['seconds']:.0f} s; written to {DOCS.relative_to(ROOT)}/")
+    print(f"total {seconds:.0f} s; written to {DOCS.relative_to(ROOT)}/")
 
 
 if __name__ == "__main__":
