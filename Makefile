@@ -14,7 +14,7 @@ LAB_PORT ?= 8888
 
 setup: $(VENV)/.installed $(BUNDLE)
 
-$(VENV)/.installed: pyproject.toml scripts/ensure-llama-wheel.sh
+$(VENV)/.installed: pyproject.toml scripts/ensure-llama-wheel.sh scripts/llama-build-key.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# llama.cpp built for this CPU without AMX kernels (they die with SIGILL on Xeons with AMX), cached by flags.
@@ -49,5 +49,6 @@ test: setup system-deps hub-deps lint
 	# Every tutorial, run and compared with its committed outputs (ports and timings sanitized).
 	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks/
 
+# The peer (llama.cpp's own llama-server) is built on the first run and cached: scripts/ensure-llama-server.sh.
 bench: setup system-deps
 	$(PY) -m bench.run_all

@@ -39,21 +39,22 @@ GAIN_TARGET = 0.9  # the kit's 8-user gain over one user, as a share of the bare
 STOP_TARGET_S = 0.5
 
 
-def app(threads: int = 0, tokens: int = 96) -> Any:
-    """The app every set-up serves: the embedded model's source (remote when KIT_ENGINE_URL is set)."""
+def app(threads: int = 0, tokens: int = 96, reuse: bool = False) -> Any:
+    """The app every set-up serves: the embedded model's source (remote when KIT_ENGINE_URL is set); with `reuse`,
+    prefix reuse on and the full context per slot, for long chats."""
     from kit import LlamaSettings, LlamaSource, create_app
 
-    settings = LlamaSettings(max_tokens=tokens, temperature=0, seed=1, repeat_penalty=1.0, prefix_reuse=False)
-    return create_app(LlamaSource(settings, n_ctx=1024, n_threads=threads or None))
+    settings = LlamaSettings(max_tokens=tokens, temperature=0, seed=1, repeat_penalty=1.0, prefix_reuse=reuse)
+    return create_app(LlamaSource(settings, n_ctx=4096 if reuse else 1024, n_threads=threads or None))
 
 
 @contextmanager
-def in_process(threads: int, tokens: int) -> Iterator[tuple[str, list[int]]]:
+def in_process(threads: int, tokens: int, reuse: bool = False) -> Iterator[tuple[str, list[int]]]:
     """`kit serve`-style: one werkzeug process holding the model; yields its URL and pid."""
     port = free_port()
     code = (
         "import sys; from bench.bench_engine_process import app; from kit.serving.server import bind, serve_forever; "
-        f"a = app({threads}, {tokens}); serve_forever(bind(a, '127.0.0.1', {port}))"
+        f"a = app({threads}, {tokens}, {reuse}); serve_forever(bind(a, '127.0.0.1', {port}))"
     )
     with _child([sys.executable, "-c", code], f"http://127.0.0.1:{port}/") as process:
         yield f"http://127.0.0.1:{port}/", [process.pid]
@@ -117,29 +118,46 @@ def engine_pid(pids: list[int]) -> int:
 def warm(url: str) -> None:
     """One short reply per worker's first use of the model (loading is not what is measured)."""
     for _ in range(4):
-        with httpx.Client(timeout=300) as client:
-            list(iter_stream(url + "chat-stream", chat_body("Hi"), client=client))
+        list(kit_texts(url, "Hi", []))
 
 
-def one_user(url: str, prompt: str, tokenize: Callable[[str], int], results: list[dict[str, float]]) -> None:
-    asked, first, last, text = time.perf_counter(), float("nan"), float("nan"), ""
+Texts = Callable[[str, str, list[dict[str, str]]], Iterator[str]]
+"""A server's streamed reply as text pieces: (server URL, the new message, the history before it)."""
+
+
+def kit_texts(url: str, prompt: str, history: list[dict[str, str]]) -> Iterator[str]:
+    """The kit's reply through its Deep Chat route."""
     with httpx.Client(timeout=300) as client:
-        for item in iter_stream(url + "chat-stream", chat_body(prompt), client=client):
+        for item in iter_stream(url + "chat-stream", chat_body(prompt, history), client=client):
             payload = getattr(item, "payload", None)
             if payload and payload.get("text"):
-                last = time.perf_counter()
-                first = last if not text else first
-                text += payload["text"]
-    done, tokens = time.perf_counter(), tokenize(text)
+                yield payload["text"]
+
+
+def timed_reply(texts: Texts, url: str, prompt: str, history: list[dict[str, str]]) -> tuple[str, dict[str, float]]:
+    """The reply's text, its first text (from asking), its end and its first to last text."""
+    asked, first, last, text = time.perf_counter(), float("nan"), float("nan"), ""
+    for piece in texts(url, prompt, history):
+        last = time.perf_counter()
+        first = last if not text else first
+        text += piece
     # First to last text: the bare loop times decoding only, without reading the prompt.
-    results.append({"ttft_s": first - asked, "total_s": done - asked, "tokens": tokens, "decode_s": last - first})
+    return text, {"ttft_s": first - asked, "total_s": time.perf_counter() - asked, "decode_s": last - first}
 
 
-def users_round(url: str, users: int, tokenize: Callable[[str], int]) -> dict[str, float]:
+def one_user(
+    url: str, prompt: str, tokenize: Callable[[str], int], results: list[dict[str, float]], texts: Texts
+) -> None:
+    text, times = timed_reply(texts, url, prompt, [])
+    results.append({**times, "tokens": tokenize(text)})
+
+
+def users_round(url: str, users: int, tokenize: Callable[[str], int], texts: Texts = kit_texts) -> dict[str, float]:
     """`users` ask at once: aggregate tokens/s (all tokens over the last one's end), each user's decode rate
     (median), and first text max."""
     results: list[dict[str, float]] = []
-    threads = [threading.Thread(target=one_user, args=(url, PROMPTS[i], tokenize, results)) for i in range(users)]
+    arguments = [(url, PROMPTS[i], tokenize, results, texts) for i in range(users)]
+    threads = [threading.Thread(target=one_user, args=args) for args in arguments]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -19,6 +19,7 @@ from bench import (
     bench_documents,
     bench_engine_process,
     bench_observability,
+    bench_peer,
     bench_rejoin,
     bench_threads,
     bench_users,
@@ -109,6 +110,7 @@ def sections(runs: int, quick: bool) -> dict[str, Callable[[], Any]]:
         "threads": lambda: threads_figures(runs),
         "approvals": lambda: approvals_figures(max(20, 5 * runs)),
         "engine_process": lambda: engine_process_figures(runs),
+        "peer": lambda: in_own_process("bench_peer", "--runs", str(runs)),
         "documents": lambda: documents_figures(runs),
         "rejoin": lambda: bench_rejoin.run(streams, tokens, reloads=max(5, 2 * runs)),
         "concurrency": concurrency_figures,
@@ -128,6 +130,7 @@ def document(results: dict[str, Any]) -> str:
     table += "\n### Observability\n\n" + bench_observability.describe(results["observability"])
     table += "\n\n![observability](bench_observability.png)\n"
     table += "\n" + bench_engine_process.describe(results["engine_process"]) + "\n"
+    table += "\n" + bench_peer.describe(results["peer"]) + "\n"
     table += "\n" + bench_documents.describe(results["documents"]) + "\n"
     table += "\n## Replies that survive the network\n\n" + bench_rejoin.describe(results["rejoin"]) + "\n"
     return table

@@ -2,11 +2,8 @@
 # Build llama-cpp-python once for this CPU and these flags, keep the wheel in a wheelhouse keyed on both, and
 # install it into the given Python. Idempotent: a second run installs the cached wheel in seconds.
 #
-# Why: llama.cpp's AMX kernels die with SIGILL on Intel Xeons with AMX (Sapphire Rapids and later; llama.cpp
-# PR 26954), and -march=native turns them on. GCC keeps explicit -mno-* flags over -march=native's, so on x86
-# the build switches AMX off and keeps every other native feature (AVX2, AVX512, VNNI, BF16). pip's own wheel
-# cache is keyed on the sdist's URL, not on the flags, so it is bypassed: a crashing wheel built there before
-# is never reinstalled.
+# pip's own wheel cache is keyed on the sdist's URL, not on the flags, so it is bypassed: a crashing wheel built
+# there before is never reinstalled. The flags and the key: scripts/llama-build-key.sh.
 #
 # Usage: scripts/ensure-llama-wheel.sh PYTHON VERSION
 #   KIT_WHEELHOUSE  where built wheels are kept (default: ~/.cache/deep-chat-kit/wheels)
@@ -14,19 +11,7 @@
 set -euo pipefail
 python=$1 version=$2
 
-cmake_args=${KIT_LLAMA_CMAKE_ARGS:-}
-case "$(uname -m)" in
-  x86_64 | amd64 | i?86)
-    no_amx='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
-    cmake_args="-DCMAKE_C_FLAGS='$no_amx' -DCMAKE_CXX_FLAGS='$no_amx' $cmake_args"
-    ;;
-esac
-
-# The key: what the wheel was built from and with, and for which CPU (a native build runs only where its
-# instruction set does).
-cpu_features=$(grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | tr ' ' '\n' | sort -u | tr '\n' ' ')
-compiler=$(${CC:-cc} --version 2>/dev/null | head -n1 || echo unknown)
-key=$(printf '%s\n' "$version" "$cmake_args" "$(uname -m)" "$cpu_features" "$compiler" | sha256sum | cut -c1-16)
+source "$(dirname "$0")/llama-build-key.sh"
 wheelhouse=${KIT_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/deep-chat-kit/wheels}/llama_cpp_python-$version-$key
 
 wheel() { compgen -G "$wheelhouse/llama_cpp_python-$version-*.whl" | head -n1; }
