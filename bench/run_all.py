@@ -70,6 +70,13 @@ def documents_figures(runs: int) -> dict[str, Any]:
     return in_own_process("bench_documents", "--runs", str(runs))
 
 
+def observability_figures(runs: int, quick: bool) -> dict[str, Any]:
+    """Metrics and traces: server CPU per token on 1,000 concurrent streams, off, metrics and traces in one run."""
+    streams = "100" if quick else "1000"
+    plot = str(DOCS / "bench_observability.png")
+    return in_own_process("bench_observability", "--runs", str(runs), "--streams", streams, "--plot", plot)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (medians and spreads over them)")
@@ -103,8 +110,7 @@ def main() -> None:
         with concurrency.production_server(worker_class) as server:
             results["concurrency"][label] = concurrency.held_streams_memory(f"{server.url}/chat-stream", server.pid)
     conversations = bench_conversations.section(results, DOCS)  # its own process; the figures go into results
-    results["observability"] = bench_observability.run(runs=max(args.runs, 3), streams=100 if args.quick else 1000)
-    bench_observability.plot(results["observability"], DOCS / "bench_observability.png")
+    results["observability"] = observability_figures(max(args.runs, 3), args.quick)
     results["seconds"] = time.perf_counter() - started
     DOCS.mkdir(exist_ok=True)
     table = report.markdown(results) + "\n\n" + bench_words.describe(results["words"]) + "\n"
