@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import TypedDict
+from collections.abc import Iterator
+from typing import Any, TypedDict
 
+import httpx
 import pytest
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.chat_models import generate_from_stream
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage, UsageMetadata
+from langchain_core.outputs import ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.tools import tool
 from langgraph.graph import END, START, MessagesState, StateGraph
 
@@ -16,7 +22,7 @@ from kit import create_app
 from kit.adapters.graphs import StepSelector, answer_from_state, graph_source
 from kit.model.chat_model import ChatLlama
 from kit.model.tools import call_grammar, split_call_or_text, tool_mode
-from kit.serving.client import stream_chat
+from kit.serving.client import chat_body, stream_chat
 from tests.helpers import wait_until
 from tests.test_compat_chains import WEATHER_QUESTION, get_weather, weather_agent
 
@@ -204,3 +210,90 @@ def test_chromium_shows_the_agents_tool_step_and_its_answer_in_two_bubbles(serve
         assert "calling get_weather" in step_text and "Paris" in step_text and "returned: It is sunny" in step_text
         assert json.loads(step_text.split("calling get_weather ", 1)[1].split("\n", 1)[0]) == {"city": "Paris"}
         assert "calling" not in answer.last.inner_text()
+
+
+# -- token usage -----------------------------------------------------------------------------------------
+
+
+class _CountingModel(BaseChatModel):
+    """Streams `reply` word by word; its last chunk reports the call's usage, as LangChain's chat models do
+    (10 input tokens per message it was given, one output token per word)."""
+
+    reply: str = "one two three"
+
+    @property
+    def _llm_type(self) -> str:
+        return "counting"
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
+        return generate_from_stream(self._stream(messages))
+
+    def _stream(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        words = self.reply.split(" ")
+        for index, word in enumerate(words):
+            yield ChatGenerationChunk(message=AIMessageChunk(word if index == 0 else " " + word))
+        inputs, outputs = 10 * len(messages), len(words)
+        usage = UsageMetadata(input_tokens=inputs, output_tokens=outputs, total_tokens=inputs + outputs)
+        yield ChatGenerationChunk(message=AIMessageChunk("", usage_metadata=usage))
+
+
+def _two_model_calls() -> Any:
+    """A draft node and an answer node, each calling the model: the reply used both calls' tokens."""
+    model = _CountingModel()
+    graph = StateGraph(MessagesState)
+    graph.add_node("draft", lambda state: {"messages": [model.invoke(state["messages"])]})
+    graph.add_node("answer", lambda state: {"messages": [model.invoke(state["messages"])]})
+    graph.add_edge(START, "draft")
+    graph.add_edge("draft", "answer")
+    graph.add_edge("answer", END)
+    return graph_source(graph.compile(), answer_nodes=["answer"])
+
+
+def test_a_graphs_usage_is_summed_over_its_model_calls_and_reaches_the_page_and_the_inspector(serve) -> None:  # type: ignore[no-untyped-def]
+    from kit.notebook.inspector import Inspector, stats_table
+
+    app = create_app(_two_model_calls(), thread_store=False, coalesce_ms=0)
+    inspector = Inspector(app)
+    reply = stream_chat(serve(app).url + "chat-stream", "hi")
+    assert reply.errors == [] and reply.text == "one two three"
+    # The draft saw the question (10 in), the answer the question and the draft (20 in); 3 words out each.
+    assert reply.events[-1] == {"usage": {"input_tokens": 30, "output_tokens": 6}}
+    assert sum("usage" in event for event in reply.events) == 1
+    stats = inspector.wait().stats
+    assert (stats.input_tokens, stats.output_tokens) == (30, 6)
+    assert "<td>30 / 6</td>" in stats_table(inspector.streams)
+
+
+def test_a_graphs_json_reply_carries_its_usage(serve) -> None:  # type: ignore[no-untyped-def]
+    body = httpx.post(serve(create_app(_two_model_calls(), thread_store=False)).url + "chat", json=chat_body("hi"))
+    assert body.json() == {"text": "one two three", "custom": {"usage": {"input_tokens": 30, "output_tokens": 6}}}
+
+
+class _ModelCalls(BaseCallbackHandler):
+    """The usage each model call of a run reported, as LangChain hands it to callback handlers."""
+
+    def __init__(self) -> None:
+        self.usages: list[dict[str, int]] = []
+
+    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
+        for generation in (g for batch in response.generations for g in batch):
+            usage = getattr(getattr(generation, "message", None), "usage_metadata", None)
+            if usage:
+                self.usages.append(dict(usage))
+
+
+@pytest.mark.timeout(240)
+def test_an_agents_usage_adds_up_its_model_calls_around_the_tool(serve) -> None:  # type: ignore[no-untyped-def]
+    from kit.notebook.inspector import Inspector
+
+    calls = _ModelCalls()
+    app = create_app(graph_source(weather_agent(), config={"callbacks": [calls]}), thread_store=False)
+    inspector = Inspector(app)
+    reply = stream_chat(serve(app).url + "chat-stream", WEATHER_QUESTION)
+    assert reply.errors == [] and "22" in reply.text
+    assert len(calls.usages) == 2  # the call of the tool, then the answer from its result
+    assert all(usage["output_tokens"] > 0 and usage["input_tokens"] > 0 for usage in calls.usages)
+    expected = {key: sum(usage[key] for usage in calls.usages) for key in ("input_tokens", "output_tokens")}
+    assert reply.events[-1] == {"usage": expected}
+    stats = inspector.wait().stats
+    assert (stats.input_tokens, stats.output_tokens) == (expected["input_tokens"], expected["output_tokens"])

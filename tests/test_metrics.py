@@ -131,7 +131,11 @@ def test_metrics_count_each_outcome_of_one_chat_only(serve) -> None:
     assert (
         httpx.post(base + "chat-stream", content=b"[", headers={"Content-Type": "application/json"}).status_code == 400
     )
-    assert httpx.post(base + "chat", json=chat_body("short")).json() == {"text": "a short reply"}
+    usage = {"input_tokens": 7, "output_tokens": 3, "model": "gpt-4o-mini"}
+    assert httpx.post(base + "chat", json=chat_body("short")).json() == {
+        "text": "a short reply",
+        "custom": {"usage": usage},
+    }
     stream_id = "f" * 32
     items = iter_stream(base + "chat-stream", chat_body("slow"), headers={STREAM_ID_HEADER: stream_id})
     next(items)
@@ -154,7 +158,12 @@ def test_metrics_count_each_outcome_of_one_chat_only(serve) -> None:
     assert figures["gen_ai_client_token_usage_sum[input]"] == 14
     assert figures["gen_ai_server_time_per_output_token_seconds_count"] == 2
     assert figures["kit_active_streams"] == 0
-    assert _scrape(base + "metrics", "/observed/chat")["kit_replies_total[finished]"] == 1
+    answered = _scrape(base + "metrics", "/observed/chat")
+    assert answered["kit_replies_total[finished]"] == 1
+    assert (answered["gen_ai_client_token_usage_sum[input]"], answered["gen_ai_client_token_usage_sum[output]"]) == (
+        7,
+        3,
+    )
     assert _scrape(base + "metrics", "/other/chat-stream") == {}
     assert httpx.get(server.url + "other/metrics").status_code == 404
 
@@ -197,6 +206,22 @@ def test_the_threads_transcript_keeps_the_replys_usage(serve, tmp_path) -> None:
             "custom": {"usage": {"input_tokens": 7, "output_tokens": 4, "model": "gpt-4o-mini"}},
         },
     ]
+
+
+def test_the_json_reply_carries_its_usage_and_the_transcript_keeps_it(serve, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from kit.threads.ids import THREAD_ID_HEADER, new_thread_id
+
+    server = serve(create_app(lambda messages: openai_chunks("one two three"), thread_store=tmp_path / "t.sqlite"))
+    thread = new_thread_id()
+    reply = httpx.post(server.url + "chat", json=chat_body("hi"), headers={THREAD_ID_HEADER: thread})
+    usage = {"input_tokens": 7, "output_tokens": 3, "model": "gpt-4o-mini"}
+    assert reply.status_code == 200 and reply.json() == {"text": "one two three", "custom": {"usage": usage}}
+    assert httpx.get(f"{server.url}threads/{thread}/messages").json() == [
+        {"role": "user", "text": "hi"},
+        {"role": "ai", "text": "one two three", "custom": {"usage": usage}},
+    ]
+    plain = serve(create_app(lambda messages: ["no", " usage"], thread_store=False))
+    assert httpx.post(plain.url + "chat", json=chat_body("hi")).json() == {"text": "no usage"}
 
 
 def test_a_chains_usage_metadata_reaches_the_reply_and_the_embedded_chat_model_reports_it(serve) -> None:  # type: ignore[no-untyped-def]

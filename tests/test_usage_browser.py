@@ -80,3 +80,24 @@ def test_a_reload_restores_the_reply_with_its_usage_and_the_chat_goes_on(serve, 
             page
         )
         assert page.locator(".error-message-text").count() == 0
+
+
+# Deep Chat on its own, not streaming: the kit's page streams, so this one asks `POST chat` for one JSON reply.
+PLAIN_PAGE = """<!doctype html><html><body>
+<deep-chat id="chat" connect='{"url": "chat"}' errorMessages='{"displayServiceErrorMessages": true}'></deep-chat>
+<script type="module" src="static/vendor/deepChat.bundle.js"></script></body></html>"""
+
+
+def test_deep_chat_shows_the_json_reply_and_keeps_its_usage(serve) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(lambda messages: openai_chunks(ANSWER), thread_store=False)
+    app.add_url_rule("/plain", "plain", lambda: PLAIN_PAGE)
+    server = serve(app)
+    with chromium_page() as page:
+        page.goto(server.url + "plain")
+        send(page, "count")  # POST chat: `{"text": ..., "custom": {"usage": ...}}`
+        assert wait_until(lambda: page.locator(".ai-message-text").count() == 1)
+        assert page.locator(".ai-message-text").all_inner_texts() == [ANSWER]
+        assert page.locator(".error-message-text").count() == 0
+        messages = page.evaluate("() => document.getElementById('chat').getMessages()")
+        usage = {"input_tokens": 7, "output_tokens": 8, "model": "gpt-4o-mini"}
+        assert messages[-1] == {"role": "ai", "text": ANSWER, "custom": {"usage": usage}}

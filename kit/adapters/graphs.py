@@ -5,7 +5,8 @@ which reports every chat model's tokens inside any node (and subgraph) as they a
 messages nodes write without a model (tool results, fixed replies). The answer is the AI text; tool calls
 (name and arguments) and tool results go to a `steps_role` bubble when one is given, and are left out
 otherwise. `answer_nodes=` names the nodes whose model text is the answer when a graph has several models
-talking (the others' text then counts as steps).
+talking (the others' text then counts as steps). The token usage its models report (`usage_metadata`),
+summed over every model call of the run (an agent calls its model once per step), ends the reply.
 
 The graph's input is built from Deep Chat's history: a graph over `messages` (MessagesState, agents) gets
 the whole conversation as LangChain messages; other input schemas are filled as for chains
@@ -37,6 +38,7 @@ from kit.pipeline.cancel import CancelToken, bound_context
 from kit.pipeline.pump import close_iterator
 from kit.pipeline.shapes import read_thinking
 from kit.pipeline.sources import ANSWER_ROLE, THINKING_ROLE, Message
+from kit.pipeline.usage import Usage
 
 _DONE = object()
 ANSWER_KEYS = ("answer", "output", "response", "result", "text", "content")
@@ -151,6 +153,7 @@ class GraphSource:
             iterator = context.run(self.graph.stream, value, config, stream_mode=modes, subgraphs=True)
         final_state: Any = None
         answered = False
+        usage = Usage()  # every model call's usage_metadata (an agent calls its model once per step), summed
 
         def pieces() -> Iterator[tuple[str, str]]:
             nonlocal final_state, answered
@@ -162,6 +165,8 @@ class GraphSource:
                 if mode == "values":
                     final_state = payload if not namespace else final_state
                     continue
+                if isinstance(payload[0], AIMessage | AIMessageChunk):
+                    usage.read(payload[0])
                 for role, text in selector.feed(*payload):
                     answered = answered or role == ANSWER_ROLE
                     yield role, text
@@ -174,6 +179,8 @@ class GraphSource:
             yield from with_roles(pieces())
         finally:
             context.run(close_iterator, iterator)
+        if usage.reported and not cancel.cancelled:  # reported once, at the end, as a chain reports it
+            yield usage.as_item()
 
 
 def answer_from_state(state: Any) -> str:

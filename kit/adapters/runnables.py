@@ -141,9 +141,8 @@ class RunnableSource:
                 yield answer_only(item)
         finally:
             context.run(close_iterator, iterator)
-        if usage.reported and not cancel.cancelled:  # as an OpenAI usage chunk: no text, read by kit.pipeline.usage
-            counts = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
-            yield {"choices": [], "model": usage.model, "usage": counts}
+        if usage.reported and not cancel.cancelled:
+            yield usage.as_item()
 
     def _events(self, value: Any, cancel: CancelToken) -> Iterator[str | Role]:
         selector = AnswerSelector(final_only=self.final_only, filter=self.filter, steps_role=self.steps_role)

@@ -56,6 +56,18 @@ class Usage:
         fields = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens, "model": self.model}
         return {key: value for key, value in fields.items() if value is not None}
 
+    def as_item(self) -> dict[str, Any]:
+        """The usage as an item of its own, without text (an OpenAI usage chunk), which `read` takes back: how an
+        adapter that sums its models' `usage_metadata` (a chain, a graph) reports it once, at the reply's end.
+
+        >>> usage = Usage()
+        >>> usage.read(Usage(3, 4, "m").as_item())
+        >>> usage
+        Usage(input_tokens=3, output_tokens=4, model='m')
+        """
+        counts = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+        return {"choices": [], "model": self.model, "usage": counts}
+
     def read(self, item: Any) -> None:
         """Take what `item` says of usage: SDK totals replace what was read before (Anthropic's `message_delta`
         repeats the output count so far), LangChain's `usage_metadata` adds up (its chunks are summed)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from kit.pipeline.sources import ANSWER_ROLE, Message
@@ -50,10 +50,20 @@ class Bubbles:
     def messages(self) -> list[Message]:
         """The bubbles; the last answer bubble carries the reply's usage in Deep Chat's `custom` field."""
         messages: list[Message] = [{"role": role, "text": "".join(pieces)} for role, pieces in self._bubbles]
-        answers = [message for message in messages if message["role"] == ANSWER_ROLE]
-        if self.usage is not None and answers:
-            answers[-1]["custom"] = {"usage": self.usage}
+        answers = [index for index, message in enumerate(messages) if message["role"] == ANSWER_ROLE]
+        if answers:
+            messages[answers[-1]] = with_usage(messages[answers[-1]], self.usage)
         return messages
+
+
+def with_usage(message: Message, usage: Mapping[str, object] | None) -> Message:
+    """The answer's bubble with the reply's token usage in Deep Chat's `custom` field (which Deep Chat keeps
+    with the message and sends back in the history), when the source reported any.
+
+    >>> with_usage({"text": "Hi"}, {"output_tokens": 1}), with_usage({"text": "Hi"}, {})
+    ({'text': 'Hi', 'custom': {'usage': {'output_tokens': 1}}}, {'text': 'Hi'})
+    """
+    return {**message, "custom": {"usage": dict(usage)}} if usage else message
 
 
 def new_user_messages(messages: Sequence[Message]) -> list[Message]:

@@ -17,6 +17,7 @@ from kit.pipeline.pump import Pump
 from kit.pipeline.settings import StreamSettings
 from kit.pipeline.sources import Message, Source, SourceFn, with_system_prompt
 from kit.pipeline.streaming import collect_answer, public_message, start_pump
+from kit.threads.transcript import with_usage
 from kit.web.chat_request import parse_chat_request
 from kit.web.edge import STREAM_ID_HEADER, stream_reply
 from kit.web.interrupts import ChatInterrupts  # approvals (issue 18)
@@ -69,7 +70,8 @@ class ChatRoutes:
         return self.streams.respond(slot, pump, messages, turn.asked, turn.record)
 
     def answer(self) -> Response:
-        """`POST chat`: the same pipeline as the stream, the whole answer as one JSON object."""
+        """`POST chat`: the same pipeline as the stream, the whole answer as one JSON object (`{"text"}`, with
+        `"custom": {"usage": ...}` when the source reported its token usage, as the transcript keeps it)."""
         messages = parse_chat_request(request, self.settings.file_limits)
         turn = self.threads.turn(request, messages)  # threads (issue 17)
         cancel = CancelToken()
@@ -77,9 +79,10 @@ class ChatRoutes:
             with turn.scope():
                 pump = self.start(messages, cancel)
             text = collect_answer(pump)
-            turn.record_answer(text)  # threads (issue 17)
+            reply = with_usage({"text": text}, pump.usage.as_dict())
+            turn.record_answer(reply)  # threads (issue 17)
         slot.release(pump)
-        return jsonify(text=text)
+        return jsonify(reply)
 
     def stop_stream(self) -> Response:
         """`POST chat-stream/stop`: the page's Stop, for proxies that keep reading after the browser left

@@ -84,6 +84,12 @@ class Metrics:
         self._lock = threading.Lock()
         watch_engines(self.engine_changed)
 
+    def observe_tokens(self, route: str, model: str, inputs: Any, outputs: Any) -> None:
+        """One reply's token usage, by type, for the counts its source reported (ints; others are skipped)."""
+        for kind, count in (("input", inputs), ("output", outputs)):
+            if isinstance(count, int):
+                self.tokens.labels(route, model, kind).observe(count)
+
     def engine_changed(self, engine: int, state: EngineState) -> None:
         """Counters grow by what changed since the engine's last state; gauges sum this process's engines."""
         with self._lock:
@@ -148,9 +154,7 @@ class ReplyMetrics(StreamObserver):
         metrics.active.labels(self.route).dec()
         metrics.replies.labels(self.route, outcome).inc()
         metrics.duration.labels(self.route, model, outcome).observe(at - self.started)
-        for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
-            if count is not None:
-                metrics.tokens.labels(self.route, model, kind).observe(count)
+        metrics.observe_tokens(self.route, model, usage.input_tokens, usage.output_tokens)
         if self.first_text is None:
             return
         metrics.ttft.labels(self.route, model).observe(self.first_text - self.started)
@@ -223,7 +227,18 @@ class ChatMetrics:
             route = request.url_rule.rule if request.url_rule is not None else request.path
             self.metrics.replies.labels(route, outcome).inc()
             self.metrics.duration.labels(route, self.model, outcome).observe(time.perf_counter() - started)
+            if outcome == "finished":
+                self._answer_tokens(route, response)
         return response
+
+    def _answer_tokens(self, route: str, response: Response) -> None:
+        # POST /chat's body carries the usage the source reported (`custom.usage`), as the page gets it.
+        body = response.get_json(silent=True) if response.is_json else None
+        usage = ((body or {}).get("custom") or {}).get("usage") if isinstance(body, dict) else None
+        if not isinstance(usage, dict):
+            return
+        model = usage.get("model") or self.model
+        self.metrics.observe_tokens(route, model, usage.get("input_tokens"), usage.get("output_tokens"))
 
     def observer(self, messages: list[dict[str, object]]) -> StreamObserver:
         """The observer of a stream of this chat (a stream of another chat of the app gets none of its own)."""

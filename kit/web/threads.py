@@ -206,10 +206,10 @@ class Turn:
             if not kept:
                 self._append(bubbles.messages())
 
-    def record_answer(self, text: str) -> None:
-        """The transcript of a reply that was not streamed (`POST /chat`)."""
+    def record_answer(self, reply: Message) -> None:
+        """The transcript of a reply that was not streamed (`POST /chat`): its JSON body, as an answer bubble."""
         if self.store is not None and self.thread_id is not None:
-            self._append([{"role": "ai", "text": text}] if text else [])
+            self._append([{"role": "ai", **reply}] if reply["text"] else [])
 
     def _append(self, reply: list[Message]) -> None:
         assert self.store is not None and self.thread_id is not None
