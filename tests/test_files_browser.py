@@ -61,3 +61,24 @@ def test_attach_a_text_file_and_an_image_ask_and_reload(serve, tmp_path: Path) -
             "[...document.querySelector('deep-chat').shadowRoot.querySelectorAll('img')]"
             ".every(img => img.complete && img.naturalWidth > 0)"
         )
+
+
+def test_the_attachment_button_accepts_what_the_file_types_setting_allows(serve) -> None:  # type: ignore[no-untyped-def]
+    pdf_only = serve(create_app(reader, thread_store=False, file_types=["application/pdf", "text/markdown"]))
+    default = serve(create_app(reader, thread_store=False))
+    none = serve(create_app(reader, thread_store=False, file_types=[]))
+    with chromium_page() as page:
+        accepted = []
+        for server in (pdf_only, default):
+            page.goto(server.url)
+            with page.expect_file_chooser() as chooser:
+                page.locator("deep-chat .input-button.outside-end").click()
+            accepted.append(chooser.value.element.get_attribute("accept"))
+            assert chooser.value.is_multiple()
+        assert accepted[0] == "application/pdf,text/markdown,.md,.markdown,.pdf"
+        assert accepted[1] is not None and {"text/*", "image/png", "audio/*", ".md", ".py", ".pdf", ".png"} <= set(
+            accepted[1].split(",")
+        )
+        page.goto(none.url)
+        page.locator("deep-chat #text-input").wait_for()
+        assert page.locator("deep-chat .input-button.outside-end").count() == 0

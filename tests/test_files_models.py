@@ -1,7 +1,8 @@
 """Attached files reaching real models: the embedded SmolLM2 (LlamaSource and ChatLlama in an LCEL chain) reads
 a text file and is told in-band that it cannot see the image; a document longer than its context is cut and the
 answer says how much was read; llama-cpp-python's OpenAI-compatible server gets the file as text and the image
-as an `image_url` part (the request body as ChatOpenAI sent it, recorded on the wire)."""
+as an `image_url` part (the request body as ChatOpenAI sent it, recorded on the wire), and since its text model
+cannot read it, the chat says so with the server's words (kit.adapters.server_errors), never an empty reply."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
 from kit import ChatLlama, LlamaSource, create_app
 from kit.adapters.ready_made import openai_chat_model
+from kit.adapters.server_errors import EMPTY_STREAM
 from kit.model.source import to_llama_messages
 from kit.pipeline.files import CANNOT_SEE, data_url
+from kit.serving.client import stream_chat
 from tests.compat import llama_server_url, stop_llama_server
 from tests.documents import PNG, SECRET, TEXT_FILES, pdf
 from tests.test_files import QUESTION, post
@@ -99,7 +102,9 @@ def test_an_openai_compatible_server_gets_the_file_as_text_and_the_image_as_an_i
         assert user["content"] == "\n\n".join([QUESTION, *sections])
 
         # With the image: an image_url part with the data URL. llama-cpp-python's server without a vision model (a
-        # clip projector) answers it with an empty stream, which the chat shows as an error, not as silence.
+        # clip projector) cannot render list content with SmolLM2's chat template: a streamed request gets a 200
+        # and an empty stream (the template's TypeError is only in its log). The chat says the model cannot see
+        # the image: a 415 on POST /chat, an in-band error on the stream, never the generic 500 or silence.
         response = post(server.url, FILES, timeout=300)
         (user,) = [m for m in bodies[-1]["messages"] if m["role"] == "user"]
         assert user["content"][1:] == [
@@ -107,4 +112,22 @@ def test_an_openai_compatible_server_gets_the_file_as_text_and_the_image_as_an_i
             {"type": "text", "text": "Attached image: photo.png"},
             {"type": "image_url", "image_url": {"url": data_url({"type": "image/png", "content": PNG})}},
         ]
-        assert response.status_code == 500 and response.json()["error"]
+        cannot_see = "The model could not read the attached image (photo.png): it seems unable to see images."
+        assert response.status_code == 415 and response.json()["error"].startswith(cannot_see), response.text
+        reply = stream_chat(server.url + "chat-stream", QUESTION, files=FILES, timeout=300)
+        assert reply.status == 200 and reply.text == ""
+        assert len(reply.errors) == 1 and reply.errors[0].startswith(cannot_see) and EMPTY_STREAM in reply.errors[0]
+
+
+def test_llama_cpp_pythons_refusal_of_an_image_part_surfaces_with_its_words(serve) -> None:  # type: ignore[no-untyped-def]
+    # Not streamed, the server refuses with a 500 and its error body (the template's TypeError).
+    with httpx.Client(timeout=300) as client:
+        model = openai_chat_model(
+            llama_server_url(), max_tokens=8, http_client=client, max_retries=0, disable_streaming=True
+        )
+        server = serve(create_app(model, thread_store=False))
+        response = post(server.url, FILES[1:], timeout=300)
+    assert response.status_code == 415, response.text
+    assert (
+        'The model server answered HTTP 500: can only concatenate str (not "list") to str' in response.json()["error"]
+    )

@@ -13,6 +13,7 @@ from langchain_core.runnables import Runnable
 
 from kit.adapters.admission import admit_models, kit_models, released
 from kit.adapters.inputs import InputMapper, default_to_input, to_messages
+from kit.adapters.server_errors import explained
 from kit.model.chat_model import ChatLlama
 from kit.model.engine import Cancelled
 from kit.pipeline.cancel import CancelToken, bind_cancel
@@ -68,7 +69,7 @@ class CallbackSource:
 
     def __call__(self, messages: list[Message], cancel: CancelToken) -> Iterator[str]:
         value = self.to_input(messages)
-        return released(self._run(value, cancel), admit_models(self.models, cancel))
+        return released(explained(self._run(value, cancel), messages), admit_models(self.models, cancel))
 
     def _invoke(self, value: Any, bridge: TokenBridge) -> Any:
         if isinstance(self.target, Runnable):

@@ -31,6 +31,7 @@ from kit.adapters.events import with_roles
 from kit.adapters.graph_threads import WAITING_ROLE, WAITING_TEXT, GraphRun, checkpoint_messages, keeps_messages
 from kit.adapters.inputs import InputMapper, input_for_keys, to_messages
 from kit.adapters.runnables import async_only_parts
+from kit.adapters.server_errors import explained
 from kit.errors import ChatError
 from kit.model.chat_model import ChatLlama
 from kit.pipeline.async_sources import iterate
@@ -121,7 +122,8 @@ class GraphSource:
     def __call__(self, messages: list[Message], cancel: CancelToken) -> Iterator[Any]:
         run = GraphRun(self.graph, self.config)  # a checkpointer: the request's thread, only the new turn as input
         value = run.input(messages, self.to_input)
-        return released(run.around(self._stream(value, cancel, run.config)), admit_models(self.models, cancel))
+        stream = explained(run.around(self._stream(value, cancel, run.config)), messages)
+        return released(stream, admit_models(self.models, cancel))
 
     def resume(self, resume: dict[str, Any], cancel: CancelToken) -> Iterator[Any]:
         """Go on from the current thread's interrupts: `resume` maps interrupt ids to their values
@@ -129,7 +131,7 @@ class GraphSource:
         from langgraph.types import Command
 
         run = GraphRun(self.graph, self.config)
-        stream = self._stream(Command(resume=resume), cancel, run.config)
+        stream = explained(self._stream(Command(resume=resume), cancel, run.config), ())
         return released(stream, admit_models(self.models, cancel))
 
     @property

@@ -19,6 +19,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from kit.adapters.admission import admit_models, kit_models, released
 from kit.adapters.events import AnswerSelector, EventFilter, ThoughtTap, answer_only, with_roles
 from kit.adapters.inputs import InputMapper, default_to_input, to_messages
+from kit.adapters.server_errors import explained
 from kit.model.chat_model import ChatLlama
 from kit.pipeline.async_sources import iterate
 from kit.pipeline.cancel import CancelToken, bound_context
@@ -119,7 +120,7 @@ class RunnableSource:
         value = self.to_input(messages)
         admissions = admit_models(self.models, cancel)
         stream = self._events(value, cancel) if self.uses_events else self._output(value, cancel)
-        return released(stream, admissions)
+        return released(explained(stream, messages), admissions)
 
     def _output(self, value: Any, cancel: CancelToken) -> Iterator[Any]:
         # A context of its own carries the cancel token into the chain (and its executor threads or tasks).

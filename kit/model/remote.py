@@ -26,6 +26,9 @@ from kit.pipeline.sse import sse_lines
 
 UNREACHABLE = "The model engine at {url} is not answering ({error}); it may be restarting: try again in a moment."
 LOST = "The connection to the model engine was lost mid-reply ({error}). Please try again."
+# An OpenAI-compatible stream ends with `data: [DONE]`; llama-cpp-python's server, failing after its 200 (a chat
+# template that cannot render the messages), closes the body without a word and logs the reason.
+CUT = "The model server ended its reply without finishing it (no [DONE]); its log says why."
 # Connecting and the status line are quick on a local socket; a reply streams for as long as it takes.
 TIMEOUT = httpx.Timeout(10.0, read=None)
 
@@ -97,12 +100,16 @@ def stopping_async_client(**kwargs: Any) -> httpx.AsyncClient:
 
 
 def read_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
-    """The JSON objects of an OpenAI-style SSE stream's `data:` lines, up to `data: [DONE]`.
+    """The JSON objects of an OpenAI-style SSE stream's `data:` lines, up to `data: [DONE]`; a stream that ends
+    before it was cut (a ChatError, 502), not an answer.
 
     >>> list(read_events(iter(['data: {"a": 1}', "", ": ping", "data: [DONE]", 'data: {"b": 2}'])))
     [{'a': 1}]
     >>> list(read_events(sse_lines(['data: {"a": "x\\u2028y"}\\n\\n', "data: [DONE]\\n\\n"])))  # U+2028 is text
     [{'a': 'x\\u2028y'}]
+    >>> list(read_events(iter([])))
+    Traceback (most recent call last):
+    kit.errors.ChatError: The model server ended its reply without finishing it (no [DONE]); its log says why.
     """
     for line in lines:
         if not line.startswith("data:"):
@@ -115,6 +122,7 @@ def read_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
             error = event["error"]
             raise ChatError(str(error.get("message") if isinstance(error, dict) else error), 503)
         yield event
+    raise ChatError(CUT, 502)
 
 
 class RemoteEngine(ChatText):
@@ -187,6 +195,9 @@ class RemoteEngine(ChatText):
         except httpx.TransportError as error:
             if not cancel.cancelled:  # a Stop shut the connection down on purpose
                 raise ChatError(LOST.format(error=error), 503) from error
+        except ChatError as error:
+            if error.message != CUT or not cancel.cancelled:  # a Stop's shutdown may read as a clean end
+                raise
         finally:
             response.close()
 
@@ -204,17 +215,32 @@ class RemoteEngine(ChatText):
 
 
 def _refusal(response: httpx.Response) -> ChatError:
-    """The server's refusal as the kit's error: its message, its status (a 503 stays a 503)."""
+    """The server's refusal (a non-200 response) as the kit's error."""
     response.read()
     try:
-        error = response.json().get("error")
-        message = str(error.get("message") if isinstance(error, dict) else error)
-    except (ValueError, AttributeError):
-        message = response.text[:200] or response.reason_phrase
-    status = response.status_code
+        body: object = response.json()
+    except ValueError:
+        body = response.text
+    return refusal(response.status_code, body, response.reason_phrase)
+
+
+def refusal(status: int, body: object, fallback: str = "") -> ChatError:
+    """An OpenAI-compatible server's error response as the kit's error: the message of its body (`{"error":
+    {"message": ...}}`, `{"error": "..."}`, the error object itself as OpenAI's SDK keeps it, or text), its
+    status when the client is at fault (4xx, and 503 a ServiceBusy), otherwise 502: the kit's server is fine,
+    the one behind it failed.
+
+    >>> error = refusal(500, {"error": {"message": "can only concatenate str", "type": "internal_server_error"}})
+    >>> error.message, error.status
+    ('can only concatenate str', 502)
+    """
+    while isinstance(body, dict) and "error" in body:
+        body = body["error"]
+    message = body.get("message") if isinstance(body, dict) else body
+    text = str(message or "").strip()[:500] or fallback or f"HTTP {status}"
     if status == 503:
-        return ServiceBusy(message)
-    return ChatError(message, status if 400 <= status < 500 else 502)
+        return ServiceBusy(text)
+    return ChatError(text, status if 400 <= status < 500 else 502)
 
 
 _remotes: dict[str, RemoteEngine] = {}

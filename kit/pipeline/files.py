@@ -121,6 +121,37 @@ class FileLimits:
         return any(fnmatchcase(media_type, pattern) for pattern in self.types)
 
 
+# The names a file picker and Deep Chat's drag and drop go by: a browser often gives a Markdown, YAML or source
+# file no type at all, so the page's accept list names the extensions of every type the chat accepts.
+_EXTENSION_TYPES = {
+    ".txt": "text/plain",
+    ".log": "text/plain",
+    **_TEXT_TYPES,
+    ".pdf": "application/pdf",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".wav": "audio/wav",
+    ".ogg": "audio/ogg",
+    ".flac": "audio/flac",
+    ".mp3": "audio/mpeg",
+    ".webm": "audio/webm",
+}
+
+
+def accepted_formats(limits: FileLimits) -> str:
+    """What the page's attachment button accepts (an `accept` list, Deep Chat's `acceptedFormats`): the chat's
+    type patterns, then the extensions of the known types they match.
+
+    >>> accepted_formats(FileLimits(types=("application/pdf", "image/*")))
+    'application/pdf,image/*,.pdf,.png,.jpg,.jpeg,.gif,.webp'
+    """
+    extensions = [extension for extension, media_type in _EXTENSION_TYPES.items() if limits.accepts(media_type)]
+    return ",".join([*limits.types, *extensions])
+
+
 def safe_name(name: str) -> str:
     """The file's last path component, markup and control characters replaced, at most 120 characters.
 

@@ -94,7 +94,7 @@ class ChatRoutes:
         return jsonify(stopped=stopped)
 
     def page(self) -> Response:
-        response = Response(render_page(self.settings.title), mimetype="text/html")
+        response = Response(render_page(self.settings.title, files=self.settings.file_limits), mimetype="text/html")
         response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         return response
 

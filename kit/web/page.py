@@ -6,6 +6,8 @@ import html
 import json
 from pathlib import Path
 
+from kit.pipeline.files import FileLimits, accepted_formats
+
 STATIC_DIR = Path(__file__).parent / "static"
 BUNDLE_PATH = STATIC_DIR / "vendor" / "deepChat.bundle.js"
 
@@ -47,9 +49,16 @@ _MISSING_BUNDLE = """<p class="kit-missing">The Deep Chat bundle is missing from
 Run <code>make setup</code> in the kit's checkout to fetch the pinned <code>deep-chat</code> package.</p>"""
 
 
-def render_page(title: str, intro: str = "Ask anything: the reply streams in as it is generated.") -> str:
-    """The HTML of the chat page; its URLs are relative, so it also works under a path prefix."""
+def render_page(
+    title: str,
+    intro: str = "Ask anything: the reply streams in as it is generated.",
+    files: FileLimits | None = FileLimits(),  # noqa: B008  # frozen: one shared default is safe
+) -> str:
+    """The HTML of the chat page; its URLs are relative, so it also works under a path prefix. Its attachment
+    button takes what `files` (the chat's limits, StreamSettings' `file_types`) accept; none with `files=None`
+    or no types."""
+    attach = {"accept": accepted_formats(files), "max": files.max_files} if files and files.types else None
     # The JSON sits in a non-executed <script>; escaping "<" keeps "</script>" in a title harmless.
-    config = json.dumps({"title": title, "intro": intro}).replace("<", "\\u003c")
+    config = json.dumps({"title": title, "intro": intro, "files": attach}).replace("<", "\\u003c")
     body = _CHAT if BUNDLE_PATH.exists() else _MISSING_BUNDLE.format(path=html.escape(str(BUNDLE_PATH)))
     return _TEMPLATE.format(title=html.escape(title), config=config, body=body)

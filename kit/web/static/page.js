@@ -2,7 +2,6 @@
 const config = JSON.parse(document.getElementById("kit-config").textContent);
 const chat = document.getElementById("chat");
 const STREAM_ROUTE = "chat-stream";
-const ATTACHABLE = ".txt,.md,.markdown,.csv,.tsv,.json,.html,.htm,.xml,.yaml,.yml,.py,.js,.sh,.log,.pdf,image/*";
 
 // Stop closes the stream's connection, but some proxies (jupyter-server-proxy, so every JupyterHub) keep
 // reading the reply after the browser has gone, and the server would never learn of it. So each stream gets
@@ -169,8 +168,10 @@ if (chat) {
   chat.errorMessages = { displayServiceErrorMessages: true };
   chat.introMessage = { text: config.intro };
   chat.textInput = { placeholder: { text: "Type a message" } };
-  // The attachment button: text-like files, PDFs and images (the server reads them: kit.pipeline.files).
-  chat.mixedFiles = { files: { acceptedFormats: ATTACHABLE, maxNumberOfFiles: 10 } };
+  // The attachment button takes what the server's `file_types` setting accepts (kit.pipeline.files reads them).
+  if (config.files) {
+    chat.mixedFiles = { files: { acceptedFormats: config.files.accept, maxNumberOfFiles: config.files.max } };
+  }
   // A reasoning model's thinking and an agent's tool steps come in bubbles of their own roles: muted, set
   // apart from the answer, and folded once the answer starts (a click opens them again).
   const aside = { backgroundColor: "#f3f1f7", color: "#4d4659", fontSize: "0.9em", borderLeft: "3px solid #b7a9d6" };
