@@ -45,7 +45,7 @@ class ChatRoutes:
         self.probe_settings = settings.with_options(granularity="chunk")
         self.threads = ChatThreads(source, store=settings.thread_store, owner=settings.thread_owner)  # issue 17
         self.runs = ThreadRuns(self.threads, settings)  # one reply at a time per thread (issue 26)
-        self.streams = RunStreams(self.threads, settings)  # runs that survive the network, and their rejoin
+        self.streams = RunStreams(self.threads, settings, self.runs.runlog)  # runs that survive the network
 
     def start(self, messages: list[Message], cancel: CancelToken) -> Pump:
         # Called in the view, not in the stream, so that a failure to start still gets a proper HTTP status.
@@ -63,7 +63,8 @@ class ChatRoutes:
             # `python -m kit doctor`: a bounded, known script instead of the model.
             script = probe_script(plan, self.settings.heartbeat_s, cancel)
             return stream_reply(start_pump(script, cancel, self.probe_settings), self.settings, messages, turn.record)
-        with self.runs.starting(turn.thread_id, cancel) as slot, turn.scope():  # 409 on a busy thread (issue 26)
+        # 409 on a busy thread (issue 26); the claim's commit starts the run in the log.
+        with self.runs.starting(turn.thread_id, cancel, turn.asked) as slot, turn.scope():
             pump = self.start(messages, cancel)
         # The transcript is written when the reply ends, then the thread is free for the next one.
         return self.streams.respond(slot, pump, messages, turn.asked, turn.record)

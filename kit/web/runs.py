@@ -17,7 +17,9 @@ from kit.pipeline.cancel import OPEN_STREAMS, CancelToken
 from kit.pipeline.events import EndEvent, Event
 from kit.pipeline.pump import Pump, close_iterator
 from kit.pipeline.settings import StreamSettings
-from kit.threads.runs import REFRESH_S, LocalRunClaims, RunClaims
+from kit.pipeline.sources import Message
+from kit.threads.runlog import RunLog
+from kit.threads.runs import REFRESH_S, LocalRunClaims, RunClaims, Then
 from kit.web.threads import ChatThreads
 
 log = logging.getLogger(__name__)
@@ -42,26 +44,33 @@ class ThreadRuns:
         self.threads = threads
         self.policy = settings.double_send
         self.wait_s = settings.double_send_wait_s
-        self.claims: Any = RunClaims(threads.store) if threads.store is not None else LocalRunClaims()
+        store = threads.store
+        self.claims: Any = RunClaims(store) if store is not None else LocalRunClaims()
+        self.runlog = RunLog(store, keep_s=settings.run_log_keep_s) if store is not None else None
 
     @contextlib.contextmanager
-    def starting(self, thread_id: str | None, cancel: CancelToken) -> Iterator[Slot]:
+    def starting(
+        self, thread_id: str | None, cancel: CancelToken, asked: list[Message] | None = None
+    ) -> Iterator[Slot]:
         """Claim the thread (by the policy) for a reply that starts inside the block; a failure to start gives
-        the claim back. No thread: a slot that claims nothing."""
-        slot = self._claim(thread_id, cancel)
+        the claim back. With `asked` (the question), the claim's commit also starts the run in the event log
+        (`slot.runlog`). No thread: a slot that claims nothing."""
+        slot = self._claim(thread_id, cancel, asked)
         try:
             yield slot
         except BaseException:
             slot.release(None)
             raise
 
-    def _claim(self, thread_id: str | None, cancel: CancelToken) -> Slot:
+    def _claim(self, thread_id: str | None, cancel: CancelToken, asked: list[Message] | None) -> Slot:
         if thread_id is None:
             return Slot(self.claims, None, "")
         run_id = secrets.token_hex(16)
+        runlog = self.runlog if asked is not None else None
+        begin = None if runlog is None else lambda connection: runlog.begin(connection, run_id, thread_id, asked or [])
         deadline = time.monotonic() + self.wait_s
         stopped: str | None = None
-        while not _try_claim(self.claims, thread_id, run_id):
+        while not (claimed := _try_claim(self.claims, thread_id, run_id, begin)):
             if self.policy == "reject" or time.monotonic() >= deadline:
                 raise ReplyInProgress(REPLY_IN_PROGRESS)
             holder = self.claims.holder(thread_id)
@@ -72,7 +81,7 @@ class ThreadRuns:
         # The run answers to a stop under its id, here and on other workers (policy "interrupt", a Stop).
         OPEN_STREAMS.add(cancel, run_id)
         self.threads.watch_stop(run_id, cancel)
-        return Slot(self.claims, thread_id, run_id)
+        return Slot(self.claims, thread_id, run_id, runlog if claimed == "logged" else None)
 
     def _stop(self, run_id: str) -> None:
         log.info("double send: stopping run %s", run_id)
@@ -80,25 +89,29 @@ class ThreadRuns:
             self.threads.post_stop(run_id)
 
 
-def _try_claim(claims: Any, thread_id: str, run_id: str) -> bool:
+def _try_claim(claims: Any, thread_id: str, run_id: str, begin: Then | None) -> str:
+    """ "logged" (claimed, the run started in the log by `begin`), "claimed" (without a log) or "" (busy)."""
     # A store that is down does not stop the chat (it answers, only its transcript is lost, as before runs):
     # the claim is then this process's alone.
     try:
-        return bool(claims.claim(thread_id, run_id))
+        return ("logged" if begin is not None else "claimed") if claims.claim(thread_id, run_id, begin) else ""
     except ChatError:
         log.warning("thread %s: the store is down; this reply runs without a claim on its thread", thread_id)
-        return True
+        return "claimed"
 
 
 class Slot:
     """A claimed thread: refreshed while the reply's events pass, released when they end."""
 
-    def __init__(self, claims: Any, thread_id: str | None, run_id: str) -> None:
+    def __init__(self, claims: Any, thread_id: str | None, run_id: str, runlog: RunLog | None = None) -> None:
         self.claims = claims
         self.thread_id = thread_id
         self.run_id = run_id
+        self.runlog = runlog  # the run's log, when the claim started it there
+        self.release_in_log = False  # the run's last log write frees the thread, in its commit (`release_on`)
         self._refreshed = time.monotonic()
         self._released = False
+        self._finished = False
 
     def guard(self, events: Iterator[Event], pump: Pump) -> Iterator[Event]:
         """The events as they are; the thread stays claimed until they end and the source has finished."""
@@ -113,7 +126,9 @@ class Slot:
                     # Free the thread before the client learns of the end: a send right after it must not be
                     # refused. (The reply is over; closing it runs its last steps, its transcript included.)
                     close_iterator(events)
-                    self.release(pump)
+                    self._finish(pump)
+                    if not self.release_in_log:
+                        self.release(pump)
                 elif time.monotonic() - self._refreshed > REFRESH_S:
                     self._refreshed = time.monotonic()
                     with contextlib.suppress(ChatError):  # the store is down: the claim may go stale
@@ -124,15 +139,31 @@ class Slot:
             self.release(pump)
 
     def release(self, pump: Pump | None) -> None:
-        """Free the thread once the source has finished (waited for up to SOURCE_EXIT_S)."""
+        """Free the thread once the source has finished (waited for up to SOURCE_EXIT_S). Without a pump the
+        reply never started: its run leaves the log in the same commit."""
         if self.thread_id is None or self._released:
             return
         self._released = True
-        if pump is not None and not pump.join(SOURCE_EXIT_S):
+        self._finish(pump)
+        runlog, run_id = self.runlog, self.run_id
+        forget = None if pump is not None or runlog is None else lambda connection: runlog.forget(connection, run_id)
+        try:
+            self.claims.release(self.thread_id, run_id, forget)
+        except ChatError:
+            log.warning("thread %s: the run's claim could not be released; it expires by itself", self.thread_id)
+
+    def release_on(self, connection: Any) -> None:
+        """Free the thread on the transaction of the run's last log write (one commit ends the run); if that
+        commit fails, the claim expires by itself."""
+        if self.thread_id is not None and not self._released:
+            self._released = True
+            self.claims.release_on(connection, self.thread_id, self.run_id)
+
+    def _finish(self, pump: Pump | None) -> None:
+        if pump is None or self._finished:
+            return
+        self._finished = True
+        if not pump.join(SOURCE_EXIT_S):
             log.warning(
                 "thread %s: the source did not finish in %.0f s; freeing the thread", self.thread_id, SOURCE_EXIT_S
             )
-        try:
-            self.claims.release(self.thread_id, self.run_id)
-        except ChatError:
-            log.warning("thread %s: the run's claim could not be released; it expires by itself", self.thread_id)
