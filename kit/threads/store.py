@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from kit.errors import ChatError
 from kit.pipeline.sources import Message
 from kit.threads import files as thread_files
-from kit.threads.writer import writer_for
+from kit.threads.writer import GroupWriter, writer_for
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -281,11 +281,15 @@ class SqliteThreadStore(ThreadStore):
         finally:
             connection.close()
 
+    @property
+    def writer(self) -> GroupWriter:
+        """This process's writer of the file (kit.threads.writer): its writes share transactions."""
+        return writer_for(self.path, self._connect)
+
     def _write(self, work: Callable[[Any], T]) -> T:
-        # Group commit (kit.threads.writer): this process's writes to the file share transactions.
         with down_on_error(self.name, self._errors()):
             self._ensure_schema()
-            return writer_for(self.path, self._connect).write(work)
+            return self.writer.write(work)
 
     def _create_schema(self) -> None:
         if not self.path.parent.is_dir():
