@@ -25,7 +25,7 @@ from kit.web.origins import OriginPolicy
 from kit.web.page import CONTENT_SECURITY_POLICY, render_page
 from kit.web.probe import PROBE_HEADER, probe_allowed, probe_plan, probe_script
 from kit.web.rejoin import RunStreams
-from kit.web.runs import ThreadRuns
+from kit.web.runs import Slot, ThreadRuns, after_claim
 from kit.web.threads import ChatThreads  # threads (issue 17)
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,13 @@ class ChatRoutes:
         self.runs = ThreadRuns(self.threads, settings)  # one reply at a time per thread (issue 26)
         self.streams = RunStreams(self.threads, settings, self.runs.runlog)  # runs that survive the network
 
-    def start(self, messages: list[Message], cancel: CancelToken) -> Pump:
-        # Called in the view, not in the stream, so that a failure to start still gets a proper HTTP status.
-        items: Iterable[Any] = self.source(with_system_prompt(messages, self.settings.system_prompt), cancel)
+    def start(self, messages: list[Message], cancel: CancelToken, slot: Slot | None = None) -> Pump:
+        # Called in the view, not in the stream, so that a failure to start still gets a proper HTTP status
+        # (a queued send's source starts in the pump's thread, once its thread is free).
+        prompt = with_system_prompt(messages, self.settings.system_prompt)
+        if slot is not None and slot.queued:
+            return start_pump(after_claim(slot, lambda: self.source(prompt, cancel)), cancel, self.settings)
+        items: Iterable[Any] = self.source(prompt, cancel)
         return start_pump(items, cancel, self.settings)
 
     def stream(self) -> Response:
@@ -63,9 +67,10 @@ class ChatRoutes:
             # `python -m kit doctor`: a bounded, known script instead of the model.
             script = probe_script(plan, self.settings.heartbeat_s, cancel)
             return stream_reply(start_pump(script, cancel, self.probe_settings), self.settings, messages, turn.record)
-        # 409 on a busy thread (issue 26); the claim's commit starts the run in the log.
-        with self.runs.starting(turn.thread_id, cancel, turn.asked) as slot, turn.scope():
-            pump = self.start(messages, cancel)
+        # 409 on a busy thread (issue 26); the claim's commit starts the run in the log; a queued send waits
+        # for its claim inside the stream, where heartbeats flow.
+        with self.runs.starting(turn.thread_id, cancel, turn.asked, queue=True) as slot, turn.scope():
+            pump = self.start(messages, cancel, slot)
         # The transcript is written when the reply ends, then the thread is free for the next one.
         return self.streams.respond(slot, pump, messages, turn.asked, turn.record)
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from kit.errors import ChatError
@@ -50,24 +49,41 @@ class ThreadRuns:
 
     @contextlib.contextmanager
     def starting(
-        self, thread_id: str | None, cancel: CancelToken, asked: list[Message] | None = None
+        self, thread_id: str | None, cancel: CancelToken, asked: list[Message] | None = None, *, queue: bool = False
     ) -> Iterator[Slot]:
         """Claim the thread (by the policy) for a reply that starts inside the block; a failure to start gives
         the claim back. With `asked` (the question), the claim's commit also starts the run in the event log
-        (`slot.runlog`). No thread: a slot that claims nothing."""
-        slot = self._claim(thread_id, cancel, asked)
+        (`slot.runlog`). With `queue`, an "enqueue" send that finds the thread busy does not wait here: its slot
+        is `queued`, and `slot.wait()` (called where the reply's heartbeats flow) takes the claim. No thread: a
+        slot that claims nothing."""
+        slot = self._claim(thread_id, cancel, asked, queue=queue)
         try:
             yield slot
         except BaseException:
             slot.release(None)
             raise
 
-    def _claim(self, thread_id: str | None, cancel: CancelToken, asked: list[Message] | None) -> Slot:
+    def _claim(self, thread_id: str | None, cancel: CancelToken, asked: list[Message] | None, *, queue: bool) -> Slot:
         if thread_id is None:
             return Slot(self.claims, None, "")
         run_id = secrets.token_hex(16)
         runlog = self.runlog if asked is not None else None
         begin = None if runlog is None else lambda connection: runlog.begin(connection, run_id, thread_id, asked or [])
+        claimed = _try_claim(self.claims, thread_id, run_id, begin)
+        if not claimed and queue and self.policy == "enqueue":
+            # Its run is started in the log by whoever streams it; the claim, when it comes, writes no run.
+            slot = Slot(self.claims, thread_id, run_id)
+            slot.wait = lambda: self._wait(thread_id, run_id, None, cancel)
+            slot.queued = True
+            return slot
+        if claimed:
+            self._answer_stops(run_id, cancel)
+        else:
+            claimed = self._wait(thread_id, run_id, begin, cancel)
+        return Slot(self.claims, thread_id, run_id, runlog if claimed == "logged" else None)
+
+    def _wait(self, thread_id: str, run_id: str, begin: Then | None, cancel: CancelToken) -> str:
+        """Take the claim by the policy ("reject": at once or a 409; "interrupt": stop the holder first)."""
         deadline = time.monotonic() + self.wait_s
         stopped: str | None = None
         while not (claimed := _try_claim(self.claims, thread_id, run_id, begin)):
@@ -77,11 +93,15 @@ class ThreadRuns:
             if self.policy == "interrupt" and holder is not None and holder != stopped:
                 stopped = holder
                 self._stop(holder)
-            threading.Event().wait(POLL_S)
+            if cancel.wait(POLL_S):
+                break  # stopped while waiting: the source sees the stop and ends at once
+        self._answer_stops(run_id, cancel)
+        return claimed
+
+    def _answer_stops(self, run_id: str, cancel: CancelToken) -> None:
         # The run answers to a stop under its id, here and on other workers (policy "interrupt", a Stop).
         OPEN_STREAMS.add(cancel, run_id)
         self.threads.watch_stop(run_id, cancel)
-        return Slot(self.claims, thread_id, run_id, runlog if claimed == "logged" else None)
 
     def _stop(self, run_id: str) -> None:
         log.info("double send: stopping run %s", run_id)
@@ -100,6 +120,14 @@ def _try_claim(claims: Any, thread_id: str, run_id: str, begin: Then | None) -> 
         return "claimed"
 
 
+def after_claim(slot: Slot, start: Callable[[], Iterable[Any]]) -> Iterator[Any]:
+    """A queued reply's items: the claim waited for first (in the pump's thread, so the reply's heartbeats flow
+    meanwhile and proxies keep the connection), then the source started. A wait that runs out is an in-band
+    error; a stop meanwhile ends the reply before its source starts."""
+    if slot.wait():
+        yield from start()
+
+
 class Slot:
     """A claimed thread: refreshed while the reply's events pass, released when they end."""
 
@@ -109,6 +137,8 @@ class Slot:
         self.run_id = run_id
         self.runlog = runlog  # the run's log, when the claim started it there
         self.release_in_log = False  # the run's last log write frees the thread, in its commit (`release_on`)
+        self.queued = False  # an "enqueue" send on a busy thread: `wait()` takes the claim (in the pump's thread)
+        self.wait: Callable[[], str] = lambda: "claimed"
         self._refreshed = time.monotonic()
         self._released = False
         self._finished = False
