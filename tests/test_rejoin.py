@@ -161,3 +161,39 @@ def test_bad_rejoins_are_json_errors(serve, tmp_path: Path, headers: dict[str, s
     response = httpx.post(server.url + "chat-stream/rejoin", headers=headers)
     assert response.status_code == status and error in response.json()["error"]
     assert httpx.get(server.url + "healthz").json() == {"status": "ok"}
+
+
+def test_a_run_whose_worker_on_another_host_died_ends_with_a_clear_error_and_frees_its_thread(  # type: ignore[no-untyped-def]
+    serve, tmp_path: Path
+) -> None:
+    """No pid to look at on another host: the run's age in the store says it. A rejoin gets heartbeats while it
+    waits, then the error in-band (never a wait forever); the thread's stale claim is taken by the next send."""
+    from kit.pipeline.events import TextEvent
+    from kit.threads.runlog import RunLog
+    from kit.threads.runs import STALE_S, RunClaims
+    from kit.threads.store import SqliteThreadStore
+
+    store = SqliteThreadStore(tmp_path / "t.sqlite")
+    server = serve(create_app(ScriptedSource(["fresh"]), thread_store=store, heartbeat_s=1.0))
+    thread_id, run_id = new_thread_id(), "far-run-0123456789abcdef"
+    log = RunLog(store)
+    assert RunClaims(store).claim(thread_id, run_id, lambda c: log.begin(c, run_id, thread_id, [{"role": "user"}]))
+    log.append(run_id, [TextEvent(1, "half a")])
+    with sqlite3.connect(store.path) as connection:  # its worker, on another host, stopped a minute ago
+        connection.execute("UPDATE kit_runs SET seen = ?, worker = 'elsewhere.example:4242'", (time.time() - 60,))
+        connection.execute(
+            "UPDATE kit_thread_runs SET seen = ?, worker = 'elsewhere.example:4242'", (time.time() - 60,)
+        )
+    assert httpx.get(f"{server.url}threads/{thread_id}/run").json()["running"]
+    started = time.monotonic()
+    items = iter_stream(server.url + "chat-stream/rejoin", {}, headers={THREAD_ID_HEADER: thread_id}, timeout=60)
+    reply = next(items)
+    assert isinstance(reply, Reply)
+    reply.items.extend(item for item in items if isinstance(item, Received))
+    waited = time.monotonic() - started
+    assert reply.text == "half a" and reply.errors == [CRASHED]
+    assert STALE_S - 1 <= waited < STALE_S + 10  # as long as a live run may stay silent, and no longer
+    assert sum(item.payload is None for item in reply.items) >= STALE_S / 2  # heartbeats meanwhile (1 s each)
+    assert httpx.get(f"{server.url}threads/{thread_id}/run").json() == {"running": False}
+    fresh = read(server.url + "chat-stream", chat_body("again"), {THREAD_ID_HEADER: thread_id})
+    assert fresh.status == 200 and fresh.text == "fresh"  # the dead run's claim was stale: the thread is free
