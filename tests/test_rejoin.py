@@ -8,10 +8,17 @@ from __future__ import annotations
 import socket
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.types import interrupt
 
 from kit import create_app
 from kit.serving.client import Received, Reply, chat_body, iter_stream
@@ -197,3 +204,57 @@ def test_a_run_whose_worker_on_another_host_died_ends_with_a_clear_error_and_fre
     assert httpx.get(f"{server.url}threads/{thread_id}/run").json() == {"running": False}
     fresh = read(server.url + "chat-stream", chat_body("again"), {THREAD_ID_HEADER: thread_id})
     assert fresh.status == 200 and fresh.text == "fresh"  # the dead run's claim was stale: the thread is free
+
+
+class SlowWords(BaseChatModel):
+    """A chat model that streams its words 30 ms apart (LangGraph reports each as a token of the answer)."""
+
+    words: list[str]
+
+    @property
+    def _llm_type(self) -> str:
+        return "slow-words"
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any) -> Any:
+        return ChatResult(generations=[ChatGeneration(message=AIMessage("".join(self.words)))])
+
+    def _stream(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> Iterator[ChatGenerationChunk]:
+        for word in self.words:
+            time.sleep(0.03)
+            yield ChatGenerationChunk(message=AIMessageChunk(content=word))
+
+
+def test_a_dropped_resume_of_an_approval_is_rejoined_exactly(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The approvals' resume route is a run with an event log like a reply's: a page whose resumed reply drops
+    rejoins it from its last event id and gets exactly the rest."""
+    from kit.adapters.graphs import graph_source
+    from kit.threads.store import open_store
+
+    store = open_store(tmp_path / "t.sqlite")
+    model = SlowWords(words=ANSWER)
+
+    def ask(state: MessagesState) -> dict[str, list[BaseMessage]]:
+        interrupt({"question": "Go?"})
+        return {"messages": [model.invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("ask", ask)
+    graph.add_edge(START, "ask")
+    app = create_app(graph_source(graph.compile(checkpointer=store.checkpointer())), thread_store=store)
+    server = serve(app)
+    thread_id = new_thread_id()
+    headers = {THREAD_ID_HEADER: thread_id}
+    read(server.url + "chat-stream", chat_body("go"), headers)
+    (item,) = httpx.get(f"{server.url}threads/{thread_id}/interrupts").json()
+    body = {"interrupt_id": item["id"], "answer": "yes"}
+    first = read(server.url + "chat-stream/resume", body, headers, keep=5)
+    assert first.status == 200 and first.headers[RUN_ID_HEADER.lower()] and 0 < len(first.text) < len(WHOLE)
+    rest = rejoin(server.url, thread_id, first.items[-1].id or 0)
+    assert first.text + rest.text == WHOLE and rest.errors == []
+    ids = [item.id for item in first.items + rest.items if item.payload is not None]
+    assert ids == [str(number) for number in range(1, len(ids) + 1)]  # none twice, none missing
+    assert rejoin(server.url, thread_id, 0).text == WHOLE  # from the log, after its end
+    assert wait_until(lambda: httpx.get(f"{server.url}threads/{thread_id}/run").json() == {"running": False})
+    assert httpx.get(f"{server.url}threads/{thread_id}/messages").json()[-1] == {"role": "ai", "text": WHOLE}

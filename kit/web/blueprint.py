@@ -130,7 +130,7 @@ def create_blueprint(
     routes.threads.register_routes(blueprint)  # threads (issue 17): GET /threads/<id>/messages
     routes.streams.register_routes(blueprint)  # issue 26: POST chat-stream/rejoin, GET threads/<id>/run
     # approvals (issue 18): GET interrupts and POST resume
-    ChatInterrupts(routes.source, settings, routes.threads, routes.runs).register_routes(blueprint)
+    ChatInterrupts(routes.source, settings, routes.threads, routes.runs, routes.streams).register_routes(blueprint)
     instrument(blueprint, source, settings)  # metrics and traces (issue 29): before the guards, to see refusals
     _guard(blueprint, settings)
     return blueprint
