@@ -4,6 +4,8 @@
   (`coalesce_ms=0`), on a thread (a run with its claim and log in SQLite) against the same streams without a
   thread (no run, no log), in the same run: server-side microseconds per token, and the ratio (the limit is 1.0,
   no log at all).
+- New conversations at once on one SQLite file (each a new thread: a claim, a run, a transcript): wall time for
+  all of them, store warnings (a "database is locked" would be one), writes and commits per run.
 - The log's size per 1,000 tokens (the rows' bytes as stored), one event per token and as coalesced by default.
 - Reload mid-reply to the first rejoined text in chromium (kit's page, the real bundle): p50 and max, against the
   same page's first text of a fresh send (the limit: a page that had nothing to rejoin).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sqlite3
 import statistics
 import tempfile
@@ -31,6 +34,7 @@ from kit.serving.client import chat_body
 from kit.serving.server import BackgroundServer
 from kit.testing.fakes import ScriptedSource
 from kit.threads.ids import THREAD_ID_HEADER, new_thread_id
+from kit.threads.store import SqliteThreadStore
 
 
 def fast_source(tokens: int) -> Any:
@@ -77,6 +81,39 @@ def log_overhead(streams: int, tokens: int, rounds: int = 3) -> dict[str, Any]:
         "off_spread": [min(off), max(off)],
         "on_spread": [min(on), max(on)],
         "ratio": statistics.median(on) / statistics.median(off),
+    }
+
+
+class _Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+def new_conversations(streams: int, tokens: int = 20) -> dict[str, Any]:
+    """`streams` new threads at once on one SQLite file: seconds for all, warnings, writes and commits a run."""
+    warnings = _Warnings()
+    logging.getLogger("kit").addHandler(warnings)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            store = SqliteThreadStore(Path(folder) / "t.sqlite")
+            with BackgroundServer(create_app(fast_source(tokens), coalesce_ms=0, thread_store=store)) as server:
+                url = server.url + "chat-stream"
+                asyncio.run(_wave(url, 5, True))  # warm: schema, imports
+                writes, commits, warned = store.writer.writes, store.writer.commits, warnings.count
+                seconds, events = asyncio.run(_wave(url, streams, True))
+    finally:
+        logging.getLogger("kit").removeHandler(warnings)
+    return {
+        "streams": streams,
+        "seconds": seconds,
+        "whole": events == streams * tokens,
+        "warnings": warnings.count - warned,
+        "writes_per_run": (store.writer.writes - writes) / streams,
+        "commits_per_run": (store.writer.commits - commits) / streams,
     }
 
 
@@ -149,7 +186,7 @@ def reload_rejoin(reloads: int) -> dict[str, Any]:
 
 
 def describe(results: dict[str, Any]) -> str:
-    over, size, reload = results["overhead"], results["size"], results["reload"]
+    over, size, reload, new = results["overhead"], results["size"], results["reload"], results["new"]
     return "\n".join(
         [
             "| figure | value | limit, same run | ratio |",
@@ -157,6 +194,8 @@ def describe(results: dict[str, Any]) -> str:
             f"| event log, per token, {over['streams']:,} concurrent streams x {over['tokens']} tokens | "
             f"{over['on_us_per_token']:.1f} us ({over['on_spread'][0]:.1f}-{over['on_spread'][1]:.1f}) | "
             f"{over['off_us_per_token']:.1f} us without a run | {over['ratio']:.2f} |",
+            f"| {new['streams']:,} new conversations at once on SQLite | {new['seconds']:.1f} s, {new['warnings']} "
+            f"store warnings | {new['writes_per_run']:.0f} writes a run in {new['commits_per_run']:.2f} commits | |",
             f"| log size per 1,000 tokens, one event a token | {size['per_token_bytes_per_1000_tokens']:,.0f} B | | |",
             f"| log size per 1,000 tokens, coalesced (default) | {size['coalesced_bytes_per_1000_tokens']:,.0f} B "
             f"({size['coalesced_events']} events) | | |",
@@ -168,7 +207,12 @@ def describe(results: dict[str, Any]) -> str:
 
 
 def run(streams: int, tokens: int, reloads: int) -> dict[str, Any]:
-    return {"overhead": log_overhead(streams, tokens), "size": log_size(), "reload": reload_rejoin(reloads)}
+    return {
+        "overhead": log_overhead(streams, tokens),
+        "new": new_conversations(streams),
+        "size": log_size(),
+        "reload": reload_rejoin(reloads),
+    }
 
 
 def main() -> None:

@@ -4,8 +4,11 @@ once, each followed by its answer, in order. 20 threads double-sent at once, ove
 
 from __future__ import annotations
 
+import itertools
+import json
 import sqlite3
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -152,3 +155,36 @@ def test_a_refused_send_leaves_the_server_up_and_a_later_send_runs(serve, tmp_pa
     first, second = double_send(server.url, thread_id, lambda thread_id, started: started.is_set())
     assert refused(second) and first.text == "".join(ANSWER)
     assert send(server.url, thread_id, "third").text == "".join(ANSWER)  # the thread was freed at the end
+
+
+def test_a_queued_send_sends_heartbeats_while_it_waits(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Under "enqueue" the second send's headers go out at once and heartbeats follow at the usual interval until
+    the first reply ends and the second one's text comes: a proxy that cuts silent connections keeps it."""
+    source = ScriptedSource(ANSWER, delay_s=0.05)  # the first reply: 2 s
+    app = create_app(source, thread_store=tmp_path / "t.sqlite", double_send="enqueue", heartbeat_s=0.2)
+    server = serve(app)
+    thread_id, started = new_thread_id(), threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(send, server.url, thread_id, "first", started)
+        assert started.wait(30)
+        headers = {THREAD_ID_HEADER: thread_id, "Accept": "text/event-stream"}
+        body = chat_body("second")
+        with httpx.stream("POST", server.url + "chat-stream", json=body, headers=headers, timeout=30) as response:
+            assert response.status_code == 200  # headers at once, not after the first reply
+            lines, arrived = [], []
+            for line in response.iter_lines():
+                lines.append(line)
+                arrived.append(time.monotonic())
+        assert first.result(timeout=30).text == "".join(ANSWER)
+    waited = next(index for index, line in enumerate(lines) if line != ": ping")  # the reply's first event
+    assert waited >= 5  # about 1.5 s of wait at 0.2 s a heartbeat
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrived[: waited + 1])]
+    assert max(gaps) < 0.2 * 4
+    text = "".join(json.loads(line[5:]).get("text", "") for line in lines if line.startswith("data:"))
+    assert text == "".join(ANSWER)
+    assert httpx.get(f"{server.url}threads/{thread_id}/messages").json() == [
+        {"role": "user", "text": "first"},
+        {"role": "ai", "text": "".join(ANSWER)},
+        {"role": "user", "text": "second"},
+        {"role": "ai", "text": "".join(ANSWER)},
+    ]

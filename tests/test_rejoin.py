@@ -8,10 +8,17 @@ from __future__ import annotations
 import socket
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.types import interrupt
 
 from kit import create_app
 from kit.serving.client import Received, Reply, chat_body, iter_stream
@@ -161,3 +168,93 @@ def test_bad_rejoins_are_json_errors(serve, tmp_path: Path, headers: dict[str, s
     response = httpx.post(server.url + "chat-stream/rejoin", headers=headers)
     assert response.status_code == status and error in response.json()["error"]
     assert httpx.get(server.url + "healthz").json() == {"status": "ok"}
+
+
+def test_a_run_whose_worker_on_another_host_died_ends_with_a_clear_error_and_frees_its_thread(  # type: ignore[no-untyped-def]
+    serve, tmp_path: Path
+) -> None:
+    """No pid to look at on another host: the run's age in the store says it. A rejoin gets heartbeats while it
+    waits, then the error in-band (never a wait forever); the thread's stale claim is taken by the next send."""
+    from kit.pipeline.events import TextEvent
+    from kit.threads.runlog import RunLog
+    from kit.threads.runs import STALE_S, RunClaims
+    from kit.threads.store import SqliteThreadStore
+
+    store = SqliteThreadStore(tmp_path / "t.sqlite")
+    server = serve(create_app(ScriptedSource(["fresh"]), thread_store=store, heartbeat_s=1.0))
+    thread_id, run_id = new_thread_id(), "far-run-0123456789abcdef"
+    log = RunLog(store)
+    assert RunClaims(store).claim(thread_id, run_id, lambda c: log.begin(c, run_id, thread_id, [{"role": "user"}]))
+    log.append(run_id, [TextEvent(1, "half a")])
+    with sqlite3.connect(store.path) as connection:  # its worker, on another host, stopped a minute ago
+        connection.execute("UPDATE kit_runs SET seen = ?, worker = 'elsewhere.example:4242'", (time.time() - 60,))
+        connection.execute(
+            "UPDATE kit_thread_runs SET seen = ?, worker = 'elsewhere.example:4242'", (time.time() - 60,)
+        )
+    assert httpx.get(f"{server.url}threads/{thread_id}/run").json()["running"]
+    started = time.monotonic()
+    items = iter_stream(server.url + "chat-stream/rejoin", {}, headers={THREAD_ID_HEADER: thread_id}, timeout=60)
+    reply = next(items)
+    assert isinstance(reply, Reply)
+    reply.items.extend(item for item in items if isinstance(item, Received))
+    waited = time.monotonic() - started
+    assert reply.text == "half a" and reply.errors == [CRASHED]
+    assert STALE_S - 1 <= waited < STALE_S + 10  # as long as a live run may stay silent, and no longer
+    assert sum(item.payload is None for item in reply.items) >= STALE_S / 2  # heartbeats meanwhile (1 s each)
+    assert httpx.get(f"{server.url}threads/{thread_id}/run").json() == {"running": False}
+    fresh = read(server.url + "chat-stream", chat_body("again"), {THREAD_ID_HEADER: thread_id})
+    assert fresh.status == 200 and fresh.text == "fresh"  # the dead run's claim was stale: the thread is free
+
+
+class SlowWords(BaseChatModel):
+    """A chat model that streams its words 30 ms apart (LangGraph reports each as a token of the answer)."""
+
+    words: list[str]
+
+    @property
+    def _llm_type(self) -> str:
+        return "slow-words"
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any) -> Any:
+        return ChatResult(generations=[ChatGeneration(message=AIMessage("".join(self.words)))])
+
+    def _stream(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> Iterator[ChatGenerationChunk]:
+        for word in self.words:
+            time.sleep(0.03)
+            yield ChatGenerationChunk(message=AIMessageChunk(content=word))
+
+
+def test_a_dropped_resume_of_an_approval_is_rejoined_exactly(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The approvals' resume route is a run with an event log like a reply's: a page whose resumed reply drops
+    rejoins it from its last event id and gets exactly the rest."""
+    from kit.adapters.graphs import graph_source
+    from kit.threads.store import open_store
+
+    store = open_store(tmp_path / "t.sqlite")
+    model = SlowWords(words=ANSWER)
+
+    def ask(state: MessagesState) -> dict[str, list[BaseMessage]]:
+        interrupt({"question": "Go?"})
+        return {"messages": [model.invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("ask", ask)
+    graph.add_edge(START, "ask")
+    app = create_app(graph_source(graph.compile(checkpointer=store.checkpointer())), thread_store=store)
+    server = serve(app)
+    thread_id = new_thread_id()
+    headers = {THREAD_ID_HEADER: thread_id}
+    read(server.url + "chat-stream", chat_body("go"), headers)
+    (item,) = httpx.get(f"{server.url}threads/{thread_id}/interrupts").json()
+    body = {"interrupt_id": item["id"], "answer": "yes"}
+    first = read(server.url + "chat-stream/resume", body, headers, keep=5)
+    assert first.status == 200 and first.headers[RUN_ID_HEADER.lower()] and 0 < len(first.text) < len(WHOLE)
+    rest = rejoin(server.url, thread_id, first.items[-1].id or 0)
+    assert first.text + rest.text == WHOLE and rest.errors == []
+    ids = [item.id for item in first.items + rest.items if item.payload is not None]
+    assert ids == [str(number) for number in range(1, len(ids) + 1)]  # none twice, none missing
+    assert rejoin(server.url, thread_id, 0).text == WHOLE  # from the log, after its end
+    assert wait_until(lambda: httpx.get(f"{server.url}threads/{thread_id}/run").json() == {"running": False})
+    assert httpx.get(f"{server.url}threads/{thread_id}/messages").json()[-1] == {"role": "ai", "text": WHOLE}

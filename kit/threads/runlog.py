@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kit.pipeline.events import EndEvent, ErrorEvent, Event, from_record, to_record
@@ -41,27 +41,43 @@ class RunLog:
         self._pruned_at = 0.0
 
     def start(self, run_id: str, thread_id: str, asked: Sequence[dict[str, Any]]) -> None:
-        """A new run on the thread (ended runs past their keep time are forgotten now and then). `asked` is the
-        question, the first record of the log (id 0), so that a page that reloads mid-reply can show it."""
+        """A new run on the thread, in one transaction of its own (see `begin`)."""
+        self.store._write(lambda connection: self.begin(connection, run_id, thread_id, asked))
+
+    def begin(self, connection: Any, run_id: str, thread_id: str, asked: Sequence[dict[str, Any]]) -> None:
+        """A new run's rows, on the caller's transaction: the claim of its thread takes it, so that one commit
+        claims the thread and starts the run (ended runs past their keep time are forgotten now and then).
+        `asked` is the question, the first record of the log (id 0), so a page that reloads mid-reply shows it."""
         now = time.time()
         if now - self._pruned_at >= PRUNE_EVERY_S:
             self._pruned_at = now
-            self._prune(now)
+            self._prune(connection, now)
         sql = "INSERT INTO kit_runs (run_id, thread_id, worker, started, seen, ended) VALUES (?, ?, ?, ?, ?, NULL)"
-        self.store._execute_many(sql, [(run_id, thread_id, this_worker(), now, now)])
+        connection.execute(self.store._sql(sql), (run_id, thread_id, this_worker(), now, now))
         # Files are listed without their content (bytes are not JSON; the transcript keeps them once).
         shown = [{**m, "files": listed(m["files"])} if m.get("files") else dict(m) for m in asked]
-        self._insert(run_id, [(0, json.dumps({"asked": shown}, ensure_ascii=False))])
+        self._insert(connection, run_id, [(0, json.dumps({"asked": shown}, ensure_ascii=False))])
 
-    def append(self, run_id: str, events: Sequence[Event]) -> None:
-        """Add events at the end of the run's log (heartbeats are not kept); an end event ends the run."""
+    def forget(self, connection: Any, run_id: str) -> None:
+        """A run that never started (its source failed to): its rows go, on the caller's transaction."""
+        connection.execute(self.store._sql("DELETE FROM kit_run_events WHERE run_id = ?"), (run_id,))
+        connection.execute(self.store._sql("DELETE FROM kit_runs WHERE run_id = ?"), (run_id,))
+
+    def append(self, run_id: str, events: Sequence[Event], then: Callable[[Any], None] | None = None) -> None:
+        """Add events at the end of the run's log (heartbeats are not kept), one commit; an end event ends the
+        run. `then(connection)` joins the same transaction (the end of a run frees its thread in it)."""
         rows = [(event.id, json.dumps(to_record(event), ensure_ascii=False)) for event in events if to_record(event)]
         now = time.time()
-        if rows:
-            self._insert(run_id, rows)
         ended = now if any(isinstance(event, EndEvent) for event in events) else None
         sql = "UPDATE kit_runs SET seen = ?, ended = COALESCE(ended, ?) WHERE run_id = ?"
-        self.store._execute_many(sql, [(now, ended, run_id)])
+
+        def write(connection: Any) -> None:
+            self._insert(connection, run_id, rows)
+            connection.execute(self.store._sql(sql), (now, ended, run_id))
+            if then is not None:
+                then(connection)
+
+        self.store._write(write)
 
     def events_after(self, run_id: str, after: int) -> list[Event]:
         """The run's events with an id above `after`, in order."""
@@ -119,11 +135,13 @@ class RunLog:
         rows = self.store._query("SELECT read_at FROM kit_runs WHERE run_id = ?", (run_id,))
         return rows[0]["read_at"] if rows else None
 
-    def _insert(self, run_id: str, rows: Sequence[tuple[int, str]]) -> None:
-        sql = "INSERT INTO kit_run_events (run_id, id, body) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
-        self.store._execute_many(sql, [(run_id, event_id, body) for event_id, body in rows])
+    def _insert(self, connection: Any, run_id: str, rows: Sequence[tuple[int, str]]) -> None:
+        if rows:
+            sql = "INSERT INTO kit_run_events (run_id, id, body) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+            connection.cursor().executemany(self.store._sql(sql), [(run_id, event_id, body) for event_id, body in rows])
 
-    def _prune(self, now: float) -> None:
+    def _prune(self, connection: Any, now: float) -> None:
         old = "SELECT run_id FROM kit_runs WHERE ended IS NOT NULL AND ended < ?"
-        self.store._execute_many(f"DELETE FROM kit_run_events WHERE run_id IN ({old})", [(now - self.keep_s,)])
-        self.store._execute_many("DELETE FROM kit_runs WHERE ended IS NOT NULL AND ended < ?", [(now - self.keep_s,)])
+        before = (now - self.keep_s,)
+        connection.execute(self.store._sql(f"DELETE FROM kit_run_events WHERE run_id IN ({old})"), before)
+        connection.execute(self.store._sql("DELETE FROM kit_runs WHERE ended IS NOT NULL AND ended < ?"), before)

@@ -14,18 +14,21 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kit.errors import ChatError
 from kit.pipeline.sources import Message
 from kit.threads import files as thread_files
+from kit.threads.writer import GroupWriter, writer_for
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_SQLITE_FILE = "kit-threads.sqlite"
 STOP_REQUEST_TTL_S = 600.0  # a stop for a stream that never shows up is forgotten after this
+SQLITE_BUSY_S = 10.0  # how long a SQLite connection waits for another process's write lock
 
 
 class StoreDown(ChatError):
@@ -91,10 +94,13 @@ class ThreadStore:
             "INSERT INTO kit_thread_messages (thread_id, role, text, custom, created) VALUES (?, ?, ?, ?, ?) "
             "RETURNING id"
         )
-        with self._guarded() as connection:
+
+        def keep(connection: Any) -> None:
             for row, message in zip(rows, messages, strict=True):
                 message_id = int(connection.execute(self._sql(sql), row).fetchone()["id"])
                 thread_files.keep(connection, self._sql, thread_id, message_id, message.get("files") or [])
+
+        self._write(keep)
 
     def file(self, thread_id: str, sha256: str) -> tuple[dict[str, Any], bytes] | None:
         """A file one of the thread's messages carried (name, type, ...) and its bytes; None if none did."""
@@ -139,8 +145,8 @@ class ThreadStore:
             "INSERT INTO kit_interrupt_claims (thread_id, interrupt_id, created) VALUES (?, ?, ?) "
             "ON CONFLICT DO NOTHING"
         )
-        with self._guarded() as connection:
-            return connection.execute(self._sql(sql), (thread_id, interrupt_id, time.time())).rowcount == 1
+        params = (thread_id, interrupt_id, time.time())
+        return self._write(lambda connection: connection.execute(self._sql(sql), params).rowcount == 1)
 
     def interrupt_claimed(self, thread_id: str, interrupt_id: str) -> bool:
         """Whether someone already resumed (or is resuming) this interrupt."""
@@ -184,8 +190,15 @@ class ThreadStore:
             return list(connection.execute(self._sql(sql), params).fetchall())
 
     def _execute_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        def execute(connection: Any) -> None:
+            connection.cursor().executemany(self._sql(sql), rows)  # no cursor leaves the writer's thread
+
+        self._write(execute)
+
+    def _write(self, work: Callable[[Any], T]) -> T:
+        """`work(connection)` in one write transaction (its statements commit together); StoreDown on failure."""
         with self._guarded() as connection:
-            connection.cursor().executemany(self._sql(sql), rows)
+            return work(connection)
 
     def _ensure_schema(self) -> None:
         if self._schema_ready:
@@ -250,19 +263,33 @@ class SqliteThreadStore(ThreadStore):
         self.name = f"SQLite thread store {self.path}"
         self._saver: Any = None
 
-    @contextlib.contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        # A connection per call: a few microseconds for SQLite, and safe in any thread or forked worker.
-        connection = sqlite3.connect(self.path, timeout=10.0)
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, timeout=SQLITE_BUSY_S)
         connection.row_factory = sqlite3.Row
         # In WAL mode NORMAL is safe against a crash of the process (only a power cut may lose the last commits)
         # and spares an fsync per commit: a run's event log commits a batch every quarter second.
         connection.execute("PRAGMA synchronous=NORMAL")
+        return connection
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        # A connection per read: a few microseconds for SQLite, and safe in any thread or forked worker.
+        connection = self._connect()
         try:
             with connection:  # one transaction: committed on success, rolled back on error
                 yield connection
         finally:
             connection.close()
+
+    @property
+    def writer(self) -> GroupWriter:
+        """This process's writer of the file (kit.threads.writer): its writes share transactions."""
+        return writer_for(self.path, self._connect)
+
+    def _write(self, work: Callable[[Any], T]) -> T:
+        with down_on_error(self.name, self._errors()):
+            self._ensure_schema()
+            return self.writer.write(work)
 
     def _create_schema(self) -> None:
         if not self.path.parent.is_dir():
@@ -278,7 +305,7 @@ class SqliteThreadStore(ThreadStore):
             from langgraph.checkpoint.sqlite import SqliteSaver
 
             self._ensure_schema()
-            self._saver = SqliteSaver(sqlite3.connect(self.path, check_same_thread=False, timeout=10.0))
+            self._saver = SqliteSaver(sqlite3.connect(self.path, check_same_thread=False, timeout=SQLITE_BUSY_S))
         return self._saver
 
     def close(self) -> None:

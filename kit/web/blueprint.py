@@ -26,7 +26,7 @@ from kit.web.origins import OriginPolicy
 from kit.web.page import CONTENT_SECURITY_POLICY, render_page
 from kit.web.probe import PROBE_HEADER, probe_allowed, probe_plan, probe_script
 from kit.web.rejoin import RunStreams
-from kit.web.runs import ThreadRuns
+from kit.web.runs import Slot, ThreadRuns, after_claim
 from kit.web.threads import ChatThreads  # threads (issue 17)
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,15 @@ class ChatRoutes:
         self.probe_settings = settings.with_options(granularity="chunk")
         self.threads = ChatThreads(source, store=settings.thread_store, owner=settings.thread_owner)  # issue 17
         self.runs = ThreadRuns(self.threads, settings)  # one reply at a time per thread (issue 26)
-        self.streams = RunStreams(self.threads, settings)  # runs that survive the network, and their rejoin
+        self.streams = RunStreams(self.threads, settings, self.runs.runlog)  # runs that survive the network
 
-    def start(self, messages: list[Message], cancel: CancelToken) -> Pump:
-        # Called in the view, not in the stream, so that a failure to start still gets a proper HTTP status.
-        items: Iterable[Any] = self.source(with_system_prompt(messages, self.settings.system_prompt), cancel)
+    def start(self, messages: list[Message], cancel: CancelToken, slot: Slot | None = None) -> Pump:
+        # Called in the view, not in the stream, so that a failure to start still gets a proper HTTP status
+        # (a queued send's source starts in the pump's thread, once its thread is free).
+        prompt = with_system_prompt(messages, self.settings.system_prompt)
+        if slot is not None and slot.queued:
+            return start_pump(after_claim(slot, lambda: self.source(prompt, cancel)), cancel, self.settings)
+        items: Iterable[Any] = self.source(prompt, cancel)
         return start_pump(items, cancel, self.settings)
 
     def stream(self) -> Response:
@@ -64,8 +68,10 @@ class ChatRoutes:
             # `python -m kit doctor`: a bounded, known script instead of the model.
             script = probe_script(plan, self.settings.heartbeat_s, cancel)
             return stream_reply(start_pump(script, cancel, self.probe_settings), self.settings, messages, turn.record)
-        with self.runs.starting(turn.thread_id, cancel) as slot, turn.scope():  # 409 on a busy thread (issue 26)
-            pump = self.start(messages, cancel)
+        # 409 on a busy thread (issue 26); the claim's commit starts the run in the log; a queued send waits
+        # for its claim inside the stream, where heartbeats flow.
+        with self.runs.starting(turn.thread_id, cancel, turn.asked, queue=True) as slot, turn.scope():
+            pump = self.start(messages, cancel, slot)
         # The transcript is written when the reply ends, then the thread is free for the next one.
         return self.streams.respond(slot, pump, messages, turn.asked, turn.record)
 
@@ -127,7 +133,7 @@ def create_blueprint(
     routes.threads.register_routes(blueprint)  # threads (issue 17): GET /threads/<id>/messages
     routes.streams.register_routes(blueprint)  # issue 26: POST chat-stream/rejoin, GET threads/<id>/run
     # approvals (issue 18): GET interrupts and POST resume
-    ChatInterrupts(routes.source, settings, routes.threads, routes.runs).register_routes(blueprint)
+    ChatInterrupts(routes.source, settings, routes.threads, routes.runs, routes.streams).register_routes(blueprint)
     instrument(blueprint, source, settings)  # metrics and traces (issue 29): before the guards, to see refusals
     _guard(blueprint, settings)
     return blueprint

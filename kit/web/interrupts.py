@@ -17,7 +17,8 @@ from kit.pipeline.settings import StreamSettings
 from kit.pipeline.sources import SourceFn
 from kit.pipeline.streaming import start_pump
 from kit.threads.ids import THREAD_ID_HEADER, thread_scope, validate_thread_id
-from kit.web.edge import STREAM_ID_HEADER, stream_reply
+from kit.web.edge import STREAM_ID_HEADER
+from kit.web.rejoin import RunStreams
 from kit.web.runs import ThreadRuns
 from kit.web.threads import ChatThreads
 
@@ -66,11 +67,14 @@ class LocalClaims:
 class ChatInterrupts:
     """The interrupt routes of one mounted chat; they answer only for a graph compiled with a checkpointer."""
 
-    def __init__(self, source: SourceFn, settings: StreamSettings, threads: ChatThreads, runs: ThreadRuns) -> None:
+    def __init__(
+        self, source: SourceFn, settings: StreamSettings, threads: ChatThreads, runs: ThreadRuns, streams: RunStreams
+    ) -> None:
         self.source = source
         self.settings = settings
         self.threads = threads
         self.runs = runs  # a resume is a run of its thread like a send (issue 26)
+        self.streams = streams  # ... with an event log like a reply's: a page rejoins a resumed reply
         self.claims: Any = threads.store if threads.store is not None else LocalClaims()
 
     def register_routes(self, target: Flask | Blueprint) -> None:
@@ -118,16 +122,17 @@ class ChatInterrupts:
         cancel = CancelToken()
         self.threads.watch_stop(request.headers.get(STREAM_ID_HEADER), cancel)
         try:
-            with self.runs.starting(thread_id, cancel) as slot, thread_scope(thread_id):
+            # No question to show (asked=[]): the run's log holds the continuation, for a rejoin.
+            with self.runs.starting(thread_id, cancel, []) as slot, thread_scope(thread_id):
                 pump = start_pump(source.resume({interrupt_id: value}, cancel), cancel, self.settings)
         except BaseException:
             self.claims.release_interrupt(thread_id, interrupt_id)
             raise
 
         def released(events: Iterator[Event]) -> Iterator[Event]:
-            return slot.guard(self._released_if_still_pending(events, source, thread_id, interrupt_id), pump)
+            return self._released_if_still_pending(events, source, thread_id, interrupt_id)
 
-        return stream_reply(pump, self.settings, [], released)
+        return self.streams.respond(slot, pump, [], [], released)
 
     def _released_if_still_pending(
         self, events: Iterator[Event], source: GraphSource, thread_id: str, interrupt_id: str

@@ -14,6 +14,7 @@ from kit.errors import ChatError
 from kit.pipeline.events import EndEvent, ErrorEvent, Event, HeartbeatEvent
 from kit.pipeline.pump import close_iterator
 from kit.threads.runlog import RunLog
+from kit.threads.runs import Then
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,11 @@ class LiveRun:
         *,
         limit_s: float,
         thread_id: str = "",
+        on_end: Then | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.run_id = run_id
+        self.on_end = on_end  # joins the end's log write (the thread freed in the same commit)
         self.thread_id = thread_id
         self.runlog = runlog
         self.limit_s = limit_s
@@ -70,7 +73,7 @@ class LiveRun:
             self._changed.notify_all()
         now = self.clock()
         if isinstance(event, EndEvent | ErrorEvent):
-            self._write(now)
+            self._write(now, then=self.on_end if isinstance(event, EndEvent) else None)
         elif self._shared_now(now) and now - self._written_at >= FLUSH_S:
             self._write(now, touch=isinstance(event, HeartbeatEvent) and now - self._written_at >= TOUCH_S)
 
@@ -85,15 +88,15 @@ class LiveRun:
                 self._shared = self.runlog.read_since(self.run_id) is not None
         return self._shared
 
-    def _write(self, now: float, *, touch: bool = False) -> None:
+    def _write(self, now: float, *, touch: bool = False, then: Then | None = None) -> None:
         with self._changed:
             batch, self._unwritten = self._unwritten, []
-        if self.runlog is None or not (batch or touch):
+        if self.runlog is None or not (batch or touch or then):
             return
         self._written_at = now
         try:
-            if batch:
-                self.runlog.append(self.run_id, batch)
+            if batch or then:
+                self.runlog.append(self.run_id, batch, then)
             else:
                 self.runlog.touch(self.run_id)
         except ChatError:

@@ -41,11 +41,10 @@ class NoRun(ChatError):
 class RunStreams:
     """The runs of one mounted chat on the web side: how a reply on a thread is streamed, and the rejoin."""
 
-    def __init__(self, threads: ChatThreads, settings: StreamSettings) -> None:
+    def __init__(self, threads: ChatThreads, settings: StreamSettings, runlog: RunLog | None) -> None:
         self.threads = threads
         self.settings = settings
-        store = threads.store
-        self.runlog = RunLog(store, keep_s=settings.run_log_keep_s) if store is not None else None
+        self.runlog = runlog  # the runs' (ThreadRuns'), whose claims start them in it
 
     def register_routes(self, target: Flask | Blueprint) -> None:
         target.add_url_rule(REJOIN_ROUTE, "rejoin", self.rejoin, methods=["POST"])
@@ -57,13 +56,22 @@ class RunStreams:
         """The stream of a reply; on a thread, a run with its log, which a dropped connection leaves going."""
         if slot.thread_id is None:
             return stream_reply(pump, self.settings, messages, wrap)
-        runlog = self.runlog
-        if runlog is not None:
+        runlog = slot.runlog  # started with the claim, in its commit
+        if runlog is None and self.runlog is not None:
             try:
-                runlog.start(slot.run_id, slot.thread_id, asked)
+                self.runlog.start(slot.run_id, slot.thread_id, asked)
+                runlog = self.runlog
             except ChatError:
-                runlog = None  # the store is down: the run can be rejoined on this worker only
-        live = LiveRun(slot.run_id, runlog, limit_s=self.settings.on_disconnect_limit_s, thread_id=slot.thread_id)
+                pass  # the store is down: the run can be rejoined on this worker only
+        # The run's last log write frees its thread in the same commit.
+        slot.release_in_log = runlog is not None
+        live = LiveRun(
+            slot.run_id,
+            runlog,
+            limit_s=self.settings.on_disconnect_limit_s,
+            thread_id=slot.thread_id,
+            on_end=slot.release_on if runlog is not None else None,
+        )
         go_on = self.settings.on_disconnect == "continue"
         return stream_reply(
             pump,
