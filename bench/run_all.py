@@ -70,6 +70,12 @@ def documents_figures(runs: int) -> dict[str, Any]:
     return in_own_process("bench_documents", "--runs", str(runs))
 
 
+def rejoin_figures(streams: int, tokens: int, reloads: int) -> dict[str, Any]:
+    """The event log's cost, and a reload's rejoin in chromium on one worker and across two on PostgreSQL."""
+    options = ["--streams", str(streams), "--tokens", str(tokens), "--reloads", str(reloads), "--postgres", "auto"]
+    return in_own_process("bench_rejoin", *options)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (medians and spreads over them)")
@@ -92,7 +98,7 @@ def main() -> None:
     results["documents"] = documents_figures(args.runs)
     # Replies that survive the network (issue 26): the event log's cost, and a reload's rejoin in chromium.
     streams, tokens = (200, 200) if args.quick else (1000, 200)
-    results["rejoin"] = bench_rejoin.run(streams, tokens, reloads=max(5, 2 * args.runs))
+    results["rejoin"] = rejoin_figures(streams, tokens, reloads=max(5, 2 * args.runs))
     with server_process("bench.targets", "--chars", "1000") as server:
         development = concurrency.held_streams_memory(f"{server.url}/idle/chat-stream", server.pid)
     results["concurrency"] = {"development (werkzeug threads)": development}
