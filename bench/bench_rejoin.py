@@ -7,10 +7,12 @@
 - New conversations at once on one SQLite file (each a new thread: a claim, a run, a transcript): wall time for
   all of them, store warnings (a "database is locked" would be one), writes and commits per run.
 - The log's size per 1,000 tokens (the rows' bytes as stored), one event per token and as coalesced by default.
-- Reload mid-reply to the first rejoined text in chromium (kit's page, the real bundle): p50 and max, against the
-  same page's first text of a fresh send (the limit: a page that had nothing to rejoin).
+- Reload mid-reply to the first rejoined text in chromium (kit's page, the real bundle): p50 and max, on one
+  worker against the same page's first text of a fresh send (the limit: a page that had nothing to rejoin); and
+  with `--postgres`, across two gunicorn workers on PostgreSQL behind nginx (the reload on the worker that does
+  not run the reply, which streams it from the log), against a reload on the worker that runs it.
 
-    python -m bench.bench_rejoin [--streams 1000] [--tokens 100] [--reloads 5] [--json out.json]
+    python -m bench.bench_rejoin [--streams 1000] [--tokens 100] [--reloads 5] [--postgres auto] [--json out.json]
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sqlite3
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,44 +146,87 @@ def _wait(page: Any, expression: str, timeout_s: float = 30.0) -> None:
         time.sleep(0.005)
 
 
-def reload_rejoin(reloads: int) -> dict[str, Any]:
-    """Chromium: reload mid-reply, time to the first rejoined text in the answer bubble; and a fresh send's."""
-    from kit.testing.browser import chromium_page
+# The last bubble (the intro left out) is an answer with text in it.
+_FIRST_TEXT = (
+    "(() => { const root = document.querySelector('#chat').shadowRoot; if (!root) return false;"
+    " const all = [...root.querySelectorAll(\"[class*='deep-chat-outer-container-role-']\")]"
+    ".filter((e) => !e.classList.contains('deep-chat-intro')); const last = all[all.length - 1];"
+    " return !!last && last.className.includes('role-ai') && last.innerText.trim().length > 0; })()"
+)
+_WHOLE_TEXT = _FIRST_TEXT.replace("innerText.trim().length > 0", "innerText.includes('w999')")
+RELOAD_TOKENS, RELOAD_DELAY_S = 1000, 0.005  # about 5 s: a reload lands mid-reply after a slow nginx switch too
 
-    tokens = [f"w{index} " for index in range(1000)]
-    # The last bubble (the intro left out) is an answer with text in it.
-    first_text = (
-        "(() => { const root = document.querySelector('#chat').shadowRoot; if (!root) return false;"
-        " const all = [...root.querySelectorAll(\"[class*='deep-chat-outer-container-role-']\")]"
-        ".filter((e) => !e.classList.contains('deep-chat-intro')); const last = all[all.length - 1];"
-        " return !!last && last.className.includes('role-ai') && last.innerText.trim().length > 0; })()"
-    )
+
+def _reload_rounds(
+    page: Any, url: str, reloads: int, before_reload: Callable[[], object] = lambda: None
+) -> tuple[list[float], list[float]]:
+    """`reloads` rounds of a fresh send (ms to its first text) then a reload mid-reply (ms to the first rejoined
+    text); `before_reload` runs between the two (it may send the reload to another worker)."""
+    page.goto(url)
+    _wait(page, "window.kitThread && window.kitThread.restored >= 0")  # a thread of earlier rounds, or none
     rejoin_ms, fresh_ms = [], []
-    with tempfile.TemporaryDirectory() as folder:
-        app = create_app(ScriptedSource(tokens, delay_s=0.002), thread_store=Path(folder) / "t.sqlite")
-        with BackgroundServer(app) as server, chromium_page() as page:
-            page.goto(server.url)
-            _wait(page, "window.kitThread && window.kitThread.restored === 0")
-            for _ in range(reloads):
-                page.locator("#kit-new-chat").click()
-                started = time.perf_counter()
-                page.locator("#text-input").click()
-                page.keyboard.type("go")
-                page.keyboard.press("Enter")
-                _wait(page, first_text)
-                fresh_ms.append((time.perf_counter() - started) * 1000)
-                started = time.perf_counter()
-                page.reload()
-                _wait(page, first_text)
-                rejoin_ms.append((time.perf_counter() - started) * 1000)
-                # The rejoined reply read to its end before the next round (Deep Chat sends nothing meanwhile).
-                _wait(page, first_text.replace("innerText.trim().length > 0", "innerText.includes('w999')"))
+    for _ in range(reloads):
+        page.locator("#kit-new-chat").click()
+        started = time.perf_counter()
+        page.locator("#text-input").click()
+        page.keyboard.type("go")
+        page.keyboard.press("Enter")
+        _wait(page, _FIRST_TEXT)
+        fresh_ms.append((time.perf_counter() - started) * 1000)
+        before_reload()
+        started = time.perf_counter()
+        page.reload()
+        _wait(page, _FIRST_TEXT)
+        rejoin_ms.append((time.perf_counter() - started) * 1000)
+        _wait(page, "window.kitThread && !!window.kitThread.rejoined")  # a rejoin, not a reply already over
+        # The rejoined reply read to its end before the next round (Deep Chat sends nothing meanwhile).
+        _wait(page, _WHOLE_TEXT)
+    return rejoin_ms, fresh_ms
+
+
+def _figures(rejoin_ms: list[float], limit_ms: list[float]) -> dict[str, float]:
     return {
-        "reloads": reloads,
         "rejoin_p50_ms": statistics.median(rejoin_ms),
         "rejoin_max_ms": max(rejoin_ms),
-        "fresh_p50_ms": statistics.median(fresh_ms),
-        "ratio": statistics.median(rejoin_ms) / statistics.median(fresh_ms),
+        "limit_p50_ms": statistics.median(limit_ms),
+        "ratio": statistics.median(rejoin_ms) / statistics.median(limit_ms),
+    }
+
+
+def reload_rejoin(reloads: int) -> dict[str, Any]:
+    """Chromium, one worker (werkzeug, SQLite): reload mid-reply, time to the first rejoined text in the answer
+    bubble; the limit is a fresh send's first text on the same page."""
+    from kit.testing.browser import chromium_page
+    from tests.rejoin_prod import long_reply
+
+    with tempfile.TemporaryDirectory() as folder:
+        source = ScriptedSource(long_reply(RELOAD_TOKENS), delay_s=RELOAD_DELAY_S)
+        app = create_app(source, thread_store=Path(folder) / "t.sqlite")
+        with BackgroundServer(app) as server, chromium_page() as page:
+            rejoin_ms, fresh_ms = _reload_rounds(page, server.url, reloads)
+    return {"reloads": reloads, **_figures(rejoin_ms, fresh_ms), "rejoin_ms": rejoin_ms}
+
+
+def reload_rejoin_across(reloads: int, postgres_url: str) -> dict[str, Any]:
+    """Chromium, two gunicorn workers on PostgreSQL behind nginx: a reload that lands on the worker running the
+    reply, and one that lands on the other (nginx switched mid-reply, the rejoin read from the log); the limit
+    of the second is the first, on the same stack."""
+    from kit.testing.browser import chromium_page
+    from tests.rejoin_prod import TwoWorkers
+
+    with TwoWorkers(postgres_url, RELOAD_TOKENS, RELOAD_DELAY_S) as two, chromium_page() as page:
+        for _worker in range(2):  # each worker's store pool open (it opens on first use), as on a server in service
+            httpx.get(f"{two.url}threads/{new_thread_id()}/run", timeout=30).raise_for_status()
+            two.switch()
+        same_ms, _ = _reload_rounds(page, two.url, reloads)
+        other_ms, _ = _reload_rounds(page, two.url, reloads, before_reload=two.switch)
+    return {
+        "reloads": reloads,
+        "same_worker_p50_ms": statistics.median(same_ms),
+        "same_worker_max_ms": max(same_ms),
+        **_figures(other_ms, same_ms),
+        "same_worker_ms": same_ms,
+        "other_worker_ms": other_ms,
     }
 
 
@@ -199,20 +244,35 @@ def describe(results: dict[str, Any]) -> str:
             f"| log size per 1,000 tokens, one event a token | {size['per_token_bytes_per_1000_tokens']:,.0f} B | | |",
             f"| log size per 1,000 tokens, coalesced (default) | {size['coalesced_bytes_per_1000_tokens']:,.0f} B "
             f"({size['coalesced_events']} events) | | |",
-            f"| reload mid-reply to first rejoined text (chromium), p50 / max | {reload['rejoin_p50_ms']:.0f} / "
-            f"{reload['rejoin_max_ms']:.0f} ms | {reload['fresh_p50_ms']:.0f} ms, a fresh send's first text | "
-            f"{reload['ratio']:.2f} |",
+            f"| reload mid-reply to first rejoined text (chromium), one worker (werkzeug, SQLite), p50 / max | "
+            f"{reload['rejoin_p50_ms']:.0f} / {reload['rejoin_max_ms']:.0f} ms | "
+            f"{reload['limit_p50_ms']:.0f} ms, a fresh send's first text | {reload['ratio']:.2f} |",
+            *_across_row(results.get("across")),
         ]
     )
 
 
-def run(streams: int, tokens: int, reloads: int) -> dict[str, Any]:
-    return {
+def _across_row(across: dict[str, Any] | None) -> list[str]:
+    if across is None:
+        return []
+    return [
+        "| reload mid-reply to first rejoined text (chromium), on the other of two gunicorn workers (PostgreSQL, "
+        f"nginx), p50 / max | {across['rejoin_p50_ms']:.0f} / {across['rejoin_max_ms']:.0f} ms | "
+        f"{across['same_worker_p50_ms']:.0f} / {across['same_worker_max_ms']:.0f} ms, the reload on the worker "
+        f"running the reply | {across['ratio']:.2f} |"
+    ]
+
+
+def run(streams: int, tokens: int, reloads: int, postgres_url: str | None = None) -> dict[str, Any]:
+    figures = {
         "overhead": log_overhead(streams, tokens),
         "new": new_conversations(streams),
         "size": log_size(),
         "reload": reload_rejoin(reloads),
     }
+    if postgres_url is not None:
+        figures["across"] = reload_rejoin_across(reloads, postgres_url)
+    return figures
 
 
 def main() -> None:
@@ -220,9 +280,16 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--tokens", type=int, default=100)
     parser.add_argument("--reloads", type=int, default=5)
+    parser.add_argument(
+        "--postgres", help="a postgresql:// URL for the two-worker figure, or `auto` for a throwaway local cluster"
+    )
     parser.add_argument("--json")
     args = parser.parse_args()
-    report(run(args.streams, args.tokens, args.reloads), describe, args.json)
+    from tests.postgres import postgres_url  # Debian's postgresql, as the tests start it
+
+    with postgres_url(args.postgres) as url:
+        figures = run(args.streams, args.tokens, args.reloads, url)
+    report(figures, describe, args.json)
 
 
 if __name__ == "__main__":

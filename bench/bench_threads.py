@@ -201,16 +201,10 @@ def main() -> None:
     )
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
-    if args.postgres == "auto":
-        from tests.postgres import PostgresCluster  # Debian's postgresql, as the tests start it
+    from tests.postgres import postgres_url  # Debian's postgresql, as the tests start it
 
-        cluster = PostgresCluster()
-        try:
-            figures = run(args.runs, cluster.url)
-        finally:
-            cluster.remove()
-    else:
-        figures = run(args.runs, args.postgres)
+    with postgres_url(args.postgres) as url:
+        figures = run(args.runs, url)
     report(figures, describe, args.json)
 
 

@@ -72,6 +72,12 @@ def documents_figures(runs: int) -> dict[str, Any]:
     return in_own_process("bench_documents", "--runs", str(runs))
 
 
+def rejoin_figures(streams: int, tokens: int, reloads: int) -> dict[str, Any]:
+    """The event log's cost, and a reload's rejoin in chromium on one worker and across two on PostgreSQL."""
+    options = ["--streams", str(streams), "--tokens", str(tokens), "--reloads", str(reloads), "--postgres", "auto"]
+    return in_own_process("bench_rejoin", *options)
+
+
 def concurrency_figures() -> dict[str, Any]:
     """Memory of held streams on the development server and on both production worker classes."""
     with server_process("bench.targets", "--chars", "1000") as server:
@@ -113,7 +119,7 @@ def sections(runs: int, quick: bool) -> dict[str, Callable[[], Any]]:
         "engine_process": lambda: engine_process_figures(runs),
         "peer": lambda: in_own_process("bench_peer", "--runs", str(runs)),
         "documents": lambda: documents_figures(runs),
-        "rejoin": lambda: bench_rejoin.run(streams, tokens, reloads=max(5, 2 * runs)),
+        "rejoin": lambda: rejoin_figures(streams, tokens, reloads=max(5, 2 * runs)),
         "concurrency": concurrency_figures,
         "conversations": conversations_figures,
         "observability": lambda: observability_figures(runs, quick),

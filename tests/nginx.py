@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -119,6 +120,14 @@ class Nginx:
         self.stop()
         if not self._start(self.port):
             raise RuntimeError(f"nginx did not start again:\n{self.error_log()}")
+
+    def switch(self, upstream: str) -> None:
+        """Proxy to `upstream` from now on: a graceful reload (SIGHUP), so open connections stay where they are
+        and new ones go to `upstream` once nginx's new worker has started."""
+        assert self._process is not None and self._process.poll() is None, "nginx is not running"
+        self.upstream = upstream
+        (self._dir / "nginx.conf").write_text(self._config())
+        self._process.send_signal(signal.SIGHUP)
 
     def _start(self, port: int = 0) -> bool:
         self.port = port or free_port()

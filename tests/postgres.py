@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -74,6 +75,19 @@ class PostgresCluster:
         if (self.data / "postmaster.pid").exists():
             self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_url(option: str | None) -> Iterator[str | None]:
+    """A benchmark's `--postgres` option as a URL: `auto` is a throwaway cluster for the block, None is none."""
+    if option != "auto":
+        yield option
+        return
+    cluster = PostgresCluster()
+    try:
+        yield cluster.url
+    finally:
+        cluster.remove()
 
 
 @pytest.fixture(scope="session")

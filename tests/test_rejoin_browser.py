@@ -14,11 +14,12 @@ from kit import create_app
 from kit.testing.browser import chromium_page
 from kit.testing.fakes import ScriptedSource
 from tests.helpers import wait_until
+from tests.rejoin_prod import long_reply
 from tests.test_browser import send
 from tests.test_threads_browser import bubbles
 
 # 2,000 pieces ("tokens") over about 4 s: words, punctuation and line breaks, as a model writes them.
-TOKENS = [f"w{index}{',' if index % 7 == 3 else ''}{chr(10) * 2 if index % 97 == 96 else ' '}" for index in range(2000)]
+TOKENS = long_reply(2000)
 
 
 def last_answer(page: Any) -> str:
