@@ -15,6 +15,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.chat_models import generate_from_stream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage, UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult, LLMResult
+from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
 from langgraph.graph import END, START, MessagesState, StateGraph
 
@@ -262,6 +263,22 @@ def test_a_graphs_usage_is_summed_over_its_model_calls_and_reaches_the_page_and_
     stats = inspector.wait().stats
     assert (stats.input_tokens, stats.output_tokens) == (30, 6)
     assert "<td>30 / 6</td>" in stats_table(inspector.streams)
+
+
+def test_a_chain_ending_in_an_output_parser_reports_every_model_calls_usage(serve) -> None:  # type: ignore[no-untyped-def]
+    from langchain_core.messages import HumanMessage
+    from langchain_core.output_parsers import StrOutputParser
+
+    # The most common LCEL chain: its output is plain str, so only the model calls themselves say what they used.
+    again = RunnableLambda(lambda text: [HumanMessage(text)])
+    chain = _CountingModel() | StrOutputParser() | again | _CountingModel(reply="four five") | StrOutputParser()
+    url = serve(create_app(chain, thread_store=False, coalesce_ms=0)).url
+    reply = stream_chat(url + "chat-stream", "hi")
+    assert reply.errors == [] and reply.text == "four five"
+    assert reply.events[-1] == {"usage": {"input_tokens": 20, "output_tokens": 5}}
+    assert sum("usage" in event for event in reply.events) == 1
+    body = httpx.post(url + "chat", json=chat_body("hi")).json()
+    assert body == {"text": "four five", "custom": {"usage": {"input_tokens": 20, "output_tokens": 5}}}
 
 
 def test_a_graphs_json_reply_carries_its_usage(serve) -> None:  # type: ignore[no-untyped-def]

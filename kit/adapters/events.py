@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.outputs import LLMResult
 from langchain_core.runnables import RunnableConfig
 
 from kit.pipeline.shapes import read_text, read_thinking
@@ -17,6 +18,7 @@ from kit.pipeline.sources import (
     Role,
     to_text,
 )
+from kit.pipeline.usage import Usage
 
 _MODEL_TOKEN_EVENTS = ("on_chat_model_stream", "on_llm_stream")
 _MODEL_END_EVENTS = ("on_chat_model_end", "on_llm_end")
@@ -115,19 +117,26 @@ def _chunk_text(event: dict[str, Any]) -> str:
     return to_text(event.get("data", {}).get("chunk"))
 
 
-class ThoughtTap(BaseCallbackHandler):
-    """Collects the thinking of every model token of a chain run through `.stream()`, where an output parser at
-    the end (`StrOutputParser`) keeps the answer's text only. A model reports each token to its callbacks
-    before passing it on, so the thinking is here by the time the chain's output for that token is.
+class ModelTap(BaseCallbackHandler):
+    """What every model call of a chain run through `.stream()` says beside its text, where an output parser at
+    the end (`StrOutputParser`) keeps the answer's text only: its thinking, token by token (a model reports each
+    token to its callbacks before passing it on, so the thinking is here by the time the chain's output for that
+    token is), and its token usage when the call ends, summed over every call.
     """
 
     def __init__(self) -> None:
         self.thoughts: deque[str] = deque()
+        self.usage = Usage()
 
     def on_llm_new_token(self, token: str, *, chunk: Any = None, **kwargs: Any) -> None:
         thought = read_thinking(getattr(chunk, "message", None))
         if thought:
             self.thoughts.append(thought)
+
+    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
+        for generations in response.generations:
+            for generation in generations:
+                self.usage.read(getattr(generation, "message", None))
 
     def drain(self) -> Iterator[dict[str, str]]:
         """The thinking collected so far, as items `kit.pipeline.sources.texts` reads as thinking."""
@@ -148,7 +157,7 @@ class ThoughtTap(BaseCallbackHandler):
 
 
 def answer_only(item: Any) -> Any:
-    """An output item's text without its thinking (a ThoughtTap has that); an item of no known shape as it is.
+    """An output item's text without its thinking (a ModelTap has that); an item of no known shape as it is.
 
     >>> answer_only({"text": "Hi", "thinking": "Hmm"})
     'Hi'

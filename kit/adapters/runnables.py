@@ -17,7 +17,7 @@ from typing import Any
 from langchain_core.runnables import Runnable, RunnableConfig
 
 from kit.adapters.admission import admit_models, kit_models, released
-from kit.adapters.events import AnswerSelector, EventFilter, ThoughtTap, answer_only, with_roles
+from kit.adapters.events import AnswerSelector, EventFilter, ModelTap, answer_only, with_roles
 from kit.adapters.inputs import InputMapper, default_to_input, to_messages
 from kit.adapters.server_errors import explained
 from kit.model.chat_model import ChatLlama
@@ -125,23 +125,26 @@ class RunnableSource:
     def _output(self, value: Any, cancel: CancelToken) -> Iterator[Any]:
         # A context of its own carries the cancel token into the chain (and its executor threads or tasks).
         context = bound_context(cancel)
-        tap = ThoughtTap()  # the models' thinking, which a parser at the chain's end would drop
+        tap = ModelTap()  # the models' thinking and usage, which a parser at the chain's end would drop
         config = tap.config(self.config)
         if self.asynchronous:  # `.stream()` cannot run async-only parts: the async stream runs on the kit's loop
             iterator = iterate(self.chain.astream(value, config), cancel, owned=True, context=context)
         else:
             iterator = context.run(self.chain.stream, value, config)
-        usage = Usage()  # the chain's own chunks' usage_metadata, summed: reported once, at the end
+        output_usage = Usage()  # the chain's own chunks' usage_metadata: a part that is not a LangChain model's
         try:
             while not cancel.cancelled:
                 item = context.run(next, iterator, _DONE)
                 yield from tap.drain()
                 if item is _DONE:
                     break
-                usage.read(item)
+                output_usage.read(item)
                 yield answer_only(item)
         finally:
             context.run(close_iterator, iterator)
+        # Reported once, at the end: every model call's usage, summed; an output chunk's usage_metadata is the
+        # same calls' usage again, so it counts only when no model call reported any.
+        usage = tap.usage if tap.usage.reported else output_usage
         if usage.reported and not cancel.cancelled:
             yield usage.as_item()
 
