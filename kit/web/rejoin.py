@@ -113,7 +113,10 @@ class RunStreams:
         self.threads.check_owner(thread_id)
         live = live_run(None, thread_id)
         run_id = live.run_id if live is not None else self._logged_run(thread_id, None)
-        if run_id is None:
+        ending = live_run(run_id) if live is None and run_id is not None else None
+        if run_id is None or ending is not None:
+            # A run of this process that has ended, its end not yet committed to the log: its transcript is kept
+            # already, so a page opening now shows the reply from it and must not also rejoin it.
             return jsonify(running=False)
         asked = self.runlog.asked(run_id) if self.runlog is not None else []
         return jsonify(running=True, run_id=run_id, asked=asked)
