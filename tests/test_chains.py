@@ -315,14 +315,15 @@ def test_deep_chat_shows_steps_and_answer_in_two_bubbles_and_sends_both_back(ser
     server = serve(app)
     with chromium_page() as page:
         page.goto(server.url)
-        for question in ("Tell me about Paris", "More?"):
+        steps = page.locator(".deep-chat-outer-container-role-steps .message-bubble")
+        answers = page.locator(".ai-message-text").filter(has_text="Paris is big.")
+        for turn, question in enumerate(("Tell me about Paris", "More?"), start=1):
             page.locator("#text-input").click()
             page.keyboard.type(question)
             page.keyboard.press("Enter")
-            bubbles = page.locator(".ai-message-text")
-            assert wait_until(lambda bubbles=bubbles: bubbles.last.inner_text() == "Paris is big.")
-        steps = page.locator(".deep-chat-outer-container-role-steps .message-bubble")
-        assert steps.count() == 2 and steps.first.text_content().strip() == "Looking it up..."  # folded, kept
+            # This turn's answer, not the last turn's (the last bubble already reads the same).
+            assert wait_until(lambda turn=turn: answers.count() == turn and steps.count() == turn, timeout=30)
+        assert steps.first.text_content().strip() == "Looking it up..."  # folded, kept
     # The steps bubble comes back with the history; the source gets the conversation's turns only.
     assert sent == [["user"], ["user", "steps", "ai", "user"]]
     assert bodies == [["user"], ["user", "ai", "user"]]
