@@ -154,6 +154,28 @@ def test_a_run_whose_worker_died_ends_with_a_clear_error(serve, tmp_path: Path) 
     assert reply.errors == [CRASHED] and reply.text == ""
 
 
+def test_a_run_that_ended_here_is_not_running_while_its_end_commits(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from kit.threads.runlog import RunLog
+    from kit.threads.store import SqliteThreadStore
+    from kit.web.live import LIVE_RUNS, LiveRun
+
+    store = tmp_path / "t.sqlite"
+    server = serve(create_app(ScriptedSource(["unused"]), thread_store=store))
+    thread_id, run_id = new_thread_id(), "ending-run-0123456789abcdef"
+    log = RunLog(SqliteThreadStore(store))
+    log.start(run_id, thread_id, [{"role": "user", "text": "q"}])  # the log still says it runs
+    run_url = f"{server.url}threads/{thread_id}/run"
+    assert httpx.get(run_url).json()["running"] is True
+    # This process ran it and saw its end (its transcript is kept by then); the end's log write is under way.
+    ending = LiveRun(run_id, log, limit_s=60, thread_id=thread_id)
+    ending.ended = True
+    LIVE_RUNS[run_id] = ending
+    try:
+        assert httpx.get(run_url).json() == {"running": False}  # a page opening now must not rejoin it too
+    finally:
+        LIVE_RUNS.pop(run_id, None)
+
+
 @pytest.mark.parametrize(
     ("headers", "status", "error"),
     [
