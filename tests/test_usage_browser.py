@@ -95,8 +95,8 @@ def test_deep_chat_shows_the_json_reply_and_keeps_its_usage(serve) -> None:  # t
     with chromium_page() as page:
         page.goto(server.url + "plain")
         send(page, "count")  # POST chat: `{"text": ..., "custom": {"usage": ...}}`
-        assert wait_until(lambda: page.locator(".ai-message-text").count() == 1)
-        assert page.locator(".ai-message-text").all_inner_texts() == [ANSWER]
+        # The bubble appears before its text is set: wait for the text, then check it is the only bubble.
+        assert wait_until(lambda: page.locator(".ai-message-text").all_inner_texts() == [ANSWER], timeout=30)
         assert page.locator(".error-message-text").count() == 0
         messages = page.evaluate("() => document.getElementById('chat').getMessages()")
         usage = {"input_tokens": 7, "output_tokens": 8, "model": "gpt-4o-mini"}
