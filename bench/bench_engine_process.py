@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from typing import Any
 import httpx
 
 from bench.bench_users import PROMPTS
-from bench.measure import ROOT, report, summary
+from bench.measure import ROOT, report, stop_child, summary
 from kit.serving.client import chat_body, iter_stream
 from kit.serving.ports import free_port, wait_until_answering
 
@@ -80,12 +79,7 @@ def _child(command: list[str], url: str, **popen: Any) -> Iterator[subprocess.Po
         warm(url)
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_child(process)
 
 
 def _family(pid: int) -> list[int]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from typing import Any
 import httpx
 
 from bench.bench_engine_process import Texts, in_process, kit_texts, timed_reply, users_round
-from bench.measure import ROOT, report
+from bench.measure import ROOT, report, stop_child
 from kit.pipeline.sse import parse_line, sse_lines
 from kit.serving.ports import free_port, wait_until_answering
 
@@ -64,12 +63,7 @@ def llama_server(binary: str, threads: int, context: int) -> Iterator[str]:
         list(peer_texts_for(8)(url, "Hi", []))  # warm
         yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_child(process)
 
 
 def peer_texts_for(tokens: int) -> Texts:

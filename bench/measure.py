@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -106,3 +107,13 @@ def report(
         Path(json_path).write_text(json.dumps(figures, indent=1))
     if plot is not None and plot_path:
         plot(figures, Path(plot_path))
+
+
+def stop_child(process: subprocess.Popen[bytes]) -> None:
+    """A server the benchmark started: SIGTERM, then SIGKILL if it has not exited within 30 s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
