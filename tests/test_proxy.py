@@ -129,12 +129,13 @@ DOCTOR_CASES = {
 def doctor_results() -> dict[str, Diagnosis]:
     """Every configuration probed at once (each run is mostly waiting), so the module costs one probe's time."""
 
+    # The apps are built here, one after another: Flask compiles each route with `ast.parse`, which CPython 3.11
+    # does not make thread-safe ("AST constructor recursion depth mismatch" when two threads build apps at once).
+    apps = {case: create_app("unused", heartbeat_s=heartbeat_s) for case, (_, heartbeat_s) in DOCTOR_CASES.items()}
+
     def probe(case: str) -> Diagnosis:
-        settings, heartbeat_s = DOCTOR_CASES[case]
-        with (
-            BackgroundServer(create_app("unused", heartbeat_s=heartbeat_s)) as server,
-            Nginx(upstream(server), settings) as nginx,
-        ):
+        settings, _ = DOCTOR_CASES[case]
+        with BackgroundServer(apps[case]) as server, Nginx(upstream(server), settings) as nginx:
             # A silence longer than the read timeout, so that a missing heartbeat gets the stream cut.
             return diagnose(nginx.url, silence_s=7.0)
 
