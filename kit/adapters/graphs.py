@@ -143,6 +143,10 @@ class GraphSource:
         """The thread's bubbles from the graph's checkpoint, laid out as they streamed."""
         return checkpoint_messages(self.graph, thread_id, StepSelector(self.steps_role, None).feed)
 
+    def switch_branch(self, thread_id: str, message_id: str) -> None:
+        """Make the branch through this version current (issue 27: being built on branch issue-27-graph)."""
+        raise NotImplementedError("switching a graph's branches is not built yet")
+
     def _stream(self, value: Any, cancel: CancelToken, config: RunnableConfig | None) -> Iterator[Any]:
         selector = StepSelector(self.steps_role, self.answer_nodes)
         context = bound_context(cancel)

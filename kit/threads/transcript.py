@@ -18,7 +18,12 @@ class ThreadMemory(Protocol):
         ...
 
     def thread_messages(self, thread_id: str) -> list[Message]:
-        """The thread's visible messages in Deep Chat's format ([] for a thread never seen)."""
+        """The thread's current branch in Deep Chat's format, each with its `id` (and `versions` where a turn has
+        several: kit.threads.branching); [] for a thread never seen."""
+        ...
+
+    def switch_branch(self, thread_id: str, message_id: str) -> None:
+        """Make the branch through this version current (NoSuchMessage when the thread has no such message)."""
         ...
 
 
