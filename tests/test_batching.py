@@ -52,6 +52,24 @@ def test_eight_concurrent_prompts_each_get_their_own_answer_and_none_of_another(
     assert engine.running == 0 and engine.waiting == 0
 
 
+def test_plain_greedy_read_by_argmax_gives_the_sampler_chains_replies(engine: Engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Greedy with no penalty and no grammar skips llama.cpp's sampler: eight at once (prompts read in the same
+    steps as others decode, so the output rows interleave) answer exactly as the sampler chain does."""
+    options = {**GREEDY, "repeat_penalty": 1.0}
+    barrier = threading.Barrier(len(WORDS))
+
+    def ask(word: str) -> str:
+        barrier.wait()
+        return "".join(engine.chat(echo(word), reuse=False, **options))
+
+    with ThreadPoolExecutor(len(WORDS)) as pool:
+        by_argmax = dict(zip(WORDS, pool.map(ask, WORDS), strict=True))
+    monkeypatch.setattr("kit.model.batching.plain_greedy", lambda options: False)
+    by_chain = {word: "".join(engine.chat(echo(word), reuse=False, **options)) for word in WORDS}
+    assert by_argmax == by_chain
+    assert all(word in by_chain[word].lower() for word in WORDS), by_chain  # real replies, not empty ones
+
+
 def test_cancelling_one_of_eight_gives_its_slot_to_a_waiting_request_and_spares_the_others(engine: Engine) -> None:
     cancels = [CancelToken() for _ in range(engine.slots)]
     counts = [0] * engine.slots
