@@ -3,6 +3,10 @@
 No kit, no sampler chain beyond greedy, no text decoding: what the hardware gives for this model and thread
 count. The kit's batched engine is measured against it (one user: kit tokens/s ÷ limit).
 
+Two limits for N sequences: decoding alone (tokens/s from the first token to the last), and serving: N users'
+chat-templated prompts read in full batches, then their replies decoded together, tokens/s over the whole time
+from asking (what a server at the hardware's limit gives N users asking at once, the same work as the kit's).
+
     python -m bench.bench_batching [--sequences 1 4 8 16] [--threads 1 2] [--tokens 96] [--runs 3]
 """
 
@@ -17,6 +21,14 @@ from typing import Any
 from kit.model.settings import default_model_path
 
 PROMPT = "Write a long story about a dragon who learns to bake bread."
+USER_PROMPTS = [f"Write a long story about a dragon number {i} who learns to bake bread." for i in range(16)]
+PREFILL_BATCH = 512  # llama.cpp's default micro-batch: prompt tokens read in one decode
+SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # SmolLM2's template's default
+
+
+def templated(prompt: str) -> str:
+    """SmolLM2's chat template (with its default system prompt) around one user message, as the kit sends it."""
+    return f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def quiet_logs() -> None:
@@ -91,18 +103,46 @@ def _argmax(logits: Any, n_vocab: int) -> int:
     return int(np.argmax(np.ctypeslib.as_array(logits, shape=(n_vocab,))))
 
 
+def served_loop(native: NativeModel, ctx: Any, prompts: list[list[int]], tokens: int) -> dict[str, float]:
+    """Read every prompt (one sequence each, in full batches), then decode `tokens` greedy tokens for each:
+    tokens/s over the whole time from the start, and when the first tokens were there."""
+    api = native.api
+    api.llama_memory_clear(api.llama_get_memory(ctx), True)
+    n_vocab = api.llama_vocab_n_tokens(native.vocab)
+    batch = api.llama_batch_init(PREFILL_BATCH, 0, 1)
+    entries = [(token, i, seq, i == len(p) - 1) for seq, p in enumerate(prompts) for i, token in enumerate(p)]
+    try:
+        started = time.perf_counter()
+        last = []
+        for start in range(0, len(entries), PREFILL_BATCH):
+            part = entries[start : start + PREFILL_BATCH]
+            _fill(api, batch, part)
+            if api.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed on the prompts")
+            last += [_argmax(api.llama_get_logits_ith(ctx, i), n_vocab) for i, entry in enumerate(part) if entry[3]]
+        first_s = time.perf_counter() - started
+        for step in range(tokens - 1):
+            _fill(api, batch, [(last[seq], len(p) + step, seq, True) for seq, p in enumerate(prompts)])
+            if api.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed")
+            last = [_argmax(api.llama_get_logits_ith(ctx, seq), n_vocab) for seq in range(len(prompts))]
+        return {"tokens_per_s": len(prompts) * tokens / (time.perf_counter() - started), "first_s": first_s}
+    finally:
+        api.llama_batch_free(batch)
+
+
 def prefill_seconds(prompts: list[list[int]], threads: int) -> float:
     """Seconds llama.cpp takes to read `prompts` (one sequence each) in full batches: no user asking with them
     at once can see a first token sooner."""
     native = NativeModel(str(default_model_path()))
     api = native.api
     ctx = native.context(n_ctx=len(prompts) * 1024, n_seq=len(prompts), threads=threads)
-    batch = api.llama_batch_init(512, 0, 1)
+    batch = api.llama_batch_init(PREFILL_BATCH, 0, 1)
     entries = [(token, i, seq, i == len(p) - 1) for seq, p in enumerate(prompts) for i, token in enumerate(p)]
     try:
         started = time.perf_counter()
-        for start in range(0, len(entries), 512):
-            _fill(api, batch, entries[start : start + 512])
+        for start in range(0, len(entries), PREFILL_BATCH):
+            _fill(api, batch, entries[start : start + PREFILL_BATCH])
             if api.llama_decode(ctx, batch) != 0:
                 raise RuntimeError("llama_decode failed on the prompts")
         return time.perf_counter() - started
@@ -115,12 +155,15 @@ def run(sequences: list[int], threads: list[int], tokens: int, runs: int) -> dic
     """Aggregate tokens/s (median and spread over `runs`) for each thread count and sequence count."""
     native = NativeModel(str(default_model_path()))
     prompt = native.tokenize(f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n")
+    chats = [native.tokenize(templated(text)) for text in USER_PROMPTS]
     results: dict[str, Any] = {}
     for n_threads in threads:
         for n_seq in sequences:
-            ctx = native.context(n_ctx=n_seq * (len(prompt) + tokens + 8), n_seq=n_seq, threads=n_threads)
+            longest = max(len(prompt), *(len(chat) for chat in chats[:n_seq]))
+            ctx = native.context(n_ctx=n_seq * (longest + tokens + 8), n_seq=n_seq, threads=n_threads)
             try:
                 figures = [decode_loop(native, ctx, prompt, n_seq, tokens) for _ in range(runs)]
+                served = [served_loop(native, ctx, chats[:n_seq], tokens) for _ in range(runs)]
             finally:
                 native.api.llama_free(ctx)
             results[f"{n_threads}x{n_seq}"] = {
@@ -128,6 +171,8 @@ def run(sequences: list[int], threads: list[int], tokens: int, runs: int) -> dic
                 "sequences": n_seq,
                 "tokens_per_s": statistics.median(figures),
                 "spread": (min(figures), max(figures)),
+                "served_tokens_per_s": statistics.median(s["tokens_per_s"] for s in served),
+                "served_first_s": statistics.median(s["first_s"] for s in served),
             }
     return results
 
@@ -141,10 +186,13 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
     results = run(args.sequences, args.threads, args.tokens, args.runs)
-    print("threads  sequences  aggregate tokens/s (median, min-max)")
+    print("threads  sequences  decoding tokens/s (median, min-max)  serving tokens/s  first tokens s")
     for row in results.values():
         low, high = row["spread"]
-        print(f"{row['threads']:>7}  {row['sequences']:>9}  {row['tokens_per_s']:7.0f} ({low:.0f}-{high:.0f})")
+        print(
+            f"{row['threads']:>7}  {row['sequences']:>9}  {row['tokens_per_s']:7.0f} ({low:.0f}-{high:.0f})"
+            f"{row['served_tokens_per_s']:24.1f}  {row['served_first_s']:14.3f}"
+        )
     if args.json:
         with open(args.json, "w") as out:
             json.dump(results, out, indent=1)

@@ -35,6 +35,7 @@ from kit.serving.client import chat_body, iter_stream
 from kit.serving.ports import free_port, wait_until_answering
 
 GAIN_TARGET = 0.9  # the kit's 8-user gain over one user, as a share of the bare loop's gain
+ONE_USER_TARGET = 0.95  # one user's tokens/s through HTTP, as a share of the bare loop serving the same prompt
 STOP_TARGET_S = 0.5
 
 
@@ -165,12 +166,20 @@ def users_round(url: str, users: int, tokenize: Callable[[str], int], texts: Tex
 
 
 def bare_loop(threads: int, tokens: int) -> dict[str, float]:
-    """bench_batching's bare greedy loop, 1 and 8 sequences, in a process of its own."""
+    """bench_batching's bare greedy loop, 1 and 8 sequences, in a process of its own: decoding alone ("1", "8")
+    and serving the same prompts from asking to the last token ("served 1", "served 8", "first 8")."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         command = [sys.executable, "-m", "bench.bench_batching", "--sequences", "1", "8", "--threads", str(threads)]
         subprocess.run([*command, "--tokens", str(tokens), "--runs", "1", "--json", out.name], cwd=ROOT, check=True)
         figures = json.loads(Path(out.name).read_text())
-    return {"1": figures[f"{threads}x1"]["tokens_per_s"], "8": figures[f"{threads}x8"]["tokens_per_s"]}
+    one, eight = figures[f"{threads}x1"], figures[f"{threads}x8"]
+    return {
+        "1": one["tokens_per_s"],
+        "8": eight["tokens_per_s"],
+        "served 1": one["served_tokens_per_s"],
+        "served 8": eight["served_tokens_per_s"],
+        "first 8": eight["served_first_s"],
+    }
 
 
 def stop_to_free_slot(engine_root: str, runs: int) -> dict[str, dict[str, float]]:
@@ -239,7 +248,9 @@ def run(runs: int, tokens: int, threads: int) -> dict[str, Any]:
     stops: dict[str, Any] = {}
     for index in range(runs):
         bare = bare_loop(threads, tokens)
-        rounds["bare loop"].append({"1": {"tokens_per_s": bare["1"]}, "8": {"tokens_per_s": bare["8"]}})
+        eight = {"tokens_per_s": bare["served 8"], "decode_tokens_per_s": bare["8"], "ttft_max_s": bare["first 8"]}
+        one = {"tokens_per_s": bare["served 1"], "decode_tokens_per_s": bare["1"]}
+        rounds["bare loop"].append({"1": one, "8": eight})
         for name, setup in (("in process", in_process), ("engine process, 4 workers", behind_gunicorn)):
             with setup(threads, tokens) as (url, pids):
                 rounds[name].append({str(n): users_round(url, n, tokenize) for n in (1, 8)})
@@ -260,19 +271,21 @@ def _engine_root(pid: int) -> str:
 
 
 def figures(results: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per set-up: medians of 1 and 8 users' tokens/s, the gain, its share of the bare loop's, first text max."""
+    """Per set-up: medians of 1 and 8 users' tokens/s (from asking to the last text), the gain, its share of the
+    bare loop's serving the same prompts, one user's share of it, one user's decoding rate's share of the bare
+    loop's, and first text max."""
     rows: dict[str, dict[str, float]] = {}
     for name, rounds in results["rounds"].items():
         one = statistics.median(r["1"]["tokens_per_s"] for r in rounds)
         eight = statistics.median(r["8"]["tokens_per_s"] for r in rounds)
-        rows[name] = {"one": one, "eight": eight, "gain": eight / one, "one_decode": one}
-        if "ttft_max_s" in rounds[0]["8"]:
-            rows[name]["ttft_max_s"] = max(r["8"]["ttft_max_s"] for r in rounds)
-            rows[name]["one_decode"] = statistics.median(r["1"]["decode_tokens_per_s"] for r in rounds)
+        rows[name] = {"one": one, "eight": eight, "gain": eight / one}
+        rows[name]["ttft_max_s"] = max(r["8"]["ttft_max_s"] for r in rounds)
+        rows[name]["one_decode"] = statistics.median(r["1"]["decode_tokens_per_s"] for r in rounds)
     bare = rows["bare loop"]
     for row in rows.values():
         row["gain_share"] = row["gain"] / bare["gain"]
-        row["one_share"] = row["one_decode"] / bare["one"]
+        row["one_share"] = row["one"] / bare["one"]
+        row["one_decode_share"] = row["one_decode"] / bare["one_decode"]
     return rows
 
 
@@ -284,20 +297,21 @@ def describe(results: dict[str, Any]) -> str:
         f"replies, medians of {results['runs']} rounds alternating between set-ups; the machine was shared with "
         "other work, so compare the ratios, measured in the same rounds, rather than the absolute rates).",
         "",
-        "| set-up | 1 user tokens/s | 8 users tokens/s | gain | gain ÷ bare loop's | 1 user decoding ÷ bare loop | "
-        "8 users first text max s |",
-        "|---|---|---|---|---|---|---|",
+        "| set-up | 1 user tokens/s | 8 users tokens/s | gain | gain ÷ bare loop's | 1 user ÷ bare loop | "
+        "1 user decoding ÷ bare loop's | 8 users first text max s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
-        ttft = f"{row['ttft_max_s']:.2f}" if "ttft_max_s" in row else "-"
         lines.append(
             f"| {name} | {row['one']:.1f} | {row['eight']:.1f} | {row['gain']:.2f}x | {row['gain_share']:.2f} | "
-            f"{row['one_share']:.2f} | {ttft} |"
+            f"{row['one_share']:.2f} | {row['one_decode_share']:.2f} | {row['ttft_max_s']:.2f} |"
         )
     lines.append(
-        f"\nTokens/s: each user's tokens over the time from asking to the end, all users' over the last one's end; "
-        f"decoding: first to last text, as the bare loop times it. Target: gain ÷ bare loop's gain >= {GAIN_TARGET} "
-        "in process and behind 4 workers."
+        "\nTokens/s: each user's tokens over the time from asking to the end, all users' over the last one's end; "
+        "the bare loop does the same work: it reads the same chat-templated prompts (8 in full batches) and decodes "
+        "the same number of tokens (its first text max: when its 8 prompts were read). Decoding: first to last text. "
+        f"Targets: gain ÷ bare loop's >= {GAIN_TARGET} in process and behind 4 workers, 1 user ÷ bare loop >= "
+        f"{ONE_USER_TARGET}."
     )
     memory = results["memory_mb"]
     if memory:

@@ -34,7 +34,7 @@ DRIFT_PROMPTS = [
     for verb in ("Tell me about", "Write a haiku about", "Explain")
     for topic in ("the sea", "cats", "bread", "the moon", "rain", "trains", "music", "Paris")
 ]
-PROMPTS = [f"Write a long story about a dragon number {i} who learns to bake bread." for i in range(16)]
+PROMPTS = bench_batching.USER_PROMPTS
 TTFT_TARGET_S = 0.5
 ONE_USER_TARGET = 0.9
 AGGREGATE_TARGET = 2.0
@@ -174,19 +174,13 @@ def run_old(users: list[int], tokens: int, n_threads: int) -> dict[str, Any]:
 
     limits = bench_batching.run([1, 8], [n_threads], tokens, runs=1)
     old = Llama(model_path=str(default_model_path()), n_ctx=1024, n_threads=n_threads, verbose=False)
-    prompts = [old.tokenize(_templated(prompt).encode(), special=True) for prompt in PROMPTS[:8]]
+    prompts = [old.tokenize(bench_batching.templated(prompt).encode(), special=True) for prompt in PROMPTS[:8]]
     return {
         "limit": limits[f"{n_threads}x1"],
         "limit_8": limits[f"{n_threads}x8"],  # 8 sequences decoded together bound what 8 users get in aggregate
         "prefill_8_s": bench_batching.prefill_seconds(prompts, n_threads),
         "old": {str(count): old_engine_round(old, count, tokens) for count in users},
     }
-
-
-def _templated(prompt: str) -> str:
-    """SmolLM2's chat template (with its default system prompt) around one user message."""
-    system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-    return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def describe(results: dict[str, Any]) -> str:
