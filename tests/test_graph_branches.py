@@ -183,7 +183,7 @@ def test_bad_branch_requests_are_4xx_and_change_nothing(tmp_path: Path) -> None:
 
 
 def test_reading_a_50_message_thread_with_two_branches_is_fast(stores: Any) -> None:
-    worker_a, _ = stores
+    worker_a, worker_b = stores
     source = recording_graph(worker_a.checkpointer(), Recorder())
     thread_id = new_thread_id()
     for turn in range(25):
@@ -192,21 +192,24 @@ def test_reading_a_50_message_thread_with_two_branches_is_fast(stores: Any) -> N
     say(source, thread_id, "turn 12, edited", BranchRequest("edit", first[24]["id"], "turn 12, edited"))
     for turn in range(13, 25):
         say(source, thread_id, f"turn {turn} again")
-    timings = []
-    for _ in range(5):
+    other = recording_graph(worker_b.checkpointer(), Recorder())  # a worker that never read this thread
+
+    def timed(read: Any) -> tuple[Any, float]:
         started = time.perf_counter()
-        shown = source.thread_messages(thread_id)
-        timings.append(time.perf_counter() - started)
+        return read(), time.perf_counter() - started
+
+    shown, cold = timed(lambda: other.thread_messages(thread_id))
+    warm = min(timed(lambda: other.thread_messages(thread_id))[1] for _ in range(5))
     assert len(shown) == 50 and shown[24]["versions"]["count"] == 2
-    started = time.perf_counter()
-    source.switch_branch(thread_id, first[24]["id"])
-    switched = time.perf_counter() - started
+    assert other.thread_messages(thread_id) == source.thread_messages(thread_id)
+    _, switched = timed(lambda: other.switch_branch(thread_id, first[24]["id"]))
     assert texts(source.thread_messages(thread_id)) == texts(first)
+    checkpoints = len(list(worker_a.checkpointer().list({"configurable": {"thread_id": thread_id}})))
     print(
-        f"\nthread_messages, 50 messages, 2 branches: best {min(timings) * 1000:.1f} ms, "
-        f"worst {max(timings) * 1000:.1f} ms; switch_branch {switched * 1000:.1f} ms"
+        f"\nthread_messages, 50 messages, 2 branches, {checkpoints} checkpoints: "
+        f"first read {cold * 1000:.1f} ms, then {warm * 1000:.1f} ms; switch_branch {switched * 1000:.1f} ms"
     )
-    assert min(timings) < 0.5  # the target is well under 0.1 s; a loaded 2-core machine gets slack
+    assert warm < 0.1  # a read deserialises only the checkpoints written since the last one
 
 
 def email_call(text: str) -> tuple[str, dict[str, Any]] | None:

@@ -10,8 +10,12 @@ first.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from langchain_core.messages import BaseMessage, HumanMessage
@@ -73,6 +77,46 @@ def _has_tasks(checkpoint: Any, triggers: dict[str, list[str]]) -> bool:
     return False
 
 
+class SeenPoints:
+    """Each thread's points read so far, per checkpointer, so that a read deserialises only the checkpoints written
+    since (most of a read's time is spent rebuilding messages). Sound because a checkpoint's content never changes
+    and only the thread's newest one still gains pending writes (a run writes to the checkpoint it runs from): the
+    newest seen is read again every time. A cache only: the checkpointer stays the one state every worker reads."""
+
+    def __init__(self, threads: int = 64) -> None:
+        self.threads = threads
+        self._lock = threading.Lock()
+        self._by_saver: weakref.WeakKeyDictionary[Any, OrderedDict[str, list[Point]]] = weakref.WeakKeyDictionary()
+
+    def points(self, saver: Any, thread_id: str, read: Callable[[Any], Point | None]) -> list[Point]:
+        """The thread's root checkpoints as points, oldest first: those seen before, then those read now."""
+        with self._lock:
+            known = list(self._by_saver.setdefault(saver, OrderedDict()).get(thread_id, []))
+        newest = known[-1].config["configurable"]["checkpoint_id"] if known else None
+        fresh, reached = [], False
+        with (
+            checkpoint_errors(),
+            contextlib.closing(saver.list({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}})) as listed,
+        ):
+            for saved in listed:  # newest first
+                if newest is not None and saved.config["configurable"]["checkpoint_id"] < newest:
+                    reached = True  # older than what was seen: known already
+                    break
+                fresh.append(saved)
+        read_now = [point for point in map(read, reversed(fresh)) if point is not None]
+        points = (known[:-1] if reached else []) + read_now  # not reached: the thread was deleted meanwhile
+        with self._lock:
+            threads = self._by_saver.setdefault(saver, OrderedDict())
+            threads[thread_id] = [replace(point, messages=()) for point in points[:-1]] + points[-1:]
+            threads.move_to_end(thread_id)
+            while len(threads) > self.threads:
+                threads.popitem(last=False)
+        return points
+
+
+_SEEN = SeenPoints()
+
+
 class Tree:
     """The thread's checkpoints, oldest first (one read of the checkpointer); the latest is the current branch."""
 
@@ -84,11 +128,8 @@ class Tree:
         saver = checkpointer_of(graph)
         if saver is None:
             return cls([])
-        with checkpoint_errors():
-            saved = list(saver.list({"configurable": {"thread_id": thread_id}}))
         triggers = {name: list(node.triggers) for name, node in graph.nodes.items()}
-        points = [point for point in (_point(each, triggers) for each in reversed(saved)) if point is not None]
-        return cls(points)
+        return cls(_SEEN.points(saver, thread_id, lambda saved: _point(saved, triggers)))
 
     @property
     def current(self) -> Point | None:
