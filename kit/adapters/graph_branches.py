@@ -150,10 +150,15 @@ class Tree:
     def position(self, wanted: str) -> int:
         """Where the message is on the current branch (NoSuchMessage: not on it)."""
         ids = self.current.ids if self.current else ()
-        for candidate in (wanted, wanted.rsplit("#", 1)[0]):  # a second bubble of one message: "<id>#2"
+        for candidate in _candidates(wanted):
             if candidate in ids:
                 return ids.index(candidate)
         raise NoSuchMessage(f"this thread has no message {wanted!r} on its current branch")
+
+    def has(self, wanted: str) -> bool:
+        """The message is on the current branch."""
+        ids = self.current.ids if self.current else ()
+        return any(candidate in ids for candidate in _candidates(wanted))
 
     def holding(self, ids: tuple[str, ...], *, pending: bool) -> Point | None:
         """A checkpoint whose messages are exactly these: with tasks to run (the oldest, as the run left it right
@@ -167,11 +172,20 @@ class Tree:
 
     def newest_through(self, wanted: str) -> Point:
         """The newest checkpoint whose messages include this one: its branch and the newest continuation below it."""
-        for candidate in (wanted, wanted.rsplit("#", 1)[0]):
+        for candidate in _candidates(wanted):
             for point in reversed(self.points):
                 if candidate in point.ids:
                     return point
         raise NoSuchMessage(f"this thread has no message {wanted!r}")
+
+
+def _candidates(wanted: str) -> tuple[str, str]:
+    """A bubble's id and its message's: the second bubble one message opened (thinking, then answer) is "<id>#2".
+
+    >>> _candidates("run-1#2")
+    ('run-1#2', 'run-1')
+    """
+    return wanted, wanted.rsplit("#", 1)[0]
 
 
 def copy_as_latest(graph: Pregel, point: Point) -> None:
@@ -219,18 +233,19 @@ def _before(tree: Tree, ids: tuple[str, ...]) -> Point:
     return point
 
 
-def switch(graph: Pregel, thread_id: str, wanted: str) -> None:
+def switch(graph: Pregel, thread_id: str, wanted: str, config: RunnableConfig | None = None) -> None:
     """Make the branch through this version current: a copy of the newest checkpoint through it becomes the latest
-    (nothing is written when it already is). A branch that was waiting on an interrupt waits again: the copy has
-    no pending writes, so the waiting node runs once more up to its `interrupt()` (no model runs)."""
+    (nothing is written when the message is on the current branch already). A branch that was waiting on an
+    interrupt waits again: the copy has no pending writes, so the waiting node runs once more up to its
+    `interrupt()` (with the source's `config`)."""
     tree = Tree.load(graph, thread_id)
-    point = tree.newest_through(wanted)
-    if point is tree.current:
+    if tree.has(wanted):
         return
+    point = tree.newest_through(wanted)
     copy_as_latest(graph, point)
-    if point.interrupted:
-        with checkpoint_errors():
-            graph.invoke(None, {"configurable": {"thread_id": thread_id}})
+    if point.interrupted:  # not a checkpointer's error when it fails: the graph's own
+        configurable = {**(config or {}).get("configurable", {}), "thread_id": thread_id}
+        graph.invoke(None, {**(config or {}), "configurable": configurable})
 
 
 def branch_messages(graph: Pregel, thread_id: str, feed: Feed) -> list[Message]:

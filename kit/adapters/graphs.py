@@ -159,7 +159,7 @@ class GraphSource:
     def switch_branch(self, thread_id: str, message_id: str) -> None:
         """Make the branch through this version current: the newest checkpoint through it, copied as the latest
         (NoSuchMessage when no checkpoint of the thread holds that message)."""
-        switch(self.graph, thread_id, message_id)
+        switch(self.graph, thread_id, message_id, self.config)
 
     def _stream(self, value: Any, cancel: CancelToken, config: RunnableConfig | None) -> Iterator[Any]:
         selector = StepSelector(self.steps_role, self.answer_nodes)
