@@ -242,3 +242,30 @@ def test_an_approval_waits_and_resumes_on_an_edited_branch(stores: Any) -> None:
     (again,) = pending_interrupts(agent, thread_id)
     assert again["actions"][0]["args"]["to"] == "bob" and waiting["actions"] == again["actions"]
     demo.SENT_EMAILS.clear()
+
+
+def test_a_tool_agents_regenerated_answer_carries_the_versions_and_its_steps_reload_as_they_streamed(
+    tmp_path: Path,
+) -> None:
+    store = open_store(tmp_path / "t.sqlite")
+    model = ScriptedToolModel(tool_call_for=lambda text: ("get_weather", {"city": text}))
+    source = graph_source(demo.demo_agent(store, model), steps_role="steps")
+    thread_id = new_thread_id()
+    say(source, thread_id, "Lyon")
+    first = source.thread_messages(thread_id)
+    assert [m["role"] for m in first] == ["user", "steps", "ai"]
+    assert first[1]["text"].startswith("calling get_weather") and "returned" in first[1]["text"]
+    calls = model.calls
+    assert say(source, thread_id, "", BranchRequest("regenerate", first[2]["id"])) == first[2]["text"]
+    assert model.calls == calls + 2  # the tool call and the answer again: the turn ran from its question
+    shown = source.thread_messages(thread_id)
+    assert [m["role"] for m in shown] == ["user", "steps", "ai"] and shown[0] == first[0]
+    # The steps bubble opens the reply, the answer bubble carries its versions (each the id of a reply's first
+    # message, here the tool-calling one the steps bubble shows).
+    versions = shown[2]["versions"]
+    assert versions == {"index": 2, "count": 2, "ids": [first[1]["id"], shown[1]["id"]]}
+    assert "versions" not in shown[1] and shown[2]["id"] not in versions["ids"]
+    source.switch_branch(thread_id, versions["ids"][0])
+    back = source.thread_messages(thread_id)
+    assert [m["id"] for m in back] == [m["id"] for m in first] and back[2]["versions"]["index"] == 1
+    store.close()
