@@ -137,7 +137,12 @@ class Tree:
 
     def versions(self) -> list[list[str]]:
         """For each position of the current branch, the ids found there on a branch with the same messages
-        before it, oldest first (one id: no other version)."""
+        before it, oldest first (one id: no other version).
+
+        >>> point = lambda *ids: Point({}, (), ids, pending=False, interrupted=False)
+        >>> Tree([point("u1", "a1"), point("u1", "a2"), point("u3"), point("u1", "a1", "u2")]).versions()
+        [['u1', 'u3'], ['a1', 'a2'], ['u2']]
+        """
         current = self.current.ids if self.current else ()
         found: list[dict[str, None]] = [{} for _ in current]
         for point in self.points:
@@ -262,8 +267,7 @@ def branch_messages(graph: Pregel, thread_id: str, feed: Feed) -> list[Message]:
     for position, message in enumerate(tree.current.messages):
         layout.add(position, tree.current.ids[position], message, feed)
     if interrupts:  # as the reply that stopped ended: a reload shows the same bubble above the cards
-        layout.reply.add(WAITING_TEXT, WAITING_ROLE)
-        layout.reply_ids.append(f"interrupt-{interrupts[0].id}")
+        layout.pieces(f"interrupt-{interrupts[0].id}", [(WAITING_ROLE, WAITING_TEXT)])
     return layout.messages()
 
 
@@ -286,8 +290,12 @@ class Layout:
             return
         if self.reply_start is None:
             self.reply_start = position
+        self.pieces(message_id, feed(message, {}))
+
+    def pieces(self, message_id: str, pieces: Iterable[tuple[str, str]]) -> None:
+        """A reply's (role, text) pieces from one message; the bubbles they open take its id ("<id>#2" after)."""
         before = len(self.reply.messages())
-        for role, text in feed(message, {}):
+        for role, text in pieces:
             self.reply.add(text, role)
         opened = len(self.reply.messages()) - before
         self.reply_ids += [message_id if n == 0 else f"{message_id}#{n + 1}" for n in range(opened)]
