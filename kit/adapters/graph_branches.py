@@ -14,7 +14,7 @@ import contextlib
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -94,11 +94,8 @@ class SeenPoints:
             known = list(self._by_saver.setdefault(saver, OrderedDict()).get(thread_id, []))
         newest = known[-1].config["configurable"]["checkpoint_id"] if known else None
         fresh, reached = [], False
-        with (
-            checkpoint_errors(),
-            contextlib.closing(saver.list({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}})) as listed,
-        ):
-            for saved in listed:  # newest first
+        with checkpoint_errors(), contextlib.closing(newest_first(saver, thread_id)) as listed:
+            for saved in listed:
                 if newest is not None and saved.config["configurable"]["checkpoint_id"] < newest:
                     reached = True  # older than what was seen: known already
                     break
@@ -115,6 +112,21 @@ class SeenPoints:
 
 
 _SEEN = SeenPoints()
+
+
+def newest_first(saver: Any, thread_id: str, page: int = 8) -> Iterator[Any]:
+    """The thread's root checkpoints, newest first, in pages that grow (8, 32, 128...): a read that needs only the
+    few newest asks for those alone (PostgresSaver fetches every row a query matches before yielding one)."""
+    before: RunnableConfig | None = None
+    while True:
+        config: RunnableConfig = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+        count = 0
+        for row in saver.list(config, before=before, limit=page):  # each deserialised only when reached
+            count, before = count + 1, row.config
+            yield row
+        if count < page:
+            return
+        page *= 4
 
 
 class Tree:
