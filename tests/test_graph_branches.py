@@ -269,3 +269,27 @@ def test_a_tool_agents_regenerated_answer_carries_the_versions_and_its_steps_rel
     back = source.thread_messages(thread_id)
     assert [m["id"] for m in back] == [m["id"] for m in first] and back[2]["versions"]["index"] == 1
     store.close()
+
+
+def test_a_thinking_models_answer_bubble_has_an_id_of_its_own_that_regenerates_it(tmp_path: Path) -> None:
+    def answer(state: MessagesState) -> dict[str, list[BaseMessage]]:
+        reply = f"answer {len(state['messages'])}"
+        return {"messages": [AIMessage(reply, additional_kwargs={"reasoning_content": "Hmm."})]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("answer", answer)
+    graph.add_edge(START, "answer")
+    store = open_store(tmp_path / "t.sqlite")
+    source = graph_source(graph.compile(checkpointer=store.checkpointer()))
+    thread_id = new_thread_id()
+    say(source, thread_id, "one")
+    user, thinking, reply = source.thread_messages(thread_id)
+    assert (thinking["role"], thinking["text"], reply["role"], reply["text"]) == ("thinking", "Hmm.", "ai", "answer 1")
+    assert reply["id"] == f"{thinking['id']}#2"  # one message, two bubbles: the page can address each
+    say(source, thread_id, "", BranchRequest("regenerate", reply["id"]))
+    shown = source.thread_messages(thread_id)
+    assert [m["role"] for m in shown] == ["user", "thinking", "ai"] and "versions" not in shown[1]
+    assert shown[2]["versions"] == {"index": 2, "count": 2, "ids": [thinking["id"], shown[1]["id"]]}
+    source.switch_branch(thread_id, reply["id"])  # by the bubble's id too
+    assert [m["id"] for m in source.thread_messages(thread_id)] == [user["id"], thinking["id"], reply["id"]]
+    store.close()
