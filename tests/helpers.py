@@ -28,3 +28,8 @@ def rss_bytes(pid: int | str = "self") -> int:
         return 0
     match = _VMRSS.search(status)
     return int(match.group(1)) * 1024 if match else 0
+
+
+def without_ids(messages: list[dict[str, object]]) -> list[dict[str, object]]:
+    """A thread's messages as Deep Chat bubbles, without the `id` and `versions` the messages route adds (issue 27)."""
+    return [{key: value for key, value in message.items() if key not in ("id", "versions")} for message in messages]
