@@ -128,6 +128,32 @@ def test_a_checkpointed_graph_reload_shows_the_files_from_its_messages(serve, tm
     ]
 
 
+def test_a_file_attached_on_a_later_turn_reaches_a_checkpointed_graph(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """From the second turn on the graph gets only the new message (its checkpoint holds the rest): its files too."""
+    received: list[object] = []
+
+    def node(state: MessagesState) -> dict[str, list[BaseMessage]]:
+        received.append(state["messages"][-1].content)
+        return {"messages": [AIMessage("read")]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("answer", node)
+    graph.add_edge(START, "answer")
+    graph.add_edge("answer", END)
+    server = serve(
+        create_app(graph_source(graph.compile(checkpointer=InMemorySaver())), thread_store=tmp_path / "t.sqlite")
+    )
+    headers = {"X-Kit-Thread-Id": THREAD}
+    first = httpx.post(f"{server.url}/chat", json={"messages": [{"role": "user", "text": "Hello"}]}, headers=headers)
+    assert first.status_code == 200
+    earlier = [{"role": "user", "text": "Hello"}, {"role": "ai", "text": "read"}]
+    assert post(server.url, FILES, earlier=earlier, **headers).status_code == 200
+    blocks = received[-1]
+    assert isinstance(blocks, list), blocks
+    assert any(isinstance(b, dict) and SECRET in str(b.get("text", "")) for b in blocks), blocks
+    assert any(isinstance(b, dict) and b.get("type") == "image_url" for b in blocks), blocks
+
+
 def test_a_follow_up_on_the_thread_reads_the_earlier_text_file_again_from_the_store(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     recorder = Recorder()
     server = serve(create_app(recorder, thread_store=tmp_path / "t.sqlite"))

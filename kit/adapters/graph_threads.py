@@ -17,7 +17,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.pregel import Pregel
 
-from kit.adapters.inputs import InputMapper
+from kit.adapters.inputs import InputMapper, message_content
 from kit.pipeline.sources import Message
 from kit.threads.ids import current_thread_id
 from kit.threads.store import down_on_error
@@ -62,8 +62,9 @@ class GraphRun:
         return {"messages": self.new_turn(messages)}
 
     def new_turn(self, messages: list[Message]) -> list[HumanMessage]:
-        """The request's new user messages (after the last reply) as HumanMessages with ids of their own."""
-        return [HumanMessage(content=m["text"], id=new_message_id()) for m in new_user_messages(messages)]
+        """The request's new user messages (after the last reply) as HumanMessages with ids of their own, their
+        attached files as content blocks (as on a thread's first turn)."""
+        return [HumanMessage(content=message_content(m), id=new_message_id()) for m in new_user_messages(messages)]
 
     @property
     def thread_id(self) -> str | None:
