@@ -26,7 +26,7 @@ from kit.serving import demo
 from kit.testing.tool_model import ScriptedToolModel
 from kit.threads.ids import new_thread_id
 from kit.threads.store import ThreadStore, open_store
-from tests.helpers import wait_until, without_ids
+from tests.helpers import bubbles, wait_until
 from tests.postgres import postgres_cluster  # noqa: F401  (a fixture)
 
 
@@ -354,9 +354,9 @@ def test_a_reload_while_waiting_shows_the_waiting_bubble(store: ThreadStore, sen
     chat = Chat(agent_app(store))
     chat.say("bob")
     thread = chat.headers["X-Kit-Thread-Id"]
-    bubbles = chat.client.get(f"/threads/{thread}/messages").json
-    assert without_ids(bubbles)[0] == {"role": "user", "text": "bob"}
-    assert bubbles[-1]["text"] == "Waiting for your decision."
+    shown = chat.client.get(f"/threads/{thread}/messages").json
+    assert bubbles(shown)[0] == {"role": "user", "text": "bob"}
+    assert shown[-1]["text"] == "Waiting for your decision."
     (item,) = chat.pending()
     chat.resume({"interrupt_id": item["id"], "decisions": [{"type": "approve"}]}).get_data()
     after = chat.client.get(f"/threads/{thread}/messages").json

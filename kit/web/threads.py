@@ -25,10 +25,13 @@ from kit.pipeline.events import EndEvent, Event, TextEvent, UsageEvent
 from kit.pipeline.files import read_again
 from kit.pipeline.pump import close_iterator
 from kit.pipeline.sources import Message
+from kit.threads.branching import BranchRequest, branch_scope
 from kit.threads.ids import THREAD_ID_HEADER, thread_scope, validate_thread_id
 from kit.threads.stops import SharedStops
 from kit.threads.store import ThreadStore, open_store
+from kit.threads.trace_runs import reply_run_scope
 from kit.threads.transcript import Bubbles, ThreadMemory, new_user_messages
+from kit.web.langsmith import new_trace_run
 
 log = logging.getLogger(__name__)
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -68,6 +71,8 @@ class ChatThreads:
         self.store = None if store is False else open_store(None if store is True else store)
         self.owner = owner
         self.shared_stops = SharedStops(self.store) if self.store is not None else None
+        # Adds to a thread's messages what another part keeps beside them (issue 27: the user's feedback).
+        self.annotate: Callable[[str, list[Message]], list[Message]] = lambda thread_id, messages: messages
 
     def watch_stop(self, stream_id: str | None, cancel: CancelToken) -> None:
         """Let a stop posted on another worker process end this stream (a well-formed id and a store needed)."""
@@ -97,6 +102,11 @@ class ChatThreads:
 
     def messages(self, thread_id: str) -> list[Message]:
         """The thread's visible messages in Deep Chat's format; [] for a thread nobody has used."""
+        return self.annotate(thread_id, self.branch(thread_id))
+
+    def branch(self, thread_id: str) -> list[Message]:
+        """The thread's current branch, each message with its `id` (kit.threads.branching), as Deep Chat's
+        history takes it; [] for a thread nobody has used (NoSuchThread for another user's)."""
         self._check_owner(thread_id, claim=False)
         if self.memory is not None:
             return self.memory.thread_messages(thread_id)
@@ -113,7 +123,9 @@ class ChatThreads:
         store = self.store if self.memory is None else None  # a graph with memory keeps its own thread
         if store is not None:
             restore_earlier_files(store, thread_id, messages)  # issue 28
-        return Turn(thread_id, new_user_messages(messages), store)
+        turn = Turn(thread_id, new_user_messages(messages), store)
+        turn.trace_run = new_trace_run() if store is not None else None  # issue 27: feedback to LangSmith
+        return turn
 
     def check_owner(self, thread_id: str) -> None:
         """NoSuchThread (404) when the thread belongs to another user than the current one."""
@@ -177,10 +189,15 @@ class Turn:
         self.thread_id = thread_id
         self.asked = asked
         self.store = store
+        self.branch: BranchRequest | None = None  # issue 27: a regenerate or an edit (kit.web.branches)
+        self.trace_run: str | None = None  # issue 27: the reply's root run id in LangSmith, when it traces
+        self.restore: int | None = None  # issue 27: the head to go back to when a regenerate brings nothing
 
-    def scope(self) -> contextlib.AbstractContextManager[None]:
-        """Start the source inside this: a checkpointed graph reads the thread id from it."""
-        return thread_scope(self.thread_id)
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """Start the source inside this: a checkpointed graph reads the thread id (and the branch) from it."""
+        with thread_scope(self.thread_id), branch_scope(self.branch), reply_run_scope(self.trace_run):
+            yield
 
     def record(self, events: Iterator[Event]) -> Iterator[Event]:
         """The reply's events as they are; when they end (finished, failed or stopped) the question and the
@@ -214,6 +231,9 @@ class Turn:
     def _append(self, reply: list[Message]) -> None:
         assert self.store is not None and self.thread_id is not None
         try:
-            self.store.append(self.thread_id, [*self.asked, *reply])
+            traced = [{**m, "trace_run": self.trace_run} for m in reply] if self.trace_run else reply
+            if not self.asked and not traced and self.restore is not None:
+                self.store.set_head(self.thread_id, self.restore)  # the answer it was to replace stays current
+            self.store.append(self.thread_id, [*self.asked, *traced])
         except ChatError:
             log.warning("thread %s: the reply could not be kept (the store is down)", self.thread_id)
