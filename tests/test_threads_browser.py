@@ -23,11 +23,12 @@ Bubble = tuple[str, str]
 
 def bubbles(page: Any) -> list[Bubble]:
     """(role, text) of every bubble on the page in order, the intro message left out; a folded bubble's text as
-    the DOM holds it."""
+    the DOM holds it; the page's buttons under a bubble (branches.js) left out."""
     rows = page.locator("[class*='deep-chat-outer-container-role-']").evaluate_all(
         "els => els.filter(e => !e.classList.contains('deep-chat-intro')).map(e => ["
         "  [...e.classList].find(c => c.startsWith('deep-chat-outer-container-role-')).slice(31),"
-        "  (e.innerText.trim() || e.textContent.trim())])"  # a folded bubble (steps) has no innerText
+        "  e.querySelector('.inner-message-container') || e]).map(([role, b]) => ["
+        "  role, (b.innerText.trim() || b.textContent.trim())])"  # a folded bubble (steps) has no innerText
     )
     return [(role, text) for role, text in rows]
 

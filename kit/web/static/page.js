@@ -219,22 +219,28 @@ function foldAsides(element) {
   const role = (container) =>
     Array.from(container.classList).find((name) => name.startsWith("deep-chat-outer-container-role-"))
       ?.slice("deep-chat-outer-container-role-".length);
+  const arrived = (container) => {
+    const name = role(container);
+    const bubble = container.querySelector(".message-bubble");
+    if (name in ASIDES && bubble) {
+      bubble.classList.add("kit-foldable");
+      bubble.dataset.kitLabel = ASIDES[name];
+      bubble.tabIndex = 0;
+      bubble.setAttribute("role", "button");
+      bubble.setAttribute("aria-expanded", "true");
+    } else if (name === "ai" || name === "user") {
+      // The answer (or a new question) begins: fold what came before it.
+      root.querySelectorAll(".kit-foldable:not([data-kit-done])").forEach((aside) => setFolded(aside, true));
+    }
+  };
   new MutationObserver((records) => {
     for (const record of records) {
       for (const node of record.addedNodes) {
-        if (!(node instanceof Element) || !node.classList.contains("outer-message-container")) continue;
-        const name = role(node);
-        const bubble = node.querySelector(".message-bubble");
-        if (name in ASIDES && bubble) {
-          bubble.classList.add("kit-foldable");
-          bubble.dataset.kitLabel = ASIDES[name];
-          bubble.tabIndex = 0;
-          bubble.setAttribute("role", "button");
-          bubble.setAttribute("aria-expanded", "true");
-        } else if (name === "ai" || name === "user") {
-          // The answer (or a new question) begins: fold what came before it.
-          root.querySelectorAll(".kit-foldable:not([data-kit-done])").forEach((aside) => setFolded(aside, true));
-        }
+        if (!(node instanceof Element)) continue;
+        // A live bubble arrives alone; restored ones (`history`: a reload, a switch of branch) arrive inside the
+        // message list Deep Chat renders at once, so they are looked for below the added node too, in order.
+        if (node.classList.contains("outer-message-container")) arrived(node);
+        else node.querySelectorAll(".outer-message-container").forEach(arrived);
       }
     }
   }).observe(root, { childList: true, subtree: true });
