@@ -67,6 +67,7 @@ function decorate() {
   const messages = branch().filter((message) => message.text);
   const bubbles = textBubbles();
   if (bubbles.length !== messages.length) return false;
+  if (messages.some((message) => !message.id)) return true; // a server that keeps no ids: nothing to address
   const all = branch();
   const lastAnswer = all.length && all[all.length - 1].role === "ai" ? all.length - 1 : -1;
   bubbles.forEach((container, index) => {
@@ -260,7 +261,9 @@ async function refresh() {
   } catch {
     return;
   }
-  if (!decorate()) await show(window.kitThread.branch);
+  // No messages (a chat without a thread store, a graph without memory): the page keeps what it shows.
+  const kept = window.kitThread.branch;
+  if (!decorate() && kept.length && kept.every((message) => message.id)) await show(kept);
   window.kitBranches.refreshed += 1;
 }
 
