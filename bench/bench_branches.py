@@ -3,8 +3,9 @@ regenerated turn 10 on the embedded model (time to first text and the prompt tok
 
 - Switch: a thread of 50 messages (25 turns), its first question edited and 24 more turns asked on the new
   branch, so both branches hold 50 messages and differ from the first bubble on. The kit's page in chromium
-  shows one; from the click on the previous (or next) version under the first bubble to every bubble of the other branch on screen
-  with its buttons: the switch route, Deep Chat drawing the 50 bubbles as its history, the page's buttons.
+  shows one; from the click on the previous (or next) version under the first bubble to every bubble of the
+  other branch on screen with its buttons: the switch route, Deep Chat drawing the 50 bubbles as its history,
+  the page's buttons.
 - Regenerate: ten turns with LlamaSource (greedy, short answers) as the kit's page sends them, on a thread; then
   `{"kit": {"regenerate": <turn 10's answer>}}`. Time to first text and the prompt tokens the engine read
   (`engine.reuse`), against the fresh turn 10 itself and against the whole turn-10 prompt read from nothing.
