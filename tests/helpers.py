@@ -6,6 +6,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 _VMRSS = re.compile(r"VmRSS:\s+(\d+) kB")
 
@@ -28,3 +29,8 @@ def rss_bytes(pid: int | str = "self") -> int:
         return 0
     match = _VMRSS.search(status)
     return int(match.group(1)) * 1024 if match else 0
+
+
+def bubbles(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as the page shows them, without what the kit keeps beside them (issue 27: id, versions, feedback)."""
+    return [{k: v for k, v in m.items() if k not in ("id", "versions", "feedback")} for m in messages]

@@ -30,7 +30,7 @@ from kit.threads.ids import THREAD_ID_HEADER, new_thread_id
 from kit.threads.runs import RunClaims
 from kit.threads.store import PostgresThreadStore, open_store
 from kit.web.runs import REPLY_IN_PROGRESS
-from tests.helpers import wait_until
+from tests.helpers import bubbles, wait_until
 from tests.postgres import postgres_cluster  # noqa: F401  (the session fixture)
 from tests.prod_server import ProdServer
 
@@ -117,7 +117,7 @@ def test_double_sends_on_transcripts(serve, where, tmp_path: Path, policy: str) 
     with servers(serve, where, tmp_path, "transcripts_app", policy) as (urls, _):
         results = pairs(urls, lambda thread_id, started: started.is_set())
         transcripts = {
-            thread_id: httpx.get(f"{urls[1]}threads/{thread_id}/messages").json() for thread_id, *_ in results
+            thread_id: bubbles(httpx.get(f"{urls[1]}threads/{thread_id}/messages").json()) for thread_id, *_ in results
         }
     whole = "".join(ANSWER)
     for thread_id, first, second in results:
@@ -229,7 +229,7 @@ def test_a_queued_send_sends_heartbeats_while_it_waits(serve, tmp_path: Path) ->
     assert max(gaps) < 0.2 * 4
     text = "".join(json.loads(line[5:]).get("text", "") for line in lines if line.startswith("data:"))
     assert text == "".join(ANSWER)
-    assert httpx.get(f"{server.url}threads/{thread_id}/messages").json() == [
+    assert bubbles(httpx.get(f"{server.url}threads/{thread_id}/messages").json()) == [
         {"role": "user", "text": "first"},
         {"role": "ai", "text": "".join(ANSWER)},
         {"role": "user", "text": "second"},

@@ -17,6 +17,7 @@ from kit.adapters.graphs import graph_source
 from kit.pipeline.files import data_url
 from kit.threads.store import ThreadStore
 from tests.documents import PNG, SECRET
+from tests.helpers import bubbles
 from tests.postgres import postgres_cluster  # noqa: F401  (the session fixture)
 from tests.test_files import QUESTION, Recorder, post
 from tests.test_threads_store import store  # noqa: F401  (SQLite and PostgreSQL)
@@ -84,7 +85,7 @@ def test_the_store_keeps_files_of_messages_and_gives_them_back_without_content(s
         }
     ]
     store.append(THREAD, [{"role": "user", "text": "see", "files": files}, {"role": "ai", "text": "seen"}])
-    assert store.messages(THREAD) == [
+    assert bubbles(store.messages(THREAD)) == [
         {
             "role": "user",
             "text": "see",
@@ -113,7 +114,7 @@ def test_a_checkpointed_graph_reload_shows_the_files_from_its_messages(serve, tm
         create_app(graph_source(graph.compile(checkpointer=InMemorySaver())), thread_store=tmp_path / "t.sqlite")
     )
     assert post(server.url, FILES, **{"X-Kit-Thread-Id": THREAD}).status_code == 200
-    shown = httpx.get(f"{server.url}/threads/{THREAD}/messages").json()
+    shown = bubbles(httpx.get(f"{server.url}/threads/{THREAD}/messages").json())
     assert shown == [
         {
             "role": "user",

@@ -27,7 +27,7 @@ from kit.threads.ids import THREAD_ID_HEADER, new_thread_id
 from kit.threads.runlog import CRASHED
 from kit.web.edge import STREAM_ID_HEADER
 from kit.web.rejoin import NO_RUN, RUN_ID_HEADER
-from tests.helpers import wait_until
+from tests.helpers import bubbles, wait_until
 
 ANSWER = [f"word{index} " for index in range(40)]
 WHOLE = "".join(ANSWER)
@@ -52,7 +52,7 @@ def rejoin(url: str, thread_id: str, after: str | int) -> Reply:
 
 
 def kept(url: str, thread_id: str) -> list[dict[str, str]]:
-    return httpx.get(f"{url}threads/{thread_id}/messages").json()
+    return bubbles(httpx.get(f"{url}threads/{thread_id}/messages").json())
 
 
 def test_a_dropped_reply_goes_on_and_a_rejoin_gets_exactly_the_rest(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -279,4 +279,4 @@ def test_a_dropped_resume_of_an_approval_is_rejoined_exactly(serve, tmp_path: Pa
     assert ids == [str(number) for number in range(1, len(ids) + 1)]  # none twice, none missing
     assert rejoin(server.url, thread_id, 0).text == WHOLE  # from the log, after its end
     assert wait_until(lambda: httpx.get(f"{server.url}threads/{thread_id}/run").json() == {"running": False})
-    assert httpx.get(f"{server.url}threads/{thread_id}/messages").json()[-1] == {"role": "ai", "text": WHOLE}
+    assert bubbles(httpx.get(f"{server.url}threads/{thread_id}/messages").json())[-1] == {"role": "ai", "text": WHOLE}

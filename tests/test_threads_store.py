@@ -13,7 +13,7 @@ from kit.pipeline.cancel import CancelToken
 from kit.threads.ids import new_thread_id, validate_thread_id
 from kit.threads.stops import SharedStops
 from kit.threads.store import PostgresThreadStore, SqliteThreadStore, StoreDown, ThreadStore, open_store
-from tests.helpers import wait_until
+from tests.helpers import bubbles, wait_until
 from tests.postgres import PostgresCluster, postgres_cluster  # noqa: F401  (the session fixture)
 
 
@@ -33,13 +33,13 @@ def test_a_transcript_comes_back_in_order_and_threads_stay_apart(store: ThreadSt
     store.append(first, [{"role": "user", "text": "Hi"}, {"role": "ai", "text": "Hello"}])
     store.append(second, [{"role": "user", "text": "Other"}])
     store.append(first, [{"role": "user", "text": "Ünïcode 👍🏽"}, {"role": "steps", "text": "calling x"}])
-    assert store.messages(first) == [
+    assert bubbles(store.messages(first)) == [
         {"role": "user", "text": "Hi"},
         {"role": "ai", "text": "Hello"},
         {"role": "user", "text": "Ünïcode 👍🏽"},
         {"role": "steps", "text": "calling x"},
     ]
-    assert store.messages(second) == [{"role": "user", "text": "Other"}]
+    assert bubbles(store.messages(second)) == [{"role": "user", "text": "Other"}]
     assert store.messages(new_thread_id()) == []  # a thread never seen is an empty chat
 
 

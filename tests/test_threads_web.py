@@ -19,7 +19,7 @@ from kit.serving.client import Received, Reply, chat_body, iter_stream
 from kit.testing.fakes import ScriptedSource
 from kit.threads.ids import THREAD_ID_HEADER, new_thread_id
 from kit.web.blueprint import STREAM_ID_HEADER
-from tests.helpers import wait_until
+from tests.helpers import bubbles, wait_until
 
 
 def chat(
@@ -59,17 +59,17 @@ def test_a_plain_source_keeps_a_transcript_the_page_reloads(serve, tmp_path: Pat
     for question in ("one", "two"):
         assert chat(server.url, question, thread_id, history).text == "Hello there"
         history += [{"role": "user", "text": question}, {"role": "ai", "text": "Hello there"}]
-    assert wait_until(lambda: thread_messages(server.url, thread_id).json() == history, timeout=5)
+    assert wait_until(lambda: bubbles(thread_messages(server.url, thread_id).json()) == history, timeout=5)
     # POST /chat keeps its transcript too, and another thread stays apart.
     other = new_thread_id()
     assert (
         httpx.post(server.url + "chat", json=chat_body("three"), headers={THREAD_ID_HEADER: other}).status_code == 200
     )
-    assert thread_messages(server.url, other).json() == [
+    assert bubbles(thread_messages(server.url, other).json()) == [
         {"role": "user", "text": "three"},
         {"role": "ai", "text": "Hello there"},
     ]
-    assert thread_messages(server.url, thread_id).json() == history
+    assert bubbles(thread_messages(server.url, thread_id).json()) == history
 
 
 def test_a_stopped_reply_keeps_what_was_streamed(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -86,7 +86,7 @@ def test_a_stopped_reply_keeps_what_was_streamed(serve, tmp_path: Path) -> None:
                 stopped = True
                 assert httpx.post(server.url + "chat-stream/stop", content=stream_id).json() == {"stopped": True}
     assert wait_until(lambda: len(thread_messages(server.url, thread_id).json()) == 2, timeout=5)
-    kept = thread_messages(server.url, thread_id).json()
+    kept = bubbles(thread_messages(server.url, thread_id).json())
     assert kept[0] == {"role": "user", "text": "count"}
     assert kept[1]["role"] == "ai" and kept[1]["text"] == seen and 5 <= seen.count("tick") < 400
 
@@ -104,7 +104,7 @@ def test_a_checkpointed_graph_gets_one_turn_at_a_time_and_holds_each_message_onc
     state = graph.get_state({"configurable": {"thread_id": thread_id}}).values["messages"]
     assert [m.text for m in state] == [m["text"] for m in history]  # each message once, in order
     assert [type(m) for m in state] == [HumanMessage, AIMessage] * 3
-    assert thread_messages(server.url, thread_id).json() == history  # from the checkpoint
+    assert bubbles(thread_messages(server.url, thread_id).json()) == history  # from the checkpoint
     # No thread id: the kit gives the request a thread of its own, fed the whole history, deleted after.
     reply = chat(server.url, "four", None, history)
     assert reply.errors == [] and reply.text == "four heard; I hold 7 messages"
@@ -213,10 +213,10 @@ def test_the_demo_agent_remembers_its_thread_in_sqlite(serve, tmp_path: Path, mo
         reply = chat(server.url, question, thread_id, history)
         assert reply.errors == [] and reply.text_of("ai")
         history += [{"role": "user", "text": question}, {"role": "ai", "text": reply.text_of("ai")}]
-    bubbles = thread_messages(server.url, thread_id).json()
-    assert [b["text"] for b in bubbles if b["role"] == "user"] == ["What is the weather in Paris?", "And in Rome?"]
-    assert [b["role"] for b in bubbles] == ["user", "steps", "ai"] * 2
-    assert "get_weather returned: It is sunny and 22 degrees in Rome." in bubbles[4]["text"]
+    shown = bubbles(thread_messages(server.url, thread_id).json())
+    assert [b["text"] for b in shown if b["role"] == "user"] == ["What is the weather in Paris?", "And in Rome?"]
+    assert [b["role"] for b in shown] == ["user", "steps", "ai"] * 2
+    assert "get_weather returned: It is sunny and 22 degrees in Rome." in shown[4]["text"]
     # The memory is LangGraph's checkpoint in the SQLite file: the second turn's model read the first.
     with sqlite3.connect(tmp_path / "agent.sqlite") as db:
         assert db.execute("SELECT COUNT(DISTINCT thread_id) FROM checkpoints").fetchone() == (1,)
@@ -246,6 +246,6 @@ def test_a_blueprint_behind_an_apps_login_binds_threads_to_its_users(tmp_path: P
     thread = {THREAD_ID_HEADER: new_thread_id()}
     assert alice.post("/chat/chat", json=chat_body("mine"), headers=thread).json == {"text": "Hi"}
     url = f"/chat/threads/{thread[THREAD_ID_HEADER]}/messages"
-    assert alice.get(url).json == [{"role": "user", "text": "mine"}, {"role": "ai", "text": "Hi"}]
+    assert bubbles(alice.get(url).json) == [{"role": "user", "text": "mine"}, {"role": "ai", "text": "Hi"}]
     assert bob.get(url).status_code == 404 and bob.get(url).json == {"error": "no such thread"}
     assert bob.post("/chat/chat", json=chat_body("x"), headers=thread).status_code == 404

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kit.pipeline.cancel import CancelToken
 from kit.pipeline.sources import Message
@@ -33,9 +33,11 @@ class ScriptedSource:
     cancelled: int = 0
     completed: int = 0
     closed: int = 0
+    received: list[list[Message]] = field(default_factory=list)  # the messages of each run, as it got them
 
     def __call__(self, messages: list[Message], cancel: CancelToken) -> Iterator[str]:
         self.started += 1
+        self.received.append(messages)
         return self._run(cancel)
 
     def _run(self, cancel: CancelToken) -> Iterator[str]:
@@ -56,3 +58,20 @@ class ScriptedSource:
             self.completed += 1
         finally:
             self.closed += 1
+
+
+class EchoSource:
+    """Answers each run with its number and the last message's text, recording what every run received: the
+    answers tell the runs apart (a regenerated answer differs from the first).
+
+    >>> source = EchoSource()
+    >>> list(source([{"role": "user", "text": "hi"}], CancelToken())), source.received
+    (['answer 1', ' to hi'], [[{'role': 'user', 'text': 'hi'}]])
+    """
+
+    def __init__(self) -> None:
+        self.received: list[list[Message]] = []
+
+    def __call__(self, messages: list[Message], cancel: CancelToken) -> Iterator[str]:
+        self.received.append([dict(message) for message in messages])  # type: ignore[misc]
+        return iter([f"answer {len(self.received)}", f" to {messages[-1].get('text', '')}"])

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from kit.errors import ChatError
 from kit.pipeline.sources import Message
 from kit.threads import files as thread_files
+from kit.threads.tree import ROOT, Tree
 from kit.threads.writer import GroupWriter, writer_for
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,10 @@ class ThreadStore:
     placeholder = "?"
     schema: tuple[str, ...] = ()
     # Run after the schema, each failure ignored: a store made before a column existed gets it added.
-    migrations: tuple[str, ...] = ("ALTER TABLE kit_thread_messages ADD COLUMN custom TEXT",)
+    migrations: tuple[str, ...] = (
+        "ALTER TABLE kit_thread_messages ADD COLUMN custom TEXT",
+        "ALTER TABLE kit_thread_messages ADD COLUMN parent INTEGER",  # issue 27: NULL on older rows (kit.threads.tree)
+    )
     name = "thread store"
 
     def __init__(self) -> None:
@@ -69,38 +73,84 @@ class ThreadStore:
     # -- what the kit uses -------------------------------------------------------------------------------
 
     def messages(self, thread_id: str) -> list[Message]:
-        """The thread's visible messages in order, as Deep Chat shows them ([] for a thread never seen)."""
+        """The thread's current branch in order, as Deep Chat shows them, each with its `id` (and `versions` where
+        it has siblings: kit.threads.tree); [] for a thread never seen."""
         with self._guarded() as connection:
-            sql = "SELECT id, role, text, custom FROM kit_thread_messages WHERE thread_id = ? ORDER BY id"
+            sql = "SELECT id, parent, role, text, custom FROM kit_thread_messages WHERE thread_id = ? ORDER BY id"
             rows = connection.execute(self._sql(sql), (thread_id,)).fetchall()
-            messages = [_message(row["role"], row["text"], row["custom"]) for row in rows]
-            thread_files.attach(connection, self._sql, thread_id, rows, messages)  # issue 28: files, no content
+            tree = Tree([(int(row["id"]), row["parent"]) for row in rows], self._head(connection, thread_id))
+            by_id = {int(row["id"]): row for row in rows}
+            shown = [by_id[row_id] for row_id in tree.branch()]
+            messages = [_message(row, tree.versions(int(row["id"]))) for row in shown]
+            thread_files.attach(connection, self._sql, thread_id, shown, messages)  # issue 28: files, no content
         return messages
 
     def append(self, thread_id: str, messages: Sequence[Message]) -> None:
-        """Add messages at the end of the thread's transcript, all or none (their files, if any, too)."""
+        """Add messages below the head of the thread's current branch, each the child of the one before, and
+        make the last one the head: all or none, in one transaction (their files, if any, too)."""
         now = time.time()
         # Deep Chat's `custom` field (a reply's token usage) is kept as JSON, as the page gets it back.
         rows = [(thread_id, str(m["role"]), str(m.get("text", "")), _custom(m), now) for m in messages]
-        sql = "INSERT INTO kit_thread_messages (thread_id, role, text, custom, created) VALUES (?, ?, ?, ?, ?)"
-        if any(m.get("files") for m in messages):
-            self._append_with_files(thread_id, rows, messages)
-        elif rows:
-            self._execute_many(sql, rows)
-
-    def _append_with_files(self, thread_id: str, rows: list[tuple[Any, ...]], messages: Sequence[Message]) -> None:
-        # One insert per message, for the id its files are recorded under (issue 28).
+        if not rows:
+            return
         sql = (
-            "INSERT INTO kit_thread_messages (thread_id, role, text, custom, created) VALUES (?, ?, ?, ?, ?) "
-            "RETURNING id"
+            "INSERT INTO kit_thread_messages (thread_id, role, text, custom, created, parent) "
+            "VALUES (?, ?, ?, ?, ?, ?) RETURNING id"
         )
 
-        def keep(connection: Any) -> None:
+        def hang(connection: Any) -> None:
+            self._lock_thread(connection, thread_id)  # two appends at once: one hangs below the other
+            leaf = self._leaf(connection, thread_id)
             for row, message in zip(rows, messages, strict=True):
-                message_id = int(connection.execute(self._sql(sql), row).fetchone()["id"])
-                thread_files.keep(connection, self._sql, thread_id, message_id, message.get("files") or [])
+                leaf = int(connection.execute(self._sql(sql), (*row, leaf)).fetchone()["id"])
+                if message.get("files"):
+                    thread_files.keep(connection, self._sql, thread_id, leaf, message["files"])  # issue 28
+            self.set_head_on(connection, thread_id, leaf)
 
-        self._write(keep)
+        self._write(hang)
+
+    def set_head_on(self, connection: Any, thread_id: str, leaf: int) -> None:
+        """Make `leaf` the end of the thread's current branch, on the caller's transaction (ROOT: an empty one)."""
+        sql = (
+            "INSERT INTO kit_thread_heads (thread_id, leaf) VALUES (?, ?) "
+            "ON CONFLICT (thread_id) DO UPDATE SET leaf = excluded.leaf"
+        )
+        connection.execute(self._sql(sql), (thread_id, leaf))
+
+    def switch(self, thread_id: str, message_id: int) -> bool:
+        """Make the branch through this message (and below it its newest continuation) current; False when the
+        thread has no such message."""
+
+        def move(connection: Any) -> bool:
+            self._lock_thread(connection, thread_id)
+            tree = self._tree(connection, thread_id)
+            if message_id not in tree.parent:
+                return False
+            self.set_head_on(connection, thread_id, tree.newest_leaf(message_id))
+            return True
+
+        return self._write(move)
+
+    def _tree(self, connection: Any, thread_id: str) -> Tree:
+        sql = "SELECT id, parent FROM kit_thread_messages WHERE thread_id = ? ORDER BY id"
+        rows = connection.execute(self._sql(sql), (thread_id,)).fetchall()
+        return Tree([(int(row["id"]), row["parent"]) for row in rows], self._head(connection, thread_id))
+
+    def _lock_thread(self, connection: Any, thread_id: str) -> None:
+        """Order the writes of one thread's tree until the transaction ends (SQLite: it has one writer)."""
+
+    def _head(self, connection: Any, thread_id: str) -> int | None:
+        row = connection.execute(self._sql("SELECT leaf FROM kit_thread_heads WHERE thread_id = ?"), (thread_id,))
+        found = row.fetchone()
+        return None if found is None else int(found["leaf"])
+
+    def _leaf(self, connection: Any, thread_id: str) -> int:
+        head = self._head(connection, thread_id)
+        if head is not None:
+            return head
+        sql = "SELECT MAX(id) AS leaf FROM kit_thread_messages WHERE thread_id = ?"
+        found = connection.execute(self._sql(sql), (thread_id,)).fetchone()["leaf"]
+        return ROOT if found is None else int(found)
 
     def file(self, thread_id: str, sha256: str) -> tuple[dict[str, Any], bytes] | None:
         """A file one of the thread's messages carried (name, type, ...) and its bytes; None if none did."""
@@ -222,10 +272,12 @@ def _custom(message: Message) -> str | None:
     return None if custom is None else json.dumps(custom, ensure_ascii=False)
 
 
-def _message(role: str, text: str, custom: str | None) -> Message:
-    message: Message = {"role": role, "text": text}
-    if custom is not None:
-        message["custom"] = json.loads(custom)
+def _message(row: Any, versions: dict[str, Any] | None) -> Message:
+    message: Message = {"id": str(row["id"]), "role": row["role"], "text": row["text"]}
+    if row["custom"] is not None:
+        message["custom"] = json.loads(row["custom"])
+    if versions is not None:
+        message["versions"] = versions
     return message
 
 
@@ -236,14 +288,16 @@ class SqliteThreadStore(ThreadStore):
     >>> store = SqliteThreadStore(os.path.join(tempfile.mkdtemp(), "threads.sqlite"))
     >>> store.append("0123456789abcdef", [{"role": "user", "text": "Hi"}, {"role": "ai", "text": "Hello"}])
     >>> store.messages("0123456789abcdef")
-    [{'role': 'user', 'text': 'Hi'}, {'role': 'ai', 'text': 'Hello'}]
+    [{'id': '1', 'role': 'user', 'text': 'Hi'}, {'id': '2', 'role': 'ai', 'text': 'Hello'}]
     """
 
     schema = (
         "CREATE TABLE IF NOT EXISTS kit_thread_messages (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-        "thread_id TEXT NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, custom TEXT, created REAL NOT NULL)",
+        "thread_id TEXT NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, custom TEXT, created REAL NOT NULL, "
+        "parent INTEGER)",
         "CREATE INDEX IF NOT EXISTS kit_thread_messages_by_thread ON kit_thread_messages (thread_id, id)",
         "CREATE TABLE IF NOT EXISTS kit_thread_owners (thread_id TEXT PRIMARY KEY, owner TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS kit_thread_heads (thread_id TEXT PRIMARY KEY, leaf BIGINT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_stop_requests (stream_id TEXT PRIMARY KEY, created REAL NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_interrupt_claims (thread_id TEXT NOT NULL, interrupt_id TEXT NOT NULL, "
         "created REAL NOT NULL, PRIMARY KEY (thread_id, interrupt_id))",
@@ -322,9 +376,10 @@ class PostgresThreadStore(ThreadStore):
     schema = (
         "CREATE TABLE IF NOT EXISTS kit_thread_messages (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
         "thread_id TEXT NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, custom TEXT, "
-        "created DOUBLE PRECISION NOT NULL)",
+        "created DOUBLE PRECISION NOT NULL, parent BIGINT)",
         "CREATE INDEX IF NOT EXISTS kit_thread_messages_by_thread ON kit_thread_messages (thread_id, id)",
         "CREATE TABLE IF NOT EXISTS kit_thread_owners (thread_id TEXT PRIMARY KEY, owner TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS kit_thread_heads (thread_id TEXT PRIMARY KEY, leaf BIGINT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_stop_requests (stream_id TEXT PRIMARY KEY, created DOUBLE PRECISION NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_interrupt_claims (thread_id TEXT NOT NULL, interrupt_id TEXT NOT NULL, "
         "created DOUBLE PRECISION NOT NULL, PRIMARY KEY (thread_id, interrupt_id))",
@@ -339,7 +394,10 @@ class PostgresThreadStore(ThreadStore):
         "CREATE TABLE IF NOT EXISTS kit_run_events (run_id TEXT NOT NULL, id INTEGER NOT NULL, body TEXT NOT NULL, "
         "PRIMARY KEY (run_id, id))",
     )
-    migrations = ("ALTER TABLE kit_thread_messages ADD COLUMN IF NOT EXISTS custom TEXT",)
+    migrations = (
+        "ALTER TABLE kit_thread_messages ADD COLUMN IF NOT EXISTS custom TEXT",
+        "ALTER TABLE kit_thread_messages ADD COLUMN IF NOT EXISTS parent BIGINT",  # issue 27
+    )
 
     def __init__(self, conninfo: str, *, max_connections: int = 8, timeout_s: float = 5.0) -> None:
         super().__init__()
@@ -384,6 +442,10 @@ class PostgresThreadStore(ThreadStore):
     def _connection(self) -> Iterator[Any]:
         with self.pool().connection() as connection, connection.transaction():
             yield connection
+
+    def _lock_thread(self, connection: Any, thread_id: str) -> None:
+        # Read committed lets two transactions read the same head; a lock per thread (by its hash) orders them.
+        connection.execute("SELECT pg_advisory_xact_lock(7366419, hashtext(%s))", (thread_id,))
 
     def _create_schema(self) -> None:
         with self._connection() as connection:

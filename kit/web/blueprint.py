@@ -18,7 +18,8 @@ from kit.pipeline.settings import StreamSettings
 from kit.pipeline.sources import Message, Source, SourceFn, with_system_prompt
 from kit.pipeline.streaming import collect_answer, public_message, start_pump
 from kit.threads.transcript import with_usage
-from kit.web.chat_request import parse_chat_request
+from kit.web.branches import ChatBranches
+from kit.web.chat_request import parse_chat_body
 from kit.web.edge import STREAM_ID_HEADER, stream_reply
 from kit.web.interrupts import ChatInterrupts  # approvals (issue 18)
 from kit.web.observers import instrument
@@ -47,6 +48,7 @@ class ChatRoutes:
         self.threads = ChatThreads(source, store=settings.thread_store, owner=settings.thread_owner)  # issue 17
         self.runs = ThreadRuns(self.threads, settings)  # one reply at a time per thread (issue 26)
         self.streams = RunStreams(self.threads, settings, self.runs.runlog)  # runs that survive the network
+        self.branches = ChatBranches(self.threads, self.runs)  # regenerate, edit, switch (issue 27)
 
     def start(self, messages: list[Message], cancel: CancelToken, slot: Slot | None = None) -> Pump:
         # Called in the view, not in the stream, so that a failure to start still gets a proper HTTP status
@@ -59,8 +61,11 @@ class ChatRoutes:
 
     def stream(self) -> Response:
         """`POST chat-stream`: the reply as Server-Sent Events."""
-        messages = parse_chat_request(request, self.settings.file_limits)
+        messages, branch = parse_chat_body(request, self.settings.file_limits)
         turn = self.threads.turn(request, messages)  # threads (issue 17): 400/404/503 before the first byte
+        plan = self.branches.plan(turn, branch, messages)  # issue 27: checked before any source starts
+        messages = plan.messages if plan is not None else messages
+        move = plan.move if plan is not None else None
         cancel = CancelToken()
         self.threads.watch_stop(request.headers.get(STREAM_ID_HEADER), cancel)  # threads: Stop from other workers
         plan = probe_plan(request.headers.get(PROBE_HEADER))
@@ -70,7 +75,7 @@ class ChatRoutes:
             return stream_reply(start_pump(script, cancel, self.probe_settings), self.settings, messages, turn.record)
         # 409 on a busy thread (issue 26); the claim's commit starts the run in the log; a queued send waits
         # for its claim inside the stream, where heartbeats flow.
-        with self.runs.starting(turn.thread_id, cancel, turn.asked, queue=True) as slot, turn.scope():
+        with self.runs.starting(turn.thread_id, cancel, turn.asked, queue=True, then=move) as slot, turn.scope():
             pump = self.start(messages, cancel, slot)
         # The transcript is written when the reply ends, then the thread is free for the next one.
         return self.streams.respond(slot, pump, messages, turn.asked, turn.record)
@@ -78,10 +83,12 @@ class ChatRoutes:
     def answer(self) -> Response:
         """`POST chat`: the same pipeline as the stream, the whole answer as one JSON object (`{"text"}`, with
         `"custom": {"usage": ...}` when the source reported its token usage, as the transcript keeps it)."""
-        messages = parse_chat_request(request, self.settings.file_limits)
+        messages, branch = parse_chat_body(request, self.settings.file_limits)
         turn = self.threads.turn(request, messages)  # threads (issue 17)
+        plan = self.branches.plan(turn, branch, messages)  # issue 27
+        messages = plan.messages if plan is not None else messages
         cancel = CancelToken()
-        with self.runs.starting(turn.thread_id, cancel) as slot:  # issue 26
+        with self.runs.starting(turn.thread_id, cancel, then=plan.move if plan else None) as slot:  # issue 26
             with turn.scope():
                 pump = self.start(messages, cancel)
             text = collect_answer(pump)
@@ -132,6 +139,7 @@ def create_blueprint(
     blueprint.add_url_rule("/chat", "chat", routes.answer, methods=["POST"])
     routes.threads.register_routes(blueprint)  # threads (issue 17): GET /threads/<id>/messages
     routes.streams.register_routes(blueprint)  # issue 26: POST chat-stream/rejoin, GET threads/<id>/run
+    routes.branches.register_routes(blueprint)  # issue 27: POST threads/<id>/switch
     # approvals (issue 18): GET interrupts and POST resume
     ChatInterrupts(routes.source, settings, routes.threads, routes.runs, routes.streams).register_routes(blueprint)
     instrument(blueprint, source, settings)  # metrics and traces (issue 29): before the guards, to see refusals

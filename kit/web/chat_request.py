@@ -12,6 +12,7 @@ from werkzeug.formparser import FormDataParser
 from kit.errors import ChatError
 from kit.pipeline.files import Attachment, FileLimits, from_data_url, read_file, read_files, safe_name
 from kit.pipeline.sources import Message
+from kit.threads.branching import BRANCH_FIELD, BadBranch, BranchRequest, branch_request
 
 MAX_MESSAGES = 1_000
 
@@ -29,16 +30,33 @@ def parse_chat_request(request: Request, limits: FileLimits | None = None) -> li
     "files"; files that earlier messages carry back (Deep Chat sends an image's data URL, a text file's name
     only) are read too, or listed as sent earlier.
     """
+    return parse_chat_body(request, limits)[0]
+
+
+def parse_chat_body(request: Request, limits: FileLimits | None = None) -> tuple[list[Message], BranchRequest | None]:
+    """The conversation and the body's branch field (issue 27: `"kit": {"regenerate" | "edit": id}`, in a
+    multipart body the form field `kit` as a JSON string), each checked (BadRequest, BadBranch: 400s)."""
     limits = limits or FileLimits()
     if request.mimetype == "multipart/form-data":
-        return _parse_multipart(request, limits)
+        messages = _parse_multipart(request, limits)
+        raw = request.form.get(BRANCH_FIELD)
+        try:
+            field = {} if raw is None else {BRANCH_FIELD: json.loads(raw)}
+        except (json.JSONDecodeError, RecursionError):
+            raise BadBranch(f"form field {BRANCH_FIELD!r} must hold JSON") from None
+        return messages, branch_request(field, _last_user_text(messages))
     try:
         body = json.loads(request.get_data(cache=False))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise BadRequest('the body must be JSON like {"messages": [{"role": "user", "text": "Hi"}]}') from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object with a 'messages' list")
-    return _validate_messages(body.get("messages"), limits)
+    messages = _validate_messages(body.get("messages"), limits)
+    return messages, branch_request(body, _last_user_text(messages))
+
+
+def _last_user_text(messages: list[Message]) -> str:
+    return str(messages[-1]["text"]) if messages and messages[-1]["role"] == "user" else ""
 
 
 class _InMemoryParser(FormDataParser):

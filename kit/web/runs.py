@@ -49,44 +49,54 @@ class ThreadRuns:
 
     @contextlib.contextmanager
     def starting(
-        self, thread_id: str | None, cancel: CancelToken, asked: list[Message] | None = None, *, queue: bool = False
+        self,
+        thread_id: str | None,
+        cancel: CancelToken,
+        asked: list[Message] | None = None,
+        *,
+        queue: bool = False,
+        then: Then | None = None,
     ) -> Iterator[Slot]:
         """Claim the thread (by the policy) for a reply that starts inside the block; a failure to start gives
         the claim back. With `asked` (the question), the claim's commit also starts the run in the event log
         (`slot.runlog`). With `queue`, an "enqueue" send that finds the thread busy does not wait here: its slot
-        is `queued`, and `slot.wait()` (called where the reply's heartbeats flow) takes the claim. No thread: a
+        is `queued`, and `slot.wait()` (called where the reply's heartbeats flow) takes the claim. `then(connection)`
+        writes more on the claim's transaction (issue 27: a new version becomes the thread's branch). No thread: a
         slot that claims nothing."""
-        slot = self._claim(thread_id, cancel, asked, queue=queue)
+        slot = self._claim(thread_id, cancel, asked, queue=queue, then=then)
         try:
             yield slot
         except BaseException:
             slot.release(None)
             raise
 
-    def _claim(self, thread_id: str | None, cancel: CancelToken, asked: list[Message] | None, *, queue: bool) -> Slot:
+    def _claim(
+        self, thread_id: str | None, cancel: CancelToken, asked: list[Message] | None, *, queue: bool, then: Then | None
+    ) -> Slot:
         if thread_id is None:
             return Slot(self.claims, None, "")
         run_id = secrets.token_hex(16)
         runlog = self.runlog if asked is not None else None
-        begin = None if runlog is None else lambda connection: runlog.begin(connection, run_id, thread_id, asked or [])
-        claimed = _try_claim(self.claims, thread_id, run_id, begin)
+        begin = _both(None if runlog is None else lambda c: runlog.begin(c, run_id, thread_id, asked or []), then)
+        logged = runlog is not None
+        claimed = _try_claim(self.claims, thread_id, run_id, begin, logged)
         if not claimed and queue and self.policy == "enqueue":
             # Its run is started in the log by whoever streams it; the claim, when it comes, writes no run.
             slot = Slot(self.claims, thread_id, run_id)
-            slot.wait = lambda: self._wait(thread_id, run_id, None, cancel)
+            slot.wait = lambda: self._wait(thread_id, run_id, then, cancel, logged=False)
             slot.queued = True
             return slot
         if claimed:
             self._answer_stops(run_id, cancel)
         else:
-            claimed = self._wait(thread_id, run_id, begin, cancel)
+            claimed = self._wait(thread_id, run_id, begin, cancel, logged=logged)
         return Slot(self.claims, thread_id, run_id, runlog if claimed == "logged" else None)
 
-    def _wait(self, thread_id: str, run_id: str, begin: Then | None, cancel: CancelToken) -> str:
+    def _wait(self, thread_id: str, run_id: str, begin: Then | None, cancel: CancelToken, *, logged: bool) -> str:
         """Take the claim by the policy ("reject": at once or a 409; "interrupt": stop the holder first)."""
         deadline = time.monotonic() + self.wait_s
         stopped: str | None = None
-        while not (claimed := _try_claim(self.claims, thread_id, run_id, begin)):
+        while not (claimed := _try_claim(self.claims, thread_id, run_id, begin, logged)):
             if self.policy == "reject" or time.monotonic() >= deadline:
                 raise ReplyInProgress(REPLY_IN_PROGRESS)
             holder = self.claims.holder(thread_id)
@@ -109,12 +119,24 @@ class ThreadRuns:
             self.threads.post_stop(run_id)
 
 
-def _try_claim(claims: Any, thread_id: str, run_id: str, begin: Then | None) -> str:
+def _both(first: Then | None, second: Then | None) -> Then | None:
+    """Two writes on one transaction (either may be None)."""
+    if first is None or second is None:
+        return first or second
+
+    def both(connection: Any) -> None:
+        first(connection)
+        second(connection)
+
+    return both
+
+
+def _try_claim(claims: Any, thread_id: str, run_id: str, begin: Then | None, logged: bool) -> str:
     """ "logged" (claimed, the run started in the log by `begin`), "claimed" (without a log) or "" (busy)."""
     # A store that is down does not stop the chat (it answers, only its transcript is lost, as before runs):
     # the claim is then this process's alone.
     try:
-        return ("logged" if begin is not None else "claimed") if claims.claim(thread_id, run_id, begin) else ""
+        return ("logged" if logged else "claimed") if claims.claim(thread_id, run_id, begin) else ""
     except ChatError:
         log.warning("thread %s: the store is down; this reply runs without a claim on its thread", thread_id)
         return "claimed"

@@ -25,6 +25,7 @@ from kit.pipeline.events import EndEvent, Event, TextEvent, UsageEvent
 from kit.pipeline.files import read_again
 from kit.pipeline.pump import close_iterator
 from kit.pipeline.sources import Message
+from kit.threads.branching import BranchRequest, branch_scope
 from kit.threads.ids import THREAD_ID_HEADER, thread_scope, validate_thread_id
 from kit.threads.stops import SharedStops
 from kit.threads.store import ThreadStore, open_store
@@ -68,6 +69,8 @@ class ChatThreads:
         self.store = None if store is False else open_store(None if store is True else store)
         self.owner = owner
         self.shared_stops = SharedStops(self.store) if self.store is not None else None
+        # Adds to a thread's messages what another part keeps beside them (issue 27: the user's feedback).
+        self.annotate: Callable[[str, list[Message]], list[Message]] = lambda thread_id, messages: messages
 
     def watch_stop(self, stream_id: str | None, cancel: CancelToken) -> None:
         """Let a stop posted on another worker process end this stream (a well-formed id and a store needed)."""
@@ -97,6 +100,11 @@ class ChatThreads:
 
     def messages(self, thread_id: str) -> list[Message]:
         """The thread's visible messages in Deep Chat's format; [] for a thread nobody has used."""
+        return self.annotate(thread_id, self.branch(thread_id))
+
+    def branch(self, thread_id: str) -> list[Message]:
+        """The thread's current branch, each message with its `id` (kit.threads.branching), as Deep Chat's
+        history takes it; [] for a thread nobody has used (NoSuchThread for another user's)."""
         self._check_owner(thread_id, claim=False)
         if self.memory is not None:
             return self.memory.thread_messages(thread_id)
@@ -177,10 +185,13 @@ class Turn:
         self.thread_id = thread_id
         self.asked = asked
         self.store = store
+        self.branch: BranchRequest | None = None  # issue 27: a regenerate or an edit (kit.web.branches)
 
-    def scope(self) -> contextlib.AbstractContextManager[None]:
-        """Start the source inside this: a checkpointed graph reads the thread id from it."""
-        return thread_scope(self.thread_id)
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """Start the source inside this: a checkpointed graph reads the thread id (and the branch) from it."""
+        with thread_scope(self.thread_id), branch_scope(self.branch):
+            yield
 
     def record(self, events: Iterator[Event]) -> Iterator[Event]:
         """The reply's events as they are; when they end (finished, failed or stopped) the question and the
