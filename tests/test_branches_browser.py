@@ -6,16 +6,15 @@ answer and shows again after a reload; restored bubbles that look as they did li
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from kit import create_app
 from kit.testing.browser import chromium_page
 from kit.testing.fakes import EchoSource
+from kit.threads.store import ThreadStore
 from tests.helpers import wait_until
-from tests.postgres import PostgresCluster, postgres_cluster  # noqa: F401  (the session fixture)
+from tests.postgres import postgres_cluster  # noqa: F401  (the session fixture)
+from tests.test_branches_web import store  # noqa: F401  (SQLite and PostgreSQL)
 from tests.test_browser import send
 from tests.test_threads_browser import bubbles
 
@@ -159,3 +158,9 @@ def branches_scenario(url: str, source: EchoSource, feedback_rows: Callable[[], 
         assert shown.locator(".kit-vote-up").get_attribute("aria-pressed") == "false"
         assert shown.locator(".kit-comment").inner_text() == "too short"
         assert branch(page)[7]["feedback"] == {"vote": "down", "comment": "too short"}
+
+
+def test_edit_switch_regenerate_and_feedback_on_a_transcript(serve, store: ThreadStore) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    source = EchoSource()
+    server = serve(create_app(source, thread_store=store))
+    branches_scenario(server.url, source, lambda: [])
