@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.pregel import Pregel
 
-from kit.adapters.inputs import InputMapper, user_bubble
+from kit.adapters.inputs import InputMapper
 from kit.pipeline.sources import Message
 from kit.threads.ids import current_thread_id
 from kit.threads.store import down_on_error
-from kit.threads.transcript import Bubbles, new_user_messages
-
-Feed = Callable[[BaseMessage, dict[str, Any]], Iterable[tuple[str, str]]]
-"""A StepSelector's `feed`: a message (and its metadata) to (role, text) pieces."""
+from kit.threads.transcript import new_user_messages
 
 
 def checkpointer_of(graph: Pregel) -> BaseCheckpointSaver | None:
@@ -54,14 +51,23 @@ class GraphRun:
             self.config = {**(config or {}), "configurable": configurable}
 
     def input(self, messages: list[Message], to_input: InputMapper) -> Any:
-        """The whole history on a new thread; on a thread the checkpoint already holds, the new user turn only."""
+        """The whole history on a new thread; on a thread the checkpoint already holds, the new user turn only.
+        Every HumanMessage gets an id (issue 27: the page addresses each message by it)."""
         if not keeps_messages(self.graph):
             return to_input(messages)
         with checkpoint_errors():
             started = self.saver.get_tuple(self.config) is not None
         if not started:
-            return to_input(messages)
-        return {"messages": [HumanMessage(content=m["text"]) for m in new_user_messages(messages)]}
+            return with_ids(to_input(messages))
+        return {"messages": self.new_turn(messages)}
+
+    def new_turn(self, messages: list[Message]) -> list[HumanMessage]:
+        """The request's new user messages (after the last reply) as HumanMessages with ids of their own."""
+        return [HumanMessage(content=m["text"], id=new_message_id()) for m in new_user_messages(messages)]
+
+    @property
+    def thread_id(self) -> str | None:
+        return (self.config or {}).get("configurable", {}).get("thread_id") if self.saver is not None else None
 
     def around(self, stream: Iterator[Any]) -> Iterator[Any]:
         """The run's stream; a thread made for this request is deleted when it ends."""
@@ -73,6 +79,23 @@ class GraphRun:
                     self.saver.delete_thread(self.own_thread)
 
 
+def with_ids(value: Any) -> Any:
+    """A graph's input with an id on each HumanMessage that has none (a whole history fed to a new thread)."""
+    for message in value.get("messages", []) if isinstance(value, dict) else []:
+        if isinstance(message, HumanMessage) and not message.id:
+            message.id = new_message_id()
+    return value
+
+
+def new_message_id() -> str:
+    """The id the kit gives a HumanMessage it feeds a graph.
+
+    >>> len(new_message_id())
+    32
+    """
+    return uuid.uuid4().hex
+
+
 def checkpoint_errors() -> contextlib.AbstractContextManager[None]:
     """A checkpointer that fails to read (its database is down) is a 503 for the client, the cause in the log
     (any error: each checkpointer has its own database driver)."""
@@ -82,23 +105,3 @@ def checkpoint_errors() -> contextlib.AbstractContextManager[None]:
 WAITING_ROLE = "approval"
 WAITING_TEXT = "Waiting for your decision."
 """The bubble a reply ends with when the graph stopped at an interrupt: the page shows the decision to make."""
-
-
-def checkpoint_messages(graph: Pregel, thread_id: str, feed: Feed) -> list[Message]:
-    """The thread's messages as Deep Chat bubbles, laid out as they streamed: the user's, the answers, and (when
-    `feed` gives them a role) tool calls and results in steps bubbles. [] for a thread never seen."""
-    with checkpoint_errors():
-        state = graph.get_state({"configurable": {"thread_id": thread_id}})
-    bubbles: list[Message] = []
-    reply = Bubbles()
-    for message in (state.values or {}).get("messages", []) if isinstance(state.values, dict) else []:
-        if isinstance(message, HumanMessage):
-            bubbles += reply.messages()
-            reply = Bubbles()
-            bubbles.append(user_bubble(message.content))  # its files too (issue 28)
-            continue
-        for role, text in feed(message, {}):
-            reply.add(text, role)
-    if state.interrupts:  # as the reply that stopped ended: a reload shows the same bubble above the cards
-        reply.add(WAITING_TEXT, WAITING_ROLE)
-    return bubbles + reply.messages()

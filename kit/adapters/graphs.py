@@ -28,7 +28,8 @@ from langgraph.pregel import Pregel
 
 from kit.adapters.admission import admit_models, released
 from kit.adapters.events import with_roles
-from kit.adapters.graph_threads import WAITING_ROLE, WAITING_TEXT, GraphRun, checkpoint_messages, keeps_messages
+from kit.adapters.graph_branches import branch_messages, fork, switch
+from kit.adapters.graph_threads import WAITING_ROLE, WAITING_TEXT, GraphRun, keeps_messages
 from kit.adapters.inputs import InputMapper, input_for_keys, to_messages
 from kit.adapters.runnables import async_only_parts
 from kit.adapters.server_errors import explained
@@ -40,6 +41,7 @@ from kit.pipeline.pump import close_iterator
 from kit.pipeline.shapes import read_thinking
 from kit.pipeline.sources import ANSWER_ROLE, THINKING_ROLE, Message
 from kit.pipeline.usage import Usage
+from kit.threads.branching import current_branch
 
 _DONE = object()
 ANSWER_KEYS = ("answer", "output", "response", "result", "text", "content")
@@ -121,7 +123,7 @@ class GraphSource:
 
     def __call__(self, messages: list[Message], cancel: CancelToken) -> Iterator[Any]:
         run = GraphRun(self.graph, self.config)  # a checkpointer: the request's thread, only the new turn as input
-        value = run.input(messages, self.to_input)
+        value = self._input(run, messages)
         stream = explained(run.around(self._stream(value, cancel, run.config)), messages)
         return released(stream, admit_models(self.models, cancel))
 
@@ -134,18 +136,30 @@ class GraphSource:
         stream = explained(self._stream(Command(resume=resume), cancel, run.config), ())
         return released(stream, admit_models(self.models, cancel))
 
+    def _input(self, run: GraphRun, messages: list[Message]) -> Any:
+        """The run's input; a regenerate or an edit (kit.threads.branching) first forks the thread's checkpoints."""
+        branch = current_branch()
+        if branch is None or not self.keeps_threads:
+            return run.input(messages, self.to_input)
+        thread_id = run.thread_id
+        assert thread_id is not None  # a checkpointed graph's run always has one
+        edited = run.new_turn(messages)[-1:]  # an edit's text: the request's last user message
+        return fork(self.graph, thread_id, branch, edited[0] if edited else None)
+
     @property
     def keeps_threads(self) -> bool:
         """Compiled with a checkpointer over `messages`: the graph keeps each thread (kit.threads.ThreadMemory)."""
         return keeps_messages(self.graph)
 
     def thread_messages(self, thread_id: str) -> list[Message]:
-        """The thread's bubbles from the graph's checkpoint, laid out as they streamed."""
-        return checkpoint_messages(self.graph, thread_id, StepSelector(self.steps_role, None).feed)
+        """The thread's current branch (its latest checkpoint) as bubbles laid out as they streamed, each with its
+        `id`, and `versions` where a turn has several (kit.adapters.graph_branches)."""
+        return branch_messages(self.graph, thread_id, StepSelector(self.steps_role, None).feed)
 
     def switch_branch(self, thread_id: str, message_id: str) -> None:
-        """Make the branch through this version current (issue 27: being built on branch issue-27-graph)."""
-        raise NotImplementedError("switching a graph's branches is not built yet")
+        """Make the branch through this version current: the newest checkpoint through it, copied as the latest
+        (NoSuchMessage when no checkpoint of the thread holds that message)."""
+        switch(self.graph, thread_id, message_id)
 
     def _stream(self, value: Any, cancel: CancelToken, config: RunnableConfig | None) -> Iterator[Any]:
         selector = StepSelector(self.steps_role, self.answer_nodes)
