@@ -164,3 +164,32 @@ def test_edit_switch_regenerate_and_feedback_on_a_transcript(serve, store: Threa
     source = EchoSource()
     server = serve(create_app(source, thread_store=store))
     branches_scenario(server.url, source, lambda: [])
+
+
+class EchoGraph:
+    """A checkpointed graph whose model node answers as EchoSource does, recording the branch it was given (the
+    checkpoint's messages: a graph is fed only the new message, its checkpoint holds the rest)."""
+
+    def __init__(self, saver: Any) -> None:
+        from langgraph.graph import START, MessagesState, StateGraph
+
+        self.received: list[list[dict[str, str]]] = []
+        graph = StateGraph(MessagesState)
+        graph.add_node("answer", self._answer)
+        graph.add_edge(START, "answer")
+        self.graph = graph.compile(checkpointer=saver)
+
+    def _answer(self, state: Any) -> dict[str, list[Any]]:
+        from langchain_core.messages import AIMessage
+
+        messages = state["messages"]
+        self.received.append([{"role": "user" if m.type == "human" else "ai", "text": m.text} for m in messages])
+        return {"messages": [AIMessage(f"answer {len(self.received)} to {messages[-1].text}")]}
+
+
+def test_the_same_on_a_checkpointed_graph(serve, store: ThreadStore) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from kit.adapters.graphs import graph_source
+
+    graph = EchoGraph(store.checkpointer())
+    server = serve(create_app(graph_source(graph.graph), thread_store=store))
+    branches_scenario(server.url, graph, lambda: [])  # type: ignore[arg-type]
