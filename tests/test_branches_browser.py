@@ -5,7 +5,9 @@ answer and shows again after a reload; restored bubbles that look as they did li
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from kit import create_app
@@ -13,7 +15,7 @@ from kit.testing.browser import chromium_page
 from kit.testing.fakes import EchoSource
 from kit.threads.store import ThreadStore
 from tests.helpers import wait_until
-from tests.postgres import postgres_cluster  # noqa: F401  (the session fixture)
+from tests.postgres import PostgresCluster, postgres_cluster  # noqa: F401  (the session fixture)
 from tests.test_branches_web import store  # noqa: F401  (SQLite and PostgreSQL)
 from tests.test_browser import send
 from tests.test_threads_browser import bubbles
@@ -37,6 +39,7 @@ def settled(page: Any, count: int, before: int) -> None:
 
 
 def opened(page: Any, url: str, count: int) -> None:
+    """Opens (or reloads) the chat and waits for its `count` restored bubbles and their buttons."""
     page.goto(url)
     assert wait_until(lambda: page.evaluate("window.kitThread && window.kitThread.restored") == count, timeout=15)
     assert wait_until(lambda: page.locator(".kit-controls").count() == count, timeout=10), bubbles(page)
@@ -84,8 +87,19 @@ def versions(message: dict[str, Any]) -> tuple[int, int] | None:
     return (found["index"], found["count"]) if found else None
 
 
-def branches_scenario(url: str, source: EchoSource, feedback_rows: Callable[[], list[dict[str, Any]]]) -> None:
-    """The whole story in one browser: six turns, an edit, reloads, a second tab, regenerations, feedback."""
+def branches_scenario(
+    url: str,
+    source: EchoSource,
+    feedback_rows: Callable[[], list[dict[str, Any]]],
+    moved: Callable[[], object] = lambda: None,
+) -> None:
+    """The whole story in one browser: six turns, an edit, reloads, a second tab, regenerations, feedback.
+    `moved` runs before each reload and second tab (two workers: the next requests reach the other one)."""
+
+    def reopened(page: Any, url: str, count: int) -> None:
+        moved()
+        opened(page, url, count)
+
     with chromium_page() as page:
         opened(page, url, 0)
         for n in range(1, 7):
@@ -104,7 +118,7 @@ def branches_scenario(url: str, source: EchoSource, feedback_rows: Callable[[], 
         assert page.locator(f"[data-kit-id='{edited[4]['id']}'] .kit-version").inner_text() == "2 / 2"
 
         # A reload: the same bubbles and ids; the old turns 3-6 are behind the switcher.
-        opened(page, url, 6)
+        reopened(page, url, 6)
         assert branch(page) == edited and pairs(edited) == [tuple(pair) for pair in bubbles(page)]
         act(page, edited[4]["id"], ".kit-previous", 12)
         assert branch(page) == [
@@ -116,12 +130,12 @@ def branches_scenario(url: str, source: EchoSource, feedback_rows: Callable[[], 
 
         # A second tab sees the switched branch and switches it back; the first, reloaded, follows.
         second = page.context.new_page()
-        opened(second, url, 12)
+        reopened(second, url, 12)
         assert branch(second) == branch(page)
         act(second, ids[4], ".kit-next", 6)
         assert branch(second) == edited
         second.close()
-        opened(page, url, 6)
+        reopened(page, url, 6)
         assert branch(page) == edited
 
         # Regenerate twice; the source gets the branch up to the question; then back to the first answer.
@@ -139,7 +153,7 @@ def branches_scenario(url: str, source: EchoSource, feedback_rows: Callable[[], 
         # Feedback after a reload, on the old branch's answer to q4 (message 7, counting from 0): one row, a
         # second click changes it, a comment; the vote and comment show after another reload.
         act(page, edited[4]["id"], ".kit-previous", 12)
-        opened(page, url, 12)
+        reopened(page, url, 12)
         voted = branch(page)[7]
         assert voted["id"] == ids[7] and voted["role"] == "ai"
         click(page, voted["id"], ".kit-vote-up")
@@ -152,7 +166,7 @@ def branches_scenario(url: str, source: EchoSource, feedback_rows: Callable[[], 
         assert wait_until(lambda: [(r["vote"], r["comment"]) for r in feedback_rows()] == [("down", "too short")])
         [row] = feedback_rows()
         assert (row["message_id"], row["question"], row["answer"]) == (ids[7], "q4", "answer 4 to q4")
-        opened(page, url, 12)
+        reopened(page, url, 12)
         shown = page.locator(f"[data-kit-id='{voted['id']}'] .kit-controls")
         assert shown.locator(".kit-vote-down").get_attribute("aria-pressed") == "true"
         assert shown.locator(".kit-vote-up").get_attribute("aria-pressed") == "false"
@@ -193,3 +207,37 @@ def test_the_same_on_a_checkpointed_graph(serve, store: ThreadStore) -> None:  #
     graph = EchoGraph(store.checkpointer())
     server = serve(create_app(graph_source(graph.graph), thread_store=store))
     branches_scenario(server.url, graph, lambda: [])  # type: ignore[arg-type]
+
+
+class SharedEcho:
+    """EchoSource across worker processes: what each run received is a line of a JSON file, runs are numbered
+    across all of them (the scenario's requests come one at a time)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __call__(self, messages: list[dict[str, Any]], cancel: object) -> Iterator[str]:
+        with self.path.open("a") as out:
+            out.write(json.dumps([{"role": m["role"], "text": m.get("text", "")} for m in messages]) + "\n")
+        return iter([f"answer {len(self.received)}", f" to {messages[-1].get('text', '')}"])
+
+    @property
+    def received(self) -> list[list[dict[str, Any]]]:
+        return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
+
+
+def shared_echo_app(postgres_url: str, path: str) -> Any:
+    """gunicorn factory: the shared echo source on threads in PostgreSQL."""
+    from kit.threads.store import PostgresThreadStore
+
+    return create_app(SharedEcho(path), thread_store=PostgresThreadStore(postgres_url))
+
+
+def test_the_same_across_two_gunicorn_workers(postgres_cluster: PostgresCluster, tmp_path: Path) -> None:  # noqa: F811
+    from tests.rejoin_prod import TwoWorkers
+
+    runs = tmp_path / "runs.jsonl"
+    app = f"tests.test_branches_browser:shared_echo_app({postgres_cluster.url!r}, {str(runs)!r})"
+    with TwoWorkers(postgres_cluster.url, app=app) as two:
+        # Every reload and second tab reaches the other worker than the requests before it.
+        branches_scenario(two.url, SharedEcho(runs), lambda: [], moved=two.switch)  # type: ignore[arg-type]
