@@ -227,10 +227,11 @@ class SharedEcho:
 
 
 def shared_echo_app(postgres_url: str, path: str) -> Any:
-    """gunicorn factory: the shared echo source on threads in PostgreSQL."""
+    """gunicorn factory: the shared echo source on threads in PostgreSQL; each response names its worker."""
     from kit.threads.store import PostgresThreadStore
+    from tests.prod_server import named_by_worker
 
-    return create_app(SharedEcho(path), thread_store=PostgresThreadStore(postgres_url))
+    return named_by_worker(create_app(SharedEcho(path), thread_store=PostgresThreadStore(postgres_url)))
 
 
 def test_the_same_across_two_gunicorn_workers(postgres_cluster: PostgresCluster, tmp_path: Path) -> None:  # noqa: F811
