@@ -13,7 +13,8 @@ from typing import Any
 from kit import create_app
 from kit.testing.browser import chromium_page
 from kit.testing.fakes import EchoSource
-from kit.threads.store import ThreadStore
+from kit.threads.feedback import FeedbackStore
+from kit.threads.store import PostgresThreadStore, ThreadStore
 from tests.helpers import wait_until
 from tests.postgres import PostgresCluster, postgres_cluster  # noqa: F401  (the session fixture)
 from tests.test_branches_web import store  # noqa: F401  (SQLite and PostgreSQL)
@@ -90,7 +91,7 @@ def versions(message: dict[str, Any]) -> tuple[int, int] | None:
 def branches_scenario(
     url: str,
     source: EchoSource,
-    feedback_rows: Callable[[], list[dict[str, Any]]],
+    threads: ThreadStore,
     moved: Callable[[], object] = lambda: None,
 ) -> None:
     """The whole story in one browser: six turns, an edit, reloads, a second tab, regenerations, feedback.
@@ -154,6 +155,11 @@ def branches_scenario(
         # second click changes it, a comment; the vote and comment show after another reload.
         act(page, edited[4]["id"], ".kit-previous", 12)
         reopened(page, url, 12)
+        thread_id = page.evaluate("window.kitThread.id()")
+
+        def feedback_rows() -> list[dict[str, Any]]:
+            return [row for row in FeedbackStore(threads).export() if row["thread_id"] == thread_id]
+
         voted = branch(page)[7]
         assert voted["id"] == ids[7] and voted["role"] == "ai"
         click(page, voted["id"], ".kit-vote-up")
@@ -177,7 +183,7 @@ def branches_scenario(
 def test_edit_switch_regenerate_and_feedback_on_a_transcript(serve, store: ThreadStore) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     source = EchoSource()
     server = serve(create_app(source, thread_store=store))
-    branches_scenario(server.url, source, lambda: [])
+    branches_scenario(server.url, source, store)
 
 
 class EchoGraph:
@@ -206,7 +212,7 @@ def test_the_same_on_a_checkpointed_graph(serve, store: ThreadStore) -> None:  #
 
     graph = EchoGraph(store.checkpointer())
     server = serve(create_app(graph_source(graph.graph), thread_store=store))
-    branches_scenario(server.url, graph, lambda: [])  # type: ignore[arg-type]
+    branches_scenario(server.url, graph, store)  # type: ignore[arg-type]
 
 
 class SharedEcho:
@@ -228,7 +234,6 @@ class SharedEcho:
 
 def shared_echo_app(postgres_url: str, path: str) -> Any:
     """gunicorn factory: the shared echo source on threads in PostgreSQL; each response names its worker."""
-    from kit.threads.store import PostgresThreadStore
     from tests.prod_server import named_by_worker
 
     return named_by_worker(create_app(SharedEcho(path), thread_store=PostgresThreadStore(postgres_url)))
@@ -239,6 +244,8 @@ def test_the_same_across_two_gunicorn_workers(postgres_cluster: PostgresCluster,
 
     runs = tmp_path / "runs.jsonl"
     app = f"tests.test_branches_browser:shared_echo_app({postgres_cluster.url!r}, {str(runs)!r})"
+    shared = PostgresThreadStore(postgres_cluster.url)
     with TwoWorkers(postgres_cluster.url, app=app) as two:
         # Every reload and second tab reaches the other worker than the requests before it.
-        branches_scenario(two.url, SharedEcho(runs), lambda: [], moved=two.switch)  # type: ignore[arg-type]
+        branches_scenario(two.url, SharedEcho(runs), shared, moved=two.switch)  # type: ignore[arg-type]
+    shared.close()
