@@ -145,6 +145,12 @@ function drawn(messages, old) {
 // The bubbles before the branch point, then `text` as the new question, sent through Deep Chat (Stop, rejoin and
 // the answer's bubble as for any turn) with the branch field the server reads.
 async function resend(before, text, field) {
+  if (window.kitInterrupts && window.kitInterrupts.pending().length) {
+    // The next request would answer the card (interrupts.js sends it to the resume route), not branch.
+    problem = "Decide on the card above first: the thread waits for that decision.";
+    decorate();
+    return;
+  }
   await show(before);
   asked = field;
   chat.submitUserMessage({ text });
