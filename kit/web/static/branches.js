@@ -70,12 +70,13 @@ function decorate() {
   if (messages.some((message) => !message.id)) return true; // a server that keeps no ids: nothing to address
   const all = branch();
   const lastAnswer = all.length && all[all.length - 1].role === "ai" ? all.length - 1 : -1;
+  const shownWith = versionsShown(all);
   bubbles.forEach((container, index) => {
     const message = messages[index];
     container.querySelector(":scope > .kit-controls")?.remove();
     const controls = element("div", "kit-controls");
     controls.dataset.kitId = message.id;
-    if (message.versions) controls.append(switcher(message.versions));
+    if (shownWith.has(message)) controls.append(switcher(shownWith.get(message)));
     if (message.role === "user") controls.append(button("Edit", "kit-edit", "Edit this message", () => edit(container, message)));
     if (message.role === "ai") controls.append(...feedback(controls, message));
     if (all.indexOf(message) === lastAnswer) {
@@ -88,6 +89,23 @@ function decorate() {
   const last = bubbles[bubbles.length - 1];
   if (problem && last) last.querySelector(".kit-controls").append(element("div", "kit-problem", problem));
   return true;
+}
+
+// Which bubble shows each switcher: a user message its own; a reply's versions sit on its first message (the
+// steps, when it begins with them), and are shown under the reply's answer, where a reader looks for them.
+function versionsShown(all) {
+  const shown = new Map();
+  all.forEach((message, index) => {
+    if (!message.versions || !message.text) return;
+    let at = index;
+    if (message.role !== "user" && message.role !== "ai") {
+      const answer = all.findIndex((other, later) => later > index && other.role === "ai" && other.text);
+      const nextQuestion = all.findIndex((other, later) => later > index && other.role === "user");
+      if (answer > 0 && (nextQuestion < 0 || answer < nextQuestion)) at = answer;
+    }
+    shown.set(all[at], message.versions);
+  });
+  return shown;
 }
 
 function switcher(versions) {
