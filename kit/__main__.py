@@ -1,5 +1,5 @@
-"""Command line: `python -m kit serve --demo word|char|chain|agent [--prod] ...`, `python -m kit engine` and
-`python -m kit doctor [URL]`."""
+"""Command line: `python -m kit serve --demo word|char|chain|agent [--prod] ...`, `python -m kit engine`,
+`python -m kit doctor [URL]` and `python -m kit feedback export --store ...`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from kit.serving import feedback_export
 from kit.serving.demo import DEMOS, THREAD_STORE_ENV, build_demo_app
 from kit.serving.production import WORKER_CLASSES
 from kit.serving.server import PortInUse, bind, serve_forever
@@ -73,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a request header, e.g. 'Authorization: token TOKEN' for a Jupyter server or hub (repeatable)",
     )
     doctor.add_argument("--cookie", help="cookies to send, as a browser does: 'a=b; c=d'")
+    feedback_export.add_parser(commands)  # issue 27
     return parser
 
 
@@ -144,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _doctor(args)
     if args.command == "engine":
         return _engine(args)
+    if args.command == "feedback":
+        return feedback_export.run(args)
     if args.prod:
         return _serve_prod(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

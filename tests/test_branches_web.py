@@ -10,27 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from kit import create_app
 from kit.serving.client import Received, Reply, iter_stream
 from kit.testing.fakes import EchoSource
 from kit.threads.ids import THREAD_ID_HEADER, new_thread_id
-from kit.threads.store import PostgresThreadStore, SqliteThreadStore, ThreadStore
-from tests.postgres import PostgresCluster, postgres_cluster  # noqa: F401  (the session fixture)
+from kit.threads.store import ThreadStore
+from tests.postgres import postgres_cluster  # noqa: F401  (the session fixture)
+from tests.test_threads_store import store  # noqa: F401  (SQLite and PostgreSQL)
 
 Messages = list[dict[str, Any]]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ThreadStore]:
-    if request.param == "sqlite":
-        yield SqliteThreadStore(tmp_path / "threads.sqlite")
-        return
-    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
-    opened = PostgresThreadStore(cluster.url)
-    yield opened
-    opened.close()
 
 
 def send(url: str, thread_id: str | None, messages: Messages, kit: dict[str, str] | None = None) -> Reply:
@@ -63,7 +52,7 @@ def six_turns(url: str, thread_id: str) -> Messages:
     return history
 
 
-def test_edit_regenerate_and_switch(serve, store: ThreadStore) -> None:  # type: ignore[no-untyped-def]
+def test_edit_regenerate_and_switch(serve, store: ThreadStore) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     source = EchoSource()
     server = serve(create_app(source, thread_store=store))
     thread_id = new_thread_id()
@@ -111,7 +100,7 @@ def plain_messages(messages: Messages) -> Messages:
     return [{"role": m["role"], "text": m["text"]} for m in messages]
 
 
-def test_bad_branch_requests_change_nothing(serve, store: ThreadStore) -> None:  # type: ignore[no-untyped-def]
+def test_bad_branch_requests_change_nothing(serve, store: ThreadStore) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     source = EchoSource()
     server = serve(create_app(source, thread_store=store, thread_owner=lambda: "alice"))
     thread_id = new_thread_id()

@@ -11,6 +11,7 @@ kit.adapters.graphs. Every source takes the kit's cancel token: models inside th
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -31,6 +32,7 @@ from kit.pipeline.sources import (
     Streamable,
 )
 from kit.pipeline.usage import Usage
+from kit.threads.trace_runs import reply_run_id
 
 _DONE = object()
 
@@ -119,14 +121,15 @@ class RunnableSource:
     def __call__(self, messages: list[Message], cancel: CancelToken) -> Iterator[Any]:
         value = self.to_input(messages)
         admissions = admit_models(self.models, cancel)
-        stream = self._events(value, cancel) if self.uses_events else self._output(value, cancel)
+        config = with_reply_run(self.config)  # read here: the streams below run in the pump's thread
+        stream = self._events(value, cancel, config) if self.uses_events else self._output(value, cancel, config)
         return released(explained(stream, messages), admissions)
 
-    def _output(self, value: Any, cancel: CancelToken) -> Iterator[Any]:
+    def _output(self, value: Any, cancel: CancelToken, run_config: RunnableConfig | None) -> Iterator[Any]:
         # A context of its own carries the cancel token into the chain (and its executor threads or tasks).
         context = bound_context(cancel)
         tap = ModelTap()  # the models' thinking and usage, which a parser at the chain's end would drop
-        config = tap.config(self.config)
+        config = tap.config(run_config)
         if self.asynchronous:  # `.stream()` cannot run async-only parts: the async stream runs on the kit's loop
             iterator = iterate(self.chain.astream(value, config), cancel, owned=True, context=context)
         else:
@@ -148,11 +151,11 @@ class RunnableSource:
         if usage.reported and not cancel.cancelled:
             yield usage.as_item()
 
-    def _events(self, value: Any, cancel: CancelToken) -> Iterator[str | Role]:
+    def _events(self, value: Any, cancel: CancelToken, run_config: RunnableConfig | None) -> Iterator[str | Role]:
         selector = AnswerSelector(final_only=self.final_only, filter=self.filter, steps_role=self.steps_role)
         # LangChain's event stream is async only: it runs on the kit's event loop, with the cancel token bound
         # in the task's context (the chain's tasks and executor calls inherit it).
-        stream = self.chain.astream_events(value, self.config, version="v2")
+        stream = self.chain.astream_events(value, run_config, version="v2")
         events = iterate(stream, cancel, owned=True, context=bound_context(cancel))
 
         def pieces() -> Iterator[tuple[str, str]]:
@@ -165,6 +168,21 @@ class RunnableSource:
             yield from with_roles(pieces())
         finally:
             close_iterator(events)  # the chain stops at its next await; its models stop at their next token
+
+
+def with_reply_run(config: RunnableConfig | None) -> RunnableConfig | None:
+    """The config with the root run id the web side chose for this reply (kit.threads.trace_runs), so that
+    feedback on the answer reaches its run in LangSmith; a `run_id` of the caller's own stays.
+
+    >>> from kit.threads.trace_runs import reply_run_scope
+    >>> with reply_run_scope("0b5f9e9e-6f2a-4c39-9d0e-3f1f0c8a1d2e"):
+    ...     str(with_reply_run({"tags": ["a"]})["run_id"])
+    '0b5f9e9e-6f2a-4c39-9d0e-3f1f0c8a1d2e'
+    """
+    run_id = reply_run_id()
+    if run_id is None or (config or {}).get("run_id") is not None:
+        return config
+    return RunnableConfig(**{**(config or {}), "run_id": uuid.UUID(run_id)})  # type: ignore[typeddict-item]
 
 
 def runnable_source(

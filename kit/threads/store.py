@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from kit.errors import ChatError
 from kit.pipeline.sources import Message
 from kit.threads import files as thread_files
+from kit.threads.feedback import feedback_schema
 from kit.threads.tree import ROOT, Tree
 from kit.threads.writer import GroupWriter, writer_for
 
@@ -63,6 +64,7 @@ class ThreadStore:
     migrations: tuple[str, ...] = (
         "ALTER TABLE kit_thread_messages ADD COLUMN custom TEXT",
         "ALTER TABLE kit_thread_messages ADD COLUMN parent INTEGER",  # issue 27: NULL on older rows (kit.threads.tree)
+        "ALTER TABLE kit_thread_messages ADD COLUMN trace_run TEXT",  # issue 27: feedback to LangSmith
     )
     name = "thread store"
 
@@ -90,12 +92,15 @@ class ThreadStore:
         make the last one the head: all or none, in one transaction (their files, if any, too)."""
         now = time.time()
         # Deep Chat's `custom` field (a reply's token usage) is kept as JSON, as the page gets it back.
-        rows = [(thread_id, str(m["role"]), str(m.get("text", "")), _custom(m), now) for m in messages]
+        # `trace_run`: the reply's root run in a tracer (kit.threads.trace_runs), for feedback; never shown.
+        rows = [
+            (thread_id, str(m["role"]), str(m.get("text", "")), _custom(m), now, m.get("trace_run")) for m in messages
+        ]
         if not rows:
             return
         sql = (
-            "INSERT INTO kit_thread_messages (thread_id, role, text, custom, created, parent) "
-            "VALUES (?, ?, ?, ?, ?, ?) RETURNING id"
+            "INSERT INTO kit_thread_messages (thread_id, role, text, custom, created, trace_run, parent) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id"
         )
 
         def hang(connection: Any) -> None:
@@ -130,6 +135,12 @@ class ThreadStore:
             return True
 
         return self._write(move)
+
+    def trace_run(self, thread_id: str, message_id: int) -> str | None:
+        """The tracer's root run of the reply this message is part of (None: not traced, or no such message)."""
+        sql = "SELECT trace_run FROM kit_thread_messages WHERE thread_id = ? AND id = ?"
+        rows = self._query(sql, (thread_id, message_id))
+        return rows[0]["trace_run"] if rows else None
 
     def _tree(self, connection: Any, thread_id: str) -> Tree:
         sql = "SELECT id, parent FROM kit_thread_messages WHERE thread_id = ? ORDER BY id"
@@ -294,7 +305,7 @@ class SqliteThreadStore(ThreadStore):
     schema = (
         "CREATE TABLE IF NOT EXISTS kit_thread_messages (id INTEGER PRIMARY KEY AUTOINCREMENT, "
         "thread_id TEXT NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, custom TEXT, created REAL NOT NULL, "
-        "parent INTEGER)",
+        "parent INTEGER, trace_run TEXT)",
         "CREATE INDEX IF NOT EXISTS kit_thread_messages_by_thread ON kit_thread_messages (thread_id, id)",
         "CREATE TABLE IF NOT EXISTS kit_thread_owners (thread_id TEXT PRIMARY KEY, owner TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_thread_heads (thread_id TEXT PRIMARY KEY, leaf BIGINT NOT NULL)",
@@ -302,6 +313,7 @@ class SqliteThreadStore(ThreadStore):
         "CREATE TABLE IF NOT EXISTS kit_interrupt_claims (thread_id TEXT NOT NULL, interrupt_id TEXT NOT NULL, "
         "created REAL NOT NULL, PRIMARY KEY (thread_id, interrupt_id))",
         *thread_files.file_schema("BLOB", "INTEGER"),
+        *feedback_schema("REAL"),  # issue 27
         "CREATE TABLE IF NOT EXISTS kit_thread_runs (thread_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, "
         "worker TEXT NOT NULL, seen REAL NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_runs (run_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, "
@@ -376,7 +388,7 @@ class PostgresThreadStore(ThreadStore):
     schema = (
         "CREATE TABLE IF NOT EXISTS kit_thread_messages (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
         "thread_id TEXT NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, custom TEXT, "
-        "created DOUBLE PRECISION NOT NULL, parent BIGINT)",
+        "created DOUBLE PRECISION NOT NULL, parent BIGINT, trace_run TEXT)",
         "CREATE INDEX IF NOT EXISTS kit_thread_messages_by_thread ON kit_thread_messages (thread_id, id)",
         "CREATE TABLE IF NOT EXISTS kit_thread_owners (thread_id TEXT PRIMARY KEY, owner TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_thread_heads (thread_id TEXT PRIMARY KEY, leaf BIGINT NOT NULL)",
@@ -384,6 +396,7 @@ class PostgresThreadStore(ThreadStore):
         "CREATE TABLE IF NOT EXISTS kit_interrupt_claims (thread_id TEXT NOT NULL, interrupt_id TEXT NOT NULL, "
         "created DOUBLE PRECISION NOT NULL, PRIMARY KEY (thread_id, interrupt_id))",
         *thread_files.file_schema("BYTEA", "BIGINT"),
+        *feedback_schema("DOUBLE PRECISION"),  # issue 27
         "CREATE TABLE IF NOT EXISTS kit_thread_runs (thread_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, "
         "worker TEXT NOT NULL, seen DOUBLE PRECISION NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_runs (run_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, "
@@ -397,6 +410,7 @@ class PostgresThreadStore(ThreadStore):
     migrations = (
         "ALTER TABLE kit_thread_messages ADD COLUMN IF NOT EXISTS custom TEXT",
         "ALTER TABLE kit_thread_messages ADD COLUMN IF NOT EXISTS parent BIGINT",  # issue 27
+        "ALTER TABLE kit_thread_messages ADD COLUMN IF NOT EXISTS trace_run TEXT",
     )
 
     def __init__(self, conninfo: str, *, max_connections: int = 8, timeout_s: float = 5.0) -> None:

@@ -21,6 +21,7 @@ from kit.threads.transcript import with_usage
 from kit.web.branches import ChatBranches
 from kit.web.chat_request import parse_chat_body
 from kit.web.edge import STREAM_ID_HEADER, stream_reply
+from kit.web.feedback import ChatFeedback
 from kit.web.interrupts import ChatInterrupts  # approvals (issue 18)
 from kit.web.observers import instrument
 from kit.web.origins import OriginPolicy
@@ -140,6 +141,7 @@ def create_blueprint(
     routes.threads.register_routes(blueprint)  # threads (issue 17): GET /threads/<id>/messages
     routes.streams.register_routes(blueprint)  # issue 26: POST chat-stream/rejoin, GET threads/<id>/run
     routes.branches.register_routes(blueprint)  # issue 27: POST threads/<id>/switch
+    ChatFeedback(routes.threads).register_routes(blueprint)  # issue 27: PUT, DELETE .../feedback
     # approvals (issue 18): GET interrupts and POST resume
     ChatInterrupts(routes.source, settings, routes.threads, routes.runs, routes.streams).register_routes(blueprint)
     instrument(blueprint, source, settings)  # metrics and traces (issue 29): before the guards, to see refusals

@@ -29,7 +29,9 @@ from kit.threads.branching import BranchRequest, branch_scope
 from kit.threads.ids import THREAD_ID_HEADER, thread_scope, validate_thread_id
 from kit.threads.stops import SharedStops
 from kit.threads.store import ThreadStore, open_store
+from kit.threads.trace_runs import reply_run_scope
 from kit.threads.transcript import Bubbles, ThreadMemory, new_user_messages
+from kit.web.langsmith import new_trace_run
 
 log = logging.getLogger(__name__)
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -121,7 +123,9 @@ class ChatThreads:
         store = self.store if self.memory is None else None  # a graph with memory keeps its own thread
         if store is not None:
             restore_earlier_files(store, thread_id, messages)  # issue 28
-        return Turn(thread_id, new_user_messages(messages), store)
+        turn = Turn(thread_id, new_user_messages(messages), store)
+        turn.trace_run = new_trace_run() if store is not None else None  # issue 27: feedback to LangSmith
+        return turn
 
     def check_owner(self, thread_id: str) -> None:
         """NoSuchThread (404) when the thread belongs to another user than the current one."""
@@ -186,11 +190,12 @@ class Turn:
         self.asked = asked
         self.store = store
         self.branch: BranchRequest | None = None  # issue 27: a regenerate or an edit (kit.web.branches)
+        self.trace_run: str | None = None  # issue 27: the reply's root run id in LangSmith, when it traces
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
         """Start the source inside this: a checkpointed graph reads the thread id (and the branch) from it."""
-        with thread_scope(self.thread_id), branch_scope(self.branch):
+        with thread_scope(self.thread_id), branch_scope(self.branch), reply_run_scope(self.trace_run):
             yield
 
     def record(self, events: Iterator[Event]) -> Iterator[Event]:
@@ -225,6 +230,7 @@ class Turn:
     def _append(self, reply: list[Message]) -> None:
         assert self.store is not None and self.thread_id is not None
         try:
-            self.store.append(self.thread_id, [*self.asked, *reply])
+            traced = [{**m, "trace_run": self.trace_run} for m in reply] if self.trace_run else reply
+            self.store.append(self.thread_id, [*self.asked, *traced])
         except ChatError:
             log.warning("thread %s: the reply could not be kept (the store is down)", self.thread_id)
