@@ -63,7 +63,7 @@ def chat(page: Any, text: str) -> None:
 
 def edit(page: Any, message_id: str, text: str, count: int) -> None:
     before = refreshed(page)
-    click(page, message_id, ".kit-edit")
+    click(page, message_id, ".kit-edit-message")
     page.locator(".kit-edit-text").fill(text)
     page.locator(".kit-edit-send").click()
     settled(page, count, before)

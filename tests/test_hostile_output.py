@@ -355,7 +355,7 @@ def test_a_hostile_edited_message_and_feedback_comment_show_as_text(serve, tmp_p
             assert root.locator(".user-message-text").last.inner_text() == HOSTILE_EDIT
             assert page.locator(".kit-comment").inner_text() == HOSTILE_COMMENT
             assert root.locator("img, script, b#pwn, .kit-controls a, .kit-comment *").count() == 0
-            click(page, page.evaluate("window.kitThread.branch")[0]["id"], ".kit-edit")  # the editor: text too
+            click(page, page.evaluate("window.kitThread.branch")[0]["id"], ".kit-edit-message")  # the editor: text too
             assert page.locator(".kit-edit-text").input_value() == HOSTILE_EDIT
             opened(page, server.url, 2)
         time.sleep(0.3)

@@ -77,7 +77,7 @@ function decorate() {
     const controls = element("div", "kit-controls");
     controls.dataset.kitId = message.id;
     if (shownWith.has(message)) controls.append(switcher(shownWith.get(message)));
-    if (message.role === "user") controls.append(button("Edit", "kit-edit", "Edit this message", () => edit(container, message)));
+    if (message.role === "user") controls.append(button("Edit", "kit-edit-message", "Edit this message", () => edit(container, message)));
     if (message.role === "ai") controls.append(...feedback(controls, message));
     if (all.indexOf(message) === lastAnswer) {
       const start = all[replyStart(all, lastAnswer)];
@@ -277,27 +277,19 @@ async function setVote(message, vote, comment) {
 }
 
 // After each reply: the branch as the server now has it (the new messages' ids and versions). When the bubbles
-// on screen are not that branch's (a reply that ended in an error, files sent again), the branch is redrawn.
-async function refresh() {
+// on screen are not that branch's after an edit or a regeneration (files the question had, sent as text only),
+// the branch is redrawn; after any other reply the page keeps what it shows (a decision on an approval card is a
+// bubble the server keeps no message for; a chat without a thread store keeps none), its older buttons with it.
+async function refresh(branched) {
   running = false;
   try {
     window.kitThread.branch = await window.kitThread.messages();
   } catch {
     return;
   }
-  // No messages (a chat without a thread store, a graph without memory): the page keeps what it shows.
   const kept = window.kitThread.branch;
-  if (!decorate() && kept.length && kept.every((message) => message.id)) await show(kept);
+  if (!decorate() && branched && kept.length && kept.every((message) => message.id)) await show(kept);
   window.kitBranches.refreshed += 1;
-}
-
-function afterReply(response) {
-  if (!response.body) {
-    refresh();
-    return response;
-  }
-  const body = response.body.pipeThrough(new TransformStream({ flush: () => { refresh(); } }));
-  return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
 }
 
 const innerFetch = window.fetch;
@@ -312,15 +304,15 @@ window.fetch = (input, init = {}) => {
   if (field && typeof init.body === "string") {
     init = { ...init, body: JSON.stringify({ ...JSON.parse(init.body), kit: field }) };
   }
-  return innerFetch(input, init).then(afterReply, (error) => {
-    refresh();
+  return innerFetch(input, init).then((response) => window.kitWhenRead(response, () => refresh(field)), (error) => {
+    refresh(field);
     throw error;
   });
 };
 
 if (chat) {
-  // threads.js shows a branch (the page opening, "New chat"); its buttons come once Deep Chat has drawn it.
-  // threads.js shows a branch (the page opening, "New chat") and dispatches this at once, before Deep Chat draws.
+  // threads.js shows a branch (the page opening, "New chat") and says so at once, before Deep Chat draws it;
+  // its buttons come once it is drawn.
   chat.addEventListener("kit-branch", (event) => {
     problem = "";
     const old = event.detail.length ? firstBubble() : null; // "New chat" clears the bubbles in place

@@ -12,6 +12,17 @@ function streamId() {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+// A response passed on as it is, `done` called once its body has been read to the end (or at once without one):
+// how the page's scripts learn that a reply is over (interrupts.js asks for the cards, branches.js for the ids).
+window.kitWhenRead = (response, done) => {
+  if (!response.body) {
+    done();
+    return response;
+  }
+  const body = response.body.pipeThrough(new TransformStream({ flush: () => { done(); } }));
+  return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+};
+
 const plainFetch = window.fetch.bind(window);
 window.fetch = (input, init = {}) => {
   const url = new URL(typeof input === "string" ? input : input.url, document.baseURI);
