@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from kit.pipeline.streaming import INTERRUPTED
     from kit.serving.client import chat_body, iter_stream, stream_chat
     from kit.serving.demo import DEMO_TEXT, SENT_EMAILS, demo_agent
-    from kit.testing.fakes import ScriptedSource
+    from kit.testing.fakes import EchoSource, ScriptedSource
     from kit.testing.tool_model import ScriptedToolModel
     from kit.threads.ids import THREAD_ID_HEADER
     from kit.threads.store import open_store
@@ -64,6 +64,7 @@ _HOMES = {
     "demo_chain": "kit.adapters.ready_made",
     "openai_chat_model": "kit.adapters.ready_made",
     "ScriptedSource": "kit.testing.fakes",
+    "EchoSource": "kit.testing.fakes",  # issue 27: tells runs apart, records what each received
     "DEMO_TEXT": "kit.serving.demo",
     "demo_agent": "kit.serving.demo",
     # approvals: the demo agent's send_email and a scripted tool-calling model (docs/approvals.md)
@@ -101,6 +102,7 @@ __all__ = [
     "CancelToken",
     "ChatError",
     "ChatLlama",
+    "EchoSource",
     "LlamaSettings",
     "LlamaSource",
     "Role",

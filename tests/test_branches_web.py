@@ -185,3 +185,37 @@ def _wait_for(condition: Any) -> bool:
     from tests.helpers import wait_until
 
     return wait_until(condition)
+
+
+def test_a_regenerate_that_brings_nothing_keeps_the_answer_it_was_to_replace(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    silent = {"on": False}
+
+    def source(messages: Messages) -> list[str]:
+        return [] if silent["on"] else [f"answer to {messages[-1]['text']}"]
+
+    server = serve(create_app(source, thread_store=tmp_path / "t.sqlite"))
+    thread_id = new_thread_id()
+    history = six_turns(server.url, thread_id)
+    before = shown(server.url, thread_id)
+    silent["on"] = True
+    assert send(server.url, thread_id, history, {"regenerate": before[-1]["id"]}).status == 200
+    assert shown(server.url, thread_id) == before
+
+
+def test_post_chat_regenerates_and_edits_too(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    source = EchoSource()
+    server = serve(create_app(source, thread_store=tmp_path / "t.sqlite"))
+    thread_id = new_thread_id()
+    history = six_turns(server.url, thread_id)
+    before = shown(server.url, thread_id)
+    headers = {THREAD_ID_HEADER: thread_id}
+    body = {"messages": history, "kit": {"regenerate": before[3]["id"]}}  # turn 2's answer
+    again = httpx.post(f"{server.url}chat", json=body, headers=headers)
+    assert again.status_code == 200 and plain(source.received[-1]) == plain(history[:3])
+    after = shown(server.url, thread_id)
+    assert plain(after) == [*plain(history[:3]), ("ai", again.json()["text"])] and after[3]["versions"]["count"] == 2
+    body = {"messages": [{"role": "user", "text": "q1 edited"}], "kit": {"edit": before[0]["id"]}}
+    edited = httpx.post(f"{server.url}chat", json=body, headers=headers)
+    assert edited.status_code == 200 and plain(source.received[-1]) == [("user", "q1 edited")]
+    assert plain(shown(server.url, thread_id)) == [("user", "q1 edited"), ("ai", edited.json()["text"])]
+    assert httpx.post(f"{server.url}chat", json={**body, "kit": {"edit": "12345"}}, headers=headers).status_code == 404

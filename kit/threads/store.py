@@ -122,6 +122,10 @@ class ThreadStore:
         )
         connection.execute(self._sql(sql), (thread_id, leaf))
 
+    def set_head(self, thread_id: str, leaf: int) -> None:
+        """Make `leaf` the end of the thread's current branch."""
+        self._write(lambda connection: self.set_head_on(connection, thread_id, leaf))
+
     def switch(self, thread_id: str, message_id: int) -> bool:
         """Make the branch through this message (and below it its newest continuation) current; False when the
         thread has no such message."""

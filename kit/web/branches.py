@@ -92,6 +92,7 @@ class ChatBranches:
         edited = [_for_source(store, turn.thread_id, messages[-1])] if asked.action == "edit" else []
         before = [_for_source(store, turn.thread_id, message) for message in branch[:point]]
         leaf = int(branch[point - 1]["id"]) if point else ROOT
+        turn.restore = int(branch[-1]["id"])
         thread_id = turn.thread_id
         turn.asked = [{k: v for k, v in m.items() if k in ("role", "text", "files")} for m in edited]
         return BranchPlan([*before, *edited], turn.asked, lambda c: store.set_head_on(c, thread_id, leaf))

@@ -191,6 +191,7 @@ class Turn:
         self.store = store
         self.branch: BranchRequest | None = None  # issue 27: a regenerate or an edit (kit.web.branches)
         self.trace_run: str | None = None  # issue 27: the reply's root run id in LangSmith, when it traces
+        self.restore: int | None = None  # issue 27: the head to go back to when a regenerate brings nothing
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
@@ -231,6 +232,8 @@ class Turn:
         assert self.store is not None and self.thread_id is not None
         try:
             traced = [{**m, "trace_run": self.trace_run} for m in reply] if self.trace_run else reply
+            if not self.asked and not traced and self.restore is not None:
+                self.store.set_head(self.thread_id, self.restore)  # the answer it was to replace stays current
             self.store.append(self.thread_id, [*self.asked, *traced])
         except ChatError:
             log.warning("thread %s: the reply could not be kept (the store is down)", self.thread_id)
