@@ -14,13 +14,21 @@ function streamId() {
 
 // A response passed on as it is, `done` called once its body has been read to the end (or at once without one):
 // how the page's scripts learn that a reply is over (interrupts.js asks for the cards, branches.js for the ids).
+// One pipe per response, however many scripts wait for it: each pipe is a hop between the stream and Deep Chat.
 window.kitWhenRead = (response, done) => {
   if (!response.body) {
     done();
     return response;
   }
-  const body = response.body.pipeThrough(new TransformStream({ flush: () => { done(); } }));
-  return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+  if (response.kitWhenRead) {
+    response.kitWhenRead.push(done);
+    return response;
+  }
+  const waiting = [done];
+  const body = response.body.pipeThrough(new TransformStream({ flush: () => waiting.forEach((call) => call()) }));
+  const read = new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+  read.kitWhenRead = waiting;
+  return read;
 };
 
 const plainFetch = window.fetch.bind(window);
