@@ -4,6 +4,7 @@ on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import httpx
 
 from kit import create_app
-from kit.serving.client import Received, Reply, iter_stream
+from kit.serving.client import Received, Reply, iter_stream, multipart_body
 from kit.testing.fakes import EchoSource
 from kit.threads.ids import THREAD_ID_HEADER, new_thread_id
 from kit.threads.store import ThreadStore
@@ -219,3 +220,47 @@ def test_post_chat_regenerates_and_edits_too(serve, tmp_path: Path) -> None:  # 
     assert edited.status_code == 200 and plain(source.received[-1]) == [("user", "q1 edited")]
     assert plain(shown(server.url, thread_id)) == [("user", "q1 edited"), ("ai", edited.json()["text"])]
     assert httpx.post(f"{server.url}chat", json={**body, "kit": {"edit": "12345"}}, headers=headers).status_code == 404
+
+
+def test_an_edit_is_the_current_branch_as_soon_as_its_run_starts(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    source = GatedSource()
+    source.gate.set()
+    server = serve(create_app(source, thread_store=tmp_path / "t.sqlite"))
+    thread_id = new_thread_id()
+    history = six_turns(server.url, thread_id)
+    before = shown(server.url, thread_id)
+    source.gate.clear()
+    edit = [*history, {"role": "user", "text": "q3 edited"}]
+    running = threading.Thread(target=send, args=(server.url, thread_id, edit, {"edit": before[4]["id"]}))
+    running.start()
+    try:
+        run = f"{server.url}threads/{thread_id}/run"
+        assert _wait_for(lambda: httpx.get(run).json()["running"])
+        # A page opening now: the branch before the edited turn, then the run's question, then the reply live.
+        assert httpx.get(run).json()["asked"] == [{"role": "user", "text": "q3 edited"}]
+        assert shown(server.url, thread_id) == before[:4]
+    finally:
+        source.gate.set()
+        running.join(10)
+    assert plain(shown(server.url, thread_id))[4] == ("user", "q3 edited")
+
+
+def test_an_edit_with_a_file_in_a_multipart_body(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    source = EchoSource()
+    server = serve(create_app(source, thread_store=tmp_path / "t.sqlite"))
+    thread_id = new_thread_id()
+    history = six_turns(server.url, thread_id)
+    before = shown(server.url, thread_id)
+    body = multipart_body(
+        [*history[:2], {"role": "user", "text": "q2, with a note"}], [("note.txt", b"hi", "text/plain")]
+    )
+    body["data"]["kit"] = json.dumps({"edit": before[2]["id"]})
+    reply = httpx.post(f"{server.url}chat", headers={THREAD_ID_HEADER: thread_id}, **body)
+    assert reply.status_code == 200, reply.text
+    got = source.received[-1]
+    assert plain(got) == [*plain(history[:2]), ("user", "q2, with a note")]
+    assert [(f["name"], f["content"]) for f in got[-1]["files"]] == [("note.txt", "hi")]
+    edited = shown(server.url, thread_id)[2]
+    assert edited["versions"]["count"] == 2 and [f["name"] for f in edited["files"]] == ["note.txt"]
+    body["data"]["kit"] = "{not json"
+    assert httpx.post(f"{server.url}chat", headers={THREAD_ID_HEADER: thread_id}, **body).status_code == 400

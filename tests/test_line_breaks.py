@@ -19,6 +19,7 @@ from kit.serving.client import Received, Reply, chat_body, iter_stream
 from kit.serving.doctor import _receive
 from kit.testing.fakes import ScriptedSource
 from kit.threads.ids import THREAD_ID_HEADER, new_thread_id
+from tests.helpers import bubbles
 
 # Everything str.splitlines() splits at, plus CRLF: the JSON encoder escapes CR and LF, not the others.
 BREAKERS = ["\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
@@ -75,7 +76,7 @@ def test_every_line_breaking_character_streams_and_reloads_exactly(
     assert reply.text == text
     ids = [item.id for item in reply.items if item.payload is not None]
     assert ids == [str(number) for number in range(1, len(ids) + 1)]  # every event numbered, in order
-    reloaded = httpx.get(f"{server.url}threads/{thread_id}/messages").json()
+    reloaded = bubbles(httpx.get(f"{server.url}threads/{thread_id}/messages").json())
     assert reloaded == [{"role": "user", "text": "write it"}, {"role": "ai", "text": text}]
 
 

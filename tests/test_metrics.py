@@ -19,6 +19,7 @@ from kit import CancelToken, ScriptedSource, ServiceBusy, create_app, create_blu
 from kit.pipeline.usage import Usage
 from kit.serving.client import chat_body, iter_stream, stream_chat
 from kit.web.blueprint import STREAM_ID_HEADER
+from tests.helpers import bubbles
 
 
 def openai_chunks(text: str, inputs: int = 7) -> list[dict[str, Any]]:
@@ -197,7 +198,7 @@ def test_the_threads_transcript_keeps_the_replys_usage(serve, tmp_path) -> None:
     thread = new_thread_id()
     items = iter_stream(server.url + "chat-stream", chat_body("hi"), headers={THREAD_ID_HEADER: thread})
     assert list(items)[-1].payload == {"usage": {"input_tokens": 7, "output_tokens": 4, "model": "gpt-4o-mini"}}
-    messages = httpx.get(f"{server.url}threads/{thread}/messages").json()
+    messages = bubbles(httpx.get(f"{server.url}threads/{thread}/messages").json())
     assert messages == [
         {"role": "user", "text": "hi"},
         {
@@ -216,7 +217,7 @@ def test_the_json_reply_carries_its_usage_and_the_transcript_keeps_it(serve, tmp
     reply = httpx.post(server.url + "chat", json=chat_body("hi"), headers={THREAD_ID_HEADER: thread})
     usage = {"input_tokens": 7, "output_tokens": 3, "model": "gpt-4o-mini"}
     assert reply.status_code == 200 and reply.json() == {"text": "one two three", "custom": {"usage": usage}}
-    assert httpx.get(f"{server.url}threads/{thread}/messages").json() == [
+    assert bubbles(httpx.get(f"{server.url}threads/{thread}/messages").json()) == [
         {"role": "user", "text": "hi"},
         {"role": "ai", "text": "one two three", "custom": {"usage": usage}},
     ]

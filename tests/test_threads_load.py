@@ -17,6 +17,7 @@ from kit import create_app
 from kit.serving.client import chat_body
 from kit.threads.ids import THREAD_ID_HEADER, new_thread_id
 from kit.threads.store import SqliteThreadStore
+from tests.helpers import bubbles
 
 STREAMS = 400  # a few hundred: far more at once meet the test server's listen queue (128) before the store
 TOKENS = [f"t{index} " for index in range(20)]
@@ -70,4 +71,4 @@ def test_hundreds_of_new_conversations_at_once_on_sqlite_all_finish_whole(  # ty
         assert connection.execute("SELECT COUNT(*) FROM kit_thread_runs").fetchone() == (0,)  # every thread free
         assert connection.execute("SELECT COUNT(*) FROM kit_runs WHERE ended IS NULL").fetchone() == (0,)
     assert all(kept.get(thread_id) == 2 for thread_id in threads)
-    assert store.messages(threads[-1]) == [{"role": "user", "text": "go"}, {"role": "ai", "text": WHOLE}]
+    assert bubbles(store.messages(threads[-1])) == [{"role": "user", "text": "go"}, {"role": "ai", "text": WHOLE}]

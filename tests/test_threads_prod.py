@@ -25,7 +25,7 @@ from kit.serving.client import Received, Reply, chat_body, iter_stream
 from kit.threads.ids import THREAD_ID_HEADER, new_thread_id
 from kit.threads.store import PostgresThreadStore
 from kit.web.blueprint import STREAM_ID_HEADER
-from tests.helpers import wait_until
+from tests.helpers import bubbles, wait_until
 from tests.postgres import PostgresCluster, postgres_cluster  # noqa: F401  (the session fixture)
 from tests.prod_server import WORKER_HEADER, ProdServer, named_by_worker
 
@@ -113,7 +113,7 @@ def test_a_graph_chat_continues_and_reloads_on_the_other_worker(postgres_cluster
             assert worker_of(second) == other and second.text == "two: I hold 3 messages"
             history += [{"role": "user", "text": "two"}, {"role": "ai", "text": second.text}]
             reload = messages_of(server.url, thread_id)
-            assert worker_of(reload) == other and reload.json() == history
+            assert worker_of(reload) == other and bubbles(reload.json()) == history
         with paused(other):
             third = turn(server.url, "three", thread_id, history)
             assert worker_of(third) == one and third.text == "three: I hold 5 messages"
@@ -142,8 +142,8 @@ def test_stop_reaches_the_stream_on_another_worker(postgres_cluster: PostgresClu
                 seen += item.payload.get("text", "")
         count = seen.count(" ")
         assert 5 <= count < 100, seen  # ended by the stop (within a poll or two), not after 400 ticks
-        assert wait_until(lambda: len(messages_of(server.url, thread_id).json()) == 2, timeout=5)
-        assert messages_of(server.url, thread_id).json()[1] == {"role": "ai", "text": seen}
+        assert wait_until(lambda: len(bubbles(messages_of(server.url, thread_id).json())) == 2, timeout=5)
+        assert bubbles(messages_of(server.url, thread_id).json())[1] == {"role": "ai", "text": seen}
 
 
 def test_a_worker_killed_mid_chat_loses_nothing_already_answered(postgres_cluster: PostgresCluster) -> None:  # noqa: F811
@@ -152,7 +152,7 @@ def test_a_worker_killed_mid_chat_loses_nothing_already_answered(postgres_cluste
         first = turn(server.url, "hello", thread_id, history)
         assert first.text == "1 messages seen"
         history += [{"role": "user", "text": "hello"}, {"role": "ai", "text": first.text}]
-        assert wait_until(lambda: messages_of(server.url, thread_id).json() == history, timeout=5)
+        assert wait_until(lambda: bubbles(messages_of(server.url, thread_id).json()) == history, timeout=5)
         items = iter_stream(
             server.url + "chat-stream", chat_body("count 400", history), headers={THREAD_ID_HEADER: thread_id}
         )
@@ -169,7 +169,7 @@ def test_a_worker_killed_mid_chat_loses_nothing_already_answered(postgres_cluste
             for _item in items:
                 pass
         # The answered turn is intact, from whichever worker answers now, and the chat goes on.
-        assert messages_of(server.url, thread_id).json() == history
+        assert bubbles(messages_of(server.url, thread_id).json()) == history
         after = turn(server.url, "still there?", thread_id, history)
         assert after.text == "3 messages seen"
 

@@ -129,16 +129,16 @@ class ThreadStore:
     def switch(self, thread_id: str, message_id: int) -> bool:
         """Make the branch through this message (and below it its newest continuation) current; False when the
         thread has no such message."""
+        return self._write(lambda connection: self.switch_on(connection, thread_id, message_id))
 
-        def move(connection: Any) -> bool:
-            self._lock_thread(connection, thread_id)
-            tree = self._tree(connection, thread_id)
-            if message_id not in tree.parent:
-                return False
-            self.set_head_on(connection, thread_id, tree.newest_leaf(message_id))
-            return True
-
-        return self._write(move)
+    def switch_on(self, connection: Any, thread_id: str, message_id: int) -> bool:
+        """`switch` on the caller's transaction (a switch holds the thread as a run would, in one commit)."""
+        self._lock_thread(connection, thread_id)
+        tree = self._tree(connection, thread_id)
+        if message_id not in tree.parent:
+            return False
+        self.set_head_on(connection, thread_id, tree.newest_leaf(message_id))
+        return True
 
     def trace_run(self, thread_id: str, message_id: int) -> str | None:
         """The tracer's root run of the reply this message is part of (None: not traced, or no such message)."""

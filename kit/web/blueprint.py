@@ -64,9 +64,9 @@ class ChatRoutes:
         """`POST chat-stream`: the reply as Server-Sent Events."""
         messages, branch = parse_chat_body(request, self.settings.file_limits)
         turn = self.threads.turn(request, messages)  # threads (issue 17): 400/404/503 before the first byte
-        plan = self.branches.plan(turn, branch, messages)  # issue 27: checked before any source starts
-        messages = plan.messages if plan is not None else messages
-        move = plan.move if plan is not None else None
+        branched = self.branches.plan(turn, branch, messages)  # issue 27: checked before any source starts
+        messages = branched.messages if branched is not None else messages
+        move = branched.move if branched is not None else None
         cancel = CancelToken()
         self.threads.watch_stop(request.headers.get(STREAM_ID_HEADER), cancel)  # threads: Stop from other workers
         plan = probe_plan(request.headers.get(PROBE_HEADER))
@@ -86,10 +86,10 @@ class ChatRoutes:
         `"custom": {"usage": ...}` when the source reported its token usage, as the transcript keeps it)."""
         messages, branch = parse_chat_body(request, self.settings.file_limits)
         turn = self.threads.turn(request, messages)  # threads (issue 17)
-        plan = self.branches.plan(turn, branch, messages)  # issue 27
-        messages = plan.messages if plan is not None else messages
+        branched = self.branches.plan(turn, branch, messages)  # issue 27
+        messages = branched.messages if branched is not None else messages
         cancel = CancelToken()
-        with self.runs.starting(turn.thread_id, cancel, then=plan.move if plan else None) as slot:  # issue 26
+        with self.runs.starting(turn.thread_id, cancel, then=branched.move if branched else None) as slot:  # issue 26
             with turn.scope():
                 pump = self.start(messages, cancel)
             text = collect_answer(pump)

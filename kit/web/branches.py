@@ -110,16 +110,27 @@ class ChatBranches:
     def switch(self, thread_id: str, message_id: str) -> None:
         """Make the branch through this version current, holding the thread as a run would (409 while one runs)."""
         run_id = secrets.token_hex(16)
-        if not self.runs.claims.claim(thread_id, run_id):
-            raise ReplyInProgress(REPLY_IN_PROGRESS)
-        try:
-            store = self.threads.store
-            if self.threads.memory is not None:
+        claims, store = self.runs.claims, self.threads.store
+        if self.threads.memory is not None:
+            if not claims.claim(thread_id, run_id):
+                raise ReplyInProgress(REPLY_IN_PROGRESS)
+            try:
                 self.threads.memory.switch_branch(thread_id, message_id)
-            elif store is None or not message_id.isdigit() or not store.switch(thread_id, int(message_id)):
-                raise NoSuchMessage(f"this thread has no message {message_id!r}")
-        finally:
-            self.runs.claims.release(thread_id, run_id)
+            finally:
+                claims.release(thread_id, run_id)
+            return
+        unknown = NoSuchMessage(f"this thread has no message {message_id!r}")
+        if store is None or not message_id.isdigit():
+            raise unknown
+
+        def move(connection: Any) -> None:
+            # Claimed, moved and freed in one commit; an unknown id rolls the claim back with it.
+            if not store.switch_on(connection, thread_id, int(message_id)):
+                raise unknown
+            claims.release_on(connection, thread_id, run_id)
+
+        if not claims.claim(thread_id, run_id, move):
+            raise ReplyInProgress(REPLY_IN_PROGRESS)
 
 
 def _for_source(store: ThreadStore, thread_id: str, message: Message) -> Message:
