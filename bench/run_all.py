@@ -15,6 +15,7 @@ from typing import Any
 
 from bench import (
     bench_approvals,
+    bench_branches,
     bench_conversations,
     bench_documents,
     bench_engine_process,
@@ -120,6 +121,8 @@ def sections(runs: int, quick: bool) -> dict[str, Callable[[], Any]]:
         "peer": lambda: in_own_process("bench_peer", "--runs", str(runs)),
         "documents": lambda: documents_figures(runs),
         "rejoin": lambda: rejoin_figures(streams, tokens, reloads=max(5, 2 * runs)),
+        # Branches (issue 27): a switch of a 50-message thread in chromium, a regenerated turn 10 on the model.
+        "branches": lambda: in_own_process("bench_branches", "--runs", str(runs), "--postgres", "auto"),
         "concurrency": concurrency_figures,
         "conversations": conversations_figures,
         "observability": lambda: observability_figures(runs, quick),
@@ -148,6 +151,7 @@ PARTS: list[tuple[str, Callable[[Any], str]]] = [
     ("peer", bench_peer.describe),
     ("documents", bench_documents.describe),
     ("rejoin", lambda f: "## Replies that survive the network\n\n" + bench_rejoin.describe(f)),
+    ("branches", lambda f: "## Branches: regenerate, edit, switch\n\n" + bench_branches.describe(f)),
 ]
 
 

@@ -37,10 +37,11 @@ def long_app(url: str, pieces: int, delay_s: float) -> Flask:
 
 
 class TwoWorkers:
-    """Two one-worker gunicorns sharing the PostgreSQL at `postgres_url`, nginx in front (`url`) on the first."""
+    """Two one-worker gunicorns sharing the PostgreSQL at `postgres_url`, nginx in front (`url`) on the first;
+    they serve `long_app`, or `app` (a gunicorn app factory call, by name) when given."""
 
-    def __init__(self, postgres_url: str, pieces: int, delay_s: float) -> None:
-        app = f"tests.rejoin_prod:long_app({postgres_url!r}, {pieces}, {delay_s})"
+    def __init__(self, postgres_url: str, pieces: int = 0, delay_s: float = 0.0, app: str | None = None) -> None:
+        app = app or f"tests.rejoin_prod:long_app({postgres_url!r}, {pieces}, {delay_s})"
         self.servers: list[ProdServer] = []
         self.nginx: Nginx | None = None
         try:

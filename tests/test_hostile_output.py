@@ -23,6 +23,8 @@ from kit.pipeline.sanitize import BLOCKED, neutralize_links, neutralize_text
 from kit.pipeline.sources import Role
 from kit.serving.client import chat_body, stream_chat
 from kit.testing.browser import chromium_page
+from tests.helpers import wait_until
+from tests.test_branches_browser import click, edit, opened
 
 DANGEROUS = [
     ("[x](javascript:alert(1))", "[x](about:blank#blocked:alert(1))"),
@@ -326,5 +328,35 @@ def test_hostile_approval_cards_show_text_and_execute_nothing(serve, tmp_path) -
         assert HOSTILE_NAME in text and "<script>alert('key')</script>" in text and text.count(HOSTILE_QUESTION) == 4
         assert panel.locator("select option").all_inner_texts() == [HOSTILE_NAME]  # an enum's value, as text
         page.locator("#kit-interrupts .kit-card-tool").click()
+        time.sleep(0.3)
+        assert page.evaluate("() => window.__pwned ?? null") is None and dialogs == []
+
+
+HOSTILE_EDIT = "<img src=x onerror=\"window.__pwned='edit';alert('edit')\"> and <b id=pwn>bold</b>"
+HOSTILE_COMMENT = '<svg onload="window.__pwned=\'comment\'"></svg><a href="javascript:alert(1)">x</a>'
+
+
+def test_a_hostile_edited_message_and_feedback_comment_show_as_text(serve, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Without the CSP too: the page's buttons and editor must never turn what a person typed into markup.
+    server = serve(without_csp(create_app(lambda messages: ["fine"], thread_store=tmp_path / "t.sqlite")))
+    with chromium_page() as page:
+        dialogs = chat_watching_dialogs(page, server.url, "hello")
+        assert wait_until(lambda: page.locator(".kit-controls").count() == 2, timeout=15)
+        asked = page.evaluate("window.kitThread.branch")[0]["id"]
+        edit(page, asked, HOSTILE_EDIT, 2)
+        answer = page.evaluate("window.kitThread.branch")[1]["id"]
+        click(page, answer, ".kit-vote-up")
+        click(page, answer, ".kit-comment-open")
+        page.locator(".kit-comment-text").fill(HOSTILE_COMMENT)
+        page.locator(".kit-comment-save").click()
+        assert wait_until(lambda: page.locator(".kit-comment").count() == 1)
+        for _ in range(2):  # live, then restored
+            root = page.locator("deep-chat")
+            assert root.locator(".user-message-text").last.inner_text() == HOSTILE_EDIT
+            assert page.locator(".kit-comment").inner_text() == HOSTILE_COMMENT
+            assert root.locator("img, script, b#pwn, .kit-controls a, .kit-comment *").count() == 0
+            click(page, page.evaluate("window.kitThread.branch")[0]["id"], ".kit-edit-message")  # the editor: text too
+            assert page.locator(".kit-edit-text").input_value() == HOSTILE_EDIT
+            opened(page, server.url, 2)
         time.sleep(0.3)
         assert page.evaluate("() => window.__pwned ?? null") is None and dialogs == []

@@ -23,11 +23,12 @@ Bubble = tuple[str, str]
 
 def bubbles(page: Any) -> list[Bubble]:
     """(role, text) of every bubble on the page in order, the intro message left out; a folded bubble's text as
-    the DOM holds it."""
+    the DOM holds it; the page's buttons under a bubble (branches.js) left out."""
     rows = page.locator("[class*='deep-chat-outer-container-role-']").evaluate_all(
         "els => els.filter(e => !e.classList.contains('deep-chat-intro')).map(e => ["
         "  [...e.classList].find(c => c.startsWith('deep-chat-outer-container-role-')).slice(31),"
-        "  (e.innerText.trim() || e.textContent.trim())])"  # a folded bubble (steps) has no innerText
+        "  e.querySelector('.inner-message-container') || e]).map(([role, b]) => ["
+        "  role, (b.innerText.trim() || b.textContent.trim())])"  # a folded bubble (steps) has no innerText
     )
     return [(role, text) for role, text in rows]
 
@@ -54,6 +55,16 @@ def looked_up_graph(saver: Any) -> Any:
     return graph.compile(checkpointer=saver)
 
 
+def looks(page: Any) -> list[list[str]]:
+    """How each bubble looks: its classes, inline style, fold state and the computed look of its text, so a
+    restored bubble can be compared with the live one."""
+    return page.locator(".message-bubble").evaluate_all(
+        "els => els.map(e => [e.className, e.getAttribute('style') || '', e.getAttribute('aria-expanded') || '',"
+        "  e.dataset.kitLabel || '', getComputedStyle(e).backgroundColor,"
+        "  e.firstElementChild ? getComputedStyle(e.firstElementChild).display : ''])"
+    )
+
+
 def chat_turn(page: Any, text: str, expected_answer: str) -> None:
     send(page, text)
     assert wait_until(lambda: bubbles(page)[-1:] == [("ai", expected_answer)], timeout=20), bubbles(page)
@@ -77,9 +88,16 @@ def test_three_turns_a_reload_restores_every_bubble_and_new_chat_starts_empty(se
         assert [m.text for m in state if isinstance(m, HumanMessage)] == ["one", "two", "three"]
         assert len(state) == 12 and len({m.id for m in state}) == 12
 
+        live = looks(page)
+        steps = [look for look in live if "steps-message" in look[0]]
+        folded = ["false", "Tool steps", "rgb(243, 241, 247)", "none"]  # folded, labelled, muted, text hidden
+        assert len(steps) == 3 and all("kit-folded" in look[0] and look[2:] == folded for look in steps), live
+
         page.reload()
         assert wait_until(lambda: bubbles(page) == shown, timeout=10), bubbles(page)
         assert page.evaluate("window.kitThread.id()") == thread_id
+        # Restored bubbles look exactly as they did live: the steps folded, muted and labelled.
+        assert wait_until(lambda: looks(page) == live), (looks(page), live)
 
         page.locator("#kit-new-chat").click()
         assert wait_until(lambda: bubbles(page) == [])

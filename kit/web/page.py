@@ -31,6 +31,7 @@ _TEMPLATE = """<!doctype html>
 <script type="module" src="static/page.js"></script>
 <script type="module" src="static/threads.js"></script>
 <script type="module" src="static/interrupts.js"></script>
+<script type="module" src="static/branches.js"></script>
 </head>
 <body>
 {body}

@@ -301,12 +301,7 @@ function jsonError(status, error) {
 }
 
 function afterReply(response) {
-  if (!response.body) {
-    refresh();
-    return response;
-  }
-  const body = response.body.pipeThrough(new TransformStream({ flush: () => { refresh(); } }));
-  return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+  return window.kitWhenRead(response, refresh);
 }
 
 const plainFetch = window.fetch;

@@ -12,6 +12,25 @@ function streamId() {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+// A response passed on as it is, `done` called once its body has been read to the end (or at once without one):
+// how the page's scripts learn that a reply is over (interrupts.js asks for the cards, branches.js for the ids).
+// One pipe per response, however many scripts wait for it: each pipe is a hop between the stream and Deep Chat.
+window.kitWhenRead = (response, done) => {
+  if (!response.body) {
+    done();
+    return response;
+  }
+  if (response.kitWhenRead) {
+    response.kitWhenRead.push(done);
+    return response;
+  }
+  const waiting = [done];
+  const body = response.body.pipeThrough(new TransformStream({ flush: () => waiting.forEach((call) => call()) }));
+  const read = new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+  read.kitWhenRead = waiting;
+  return read;
+};
+
 const plainFetch = window.fetch.bind(window);
 window.fetch = (input, init = {}) => {
   const url = new URL(typeof input === "string" ? input : input.url, document.baseURI);
@@ -219,22 +238,28 @@ function foldAsides(element) {
   const role = (container) =>
     Array.from(container.classList).find((name) => name.startsWith("deep-chat-outer-container-role-"))
       ?.slice("deep-chat-outer-container-role-".length);
+  const arrived = (container) => {
+    const name = role(container);
+    const bubble = container.querySelector(".message-bubble");
+    if (name in ASIDES && bubble) {
+      bubble.classList.add("kit-foldable");
+      bubble.dataset.kitLabel = ASIDES[name];
+      bubble.tabIndex = 0;
+      bubble.setAttribute("role", "button");
+      bubble.setAttribute("aria-expanded", "true");
+    } else if (name === "ai" || name === "user") {
+      // The answer (or a new question) begins: fold what came before it.
+      root.querySelectorAll(".kit-foldable:not([data-kit-done])").forEach((aside) => setFolded(aside, true));
+    }
+  };
   new MutationObserver((records) => {
     for (const record of records) {
       for (const node of record.addedNodes) {
-        if (!(node instanceof Element) || !node.classList.contains("outer-message-container")) continue;
-        const name = role(node);
-        const bubble = node.querySelector(".message-bubble");
-        if (name in ASIDES && bubble) {
-          bubble.classList.add("kit-foldable");
-          bubble.dataset.kitLabel = ASIDES[name];
-          bubble.tabIndex = 0;
-          bubble.setAttribute("role", "button");
-          bubble.setAttribute("aria-expanded", "true");
-        } else if (name === "ai" || name === "user") {
-          // The answer (or a new question) begins: fold what came before it.
-          root.querySelectorAll(".kit-foldable:not([data-kit-done])").forEach((aside) => setFolded(aside, true));
-        }
+        if (!(node instanceof Element)) continue;
+        // A live bubble arrives alone; restored ones (`history`: a reload, a switch of branch) arrive inside the
+        // message list Deep Chat renders at once, so they are looked for below the added node too, in order.
+        if (node.classList.contains("outer-message-container")) arrived(node);
+        else node.querySelectorAll(".outer-message-container").forEach(arrived);
       }
     }
   }).observe(root, { childList: true, subtree: true });

@@ -33,7 +33,19 @@ if (!threadId || !/^[A-Za-z0-9_-]{16,64}$/.test(threadId)) {
   threadId = newThreadId();
   keepThreadId(threadId);
 }
-window.kitThread = { id: () => threadId }; // for tests and a page's own scripts
+// The server's messages carry, beside Deep Chat's own fields, an `id`, and `versions` and `feedback` where they
+// have any: those stay with the page (branches.js puts its buttons by them), Deep Chat's `history` gets the rest.
+const KIT_FIELDS = ["id", "versions", "feedback"];
+
+function show(messages) {
+  window.kitThread.branch = messages;
+  chat.history = messages.map((message) =>
+    Object.fromEntries(Object.entries(message).filter(([key]) => !KIT_FIELDS.includes(key))));
+  chat.dispatchEvent(new CustomEvent("kit-branch", { detail: messages }));
+}
+
+// For tests and a page's own scripts; `show` puts a branch of the thread on screen (branches.js, on a switch).
+window.kitThread = { id: () => threadId, branch: [], show, messages: () => threadMessages(threadId) };
 
 const innerFetch = window.fetch;
 window.fetch = (input, init = {}) => {
@@ -83,7 +95,9 @@ function rejoinWhenReady(run, asked) {
 function startNewChat() {
   threadId = newThreadId();
   keepThreadId(threadId);
+  window.kitThread.branch = [];
   chat.clearMessages(true); // back to the intro message, as a fresh page
+  chat.dispatchEvent(new CustomEvent("kit-branch", { detail: [] }));
 }
 
 function addNewChatButton() {
@@ -111,7 +125,7 @@ if (chat) {
       const asked = run ? run.asked.map((message) => message.text).join("\n") : "";
       const last = messages[messages.length - 1];
       if (run && last && last.role === "user" && last.text === asked) messages.pop(); // a graph's checkpoint has it
-      if (messages.length) chat.history = messages;
+      if (messages.length) show(messages);
       window.kitThread.restored = messages.length;
       if (run) rejoinWhenReady(run, asked);
     })
