@@ -180,7 +180,7 @@ def branches_scenario(
         assert branch(page)[7]["feedback"] == {"vote": "down", "comment": "too short"}
         click(page, voted["id"], ".kit-vote-down")  # the chosen thumb again: the vote is removed
         assert wait_until(lambda: feedback_rows() == [])
-        assert shown.locator(".kit-vote-down").get_attribute("aria-pressed") == "false"
+        assert wait_until(lambda: shown.locator(".kit-vote-down").get_attribute("aria-pressed") == "false")
 
 
 def test_edit_switch_regenerate_and_feedback_on_a_transcript(serve, store: ThreadStore) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
