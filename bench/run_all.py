@@ -33,6 +33,7 @@ from bench import (
 from bench.measure import ROOT, server_process
 
 DOCS = ROOT / "docs"
+log = logging.getLogger(__name__)
 
 
 def in_own_process(module: str, *args: str) -> dict[str, Any]:
@@ -187,9 +188,15 @@ def main() -> None:
     results: dict[str, Any] = json.loads(stored.read_text()) if args.only and stored.exists() else {}
     DOCS.mkdir(exist_ok=True)
     run_dates = results.get("section_dates", {})
+    failed = []
     for name in everything:
         if name in chosen:
-            results[name] = everything[name]()
+            try:
+                results[name] = everything[name]()
+            except Exception:  # the other sections' figures are still written; the run ends failed
+                log.exception("section %s failed", name)
+                failed.append(name)
+                continue
             run_dates[name] = time.strftime("%Y-%m-%d")
     results["section_dates"] = run_dates
     results["runs"] = args.runs
@@ -197,7 +204,8 @@ def main() -> None:
     results["seconds"] = seconds if not args.only else results.get("seconds", seconds)
     table = document(results)
     (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=1))
-    rerun = f" The sections {', '.join(chosen)} were re-run on their own (`--only`)." if args.only else ""
+    done = [name for name in chosen if name not in failed]
+    rerun = f" The sections {', '.join(done)} were re-run on their own (`--only`)." if args.only else ""
     (DOCS / "benchmarks.md").write_text(
         f"# Benchmark results\n\nReproduce with `make bench` ({results['seconds']:.0f} s on this 2-core machine; "
         f"{args.runs} runs per figure).{rerun} Each section's comparisons come from one run of that section.\n\n"
@@ -206,6 +214,8 @@ def main() -> None:
     report.plots(results, DOCS)
     print(table)
     print(f"total {seconds:.0f} s; written to {DOCS.relative_to(ROOT)}/")
+    if failed:
+        raise SystemExit(f"sections failed (figures kept from before, if any): {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -149,15 +149,17 @@ def langsmith(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, bytes
     monkeypatch.setenv("LANGSMITH_TRACING", "true")
     monkeypatch.setenv("LANGSMITH_API_KEY", "test-key")
     monkeypatch.setenv("LANGSMITH_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
-    from langsmith import utils
+    from langsmith import run_trees, utils
 
     utils.get_env_var.cache_clear()  # langsmith caches what it read of the environment
+    run_trees._CLIENT = None  # and the tracer's client, made for the first endpoint it saw
     try:
         yield server.posts  # type: ignore[attr-defined]
     finally:
         server.shutdown()
         server.server_close()
         utils.get_env_var.cache_clear()
+        run_trees._CLIENT = None
 
 
 def test_a_vote_is_sent_to_langsmith_on_the_replys_root_run(serve, tmp_path: Path, langsmith) -> None:  # type: ignore[no-untyped-def]
@@ -175,4 +177,35 @@ def test_a_vote_is_sent_to_langsmith_on_the_replys_root_run(serve, tmp_path: Pat
     sent = json.loads(body)
     assert (sent["key"], sent["score"], sent["comment"]) == ("user_vote", 0, "no")
     # The run it names is the reply's root run, as the tracer posted it.
+    assert wait_until(lambda: any(sent["run_id"].encode() in body for path, body in langsmith if "/runs" in path))
+
+
+def test_a_vote_on_a_checkpointed_graphs_answer_is_sent_to_langsmith_on_its_replys_root_run(  # type: ignore[no-untyped-def]
+    serve, tmp_path: Path, langsmith
+) -> None:
+    """A graph keeps its own thread (no transcript row): the reply's run is noted by its answer's id."""
+    from langchain_core.messages import AIMessage, BaseMessage
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    def node(state: MessagesState) -> dict[str, list[BaseMessage]]:
+        return {"messages": [AIMessage(f"answer {len(state['messages'])}")]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("answer", node)
+    graph.add_edge(START, "answer")
+    graph.add_edge("answer", END)
+    kept = SqliteThreadStore(tmp_path / "t.sqlite")
+    server = serve(create_app(graph.compile(checkpointer=InMemorySaver()), thread_store=kept))
+    thread_id = new_thread_id()
+    assert send(server.url, thread_id, [{"role": "user", "text": "hi"}]).status == 200
+    history = [{"role": "user", "text": "hi"}, {"role": "ai", "text": "answer 1"}]
+    assert send(server.url, thread_id, [*history, {"role": "user", "text": "again"}]).status == 200
+    first, second = (m for m in shown(server.url, thread_id) if m["role"] == "ai")
+    assert kept.answer_run(thread_id, first["id"]) != kept.answer_run(thread_id, second["id"])  # a run each
+    assert vote(server.url, thread_id, first["id"], {"vote": "up"}).status_code == 200
+    assert wait_until(lambda: any(path.startswith("/feedback") for path, _ in langsmith))
+    [(_, body)] = [(path, body) for path, body in langsmith if path.startswith("/feedback")]
+    sent = json.loads(body)
+    assert (sent["key"], sent["score"], sent["run_id"]) == ("user_vote", 1, kept.answer_run(thread_id, first["id"]))
     assert wait_until(lambda: any(sent["run_id"].encode() in body for path, body in langsmith if "/runs" in path))

@@ -31,7 +31,7 @@ from kit.adapters.events import with_roles
 from kit.adapters.graph_branches import branch_messages, fork, switch
 from kit.adapters.graph_threads import WAITING_ROLE, WAITING_TEXT, GraphRun, keeps_messages
 from kit.adapters.inputs import InputMapper, input_for_keys, to_messages
-from kit.adapters.runnables import async_only_parts
+from kit.adapters.runnables import async_only_parts, with_reply_run
 from kit.adapters.server_errors import explained
 from kit.errors import ChatError
 from kit.model.chat_model import ChatLlama
@@ -124,7 +124,8 @@ class GraphSource:
     def __call__(self, messages: list[Message], cancel: CancelToken) -> Iterator[Any]:
         run = GraphRun(self.graph, self.config)  # a checkpointer: the request's thread, only the new turn as input
         value = self._input(run, messages)
-        stream = explained(run.around(self._stream(value, cancel, run.config)), messages)
+        # The root run id the web side chose (kit.threads.trace_runs): feedback on the answer names it in LangSmith.
+        stream = explained(run.around(self._stream(value, cancel, with_reply_run(run.config))), messages)
         return released(stream, admit_models(self.models, cancel))
 
     def resume(self, resume: dict[str, Any], cancel: CancelToken) -> Iterator[Any]:

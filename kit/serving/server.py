@@ -73,6 +73,9 @@ class _TrackingServer(ThreadedWSGIServer):
     """
 
     daemon_threads = True  # open streams must not keep the process alive
+    # werkzeug listens with a queue of 128: a burst of a thousand connections at once (pages opening together)
+    # overflowed it, and the kernel reset some of them before the server had read a byte.
+    request_queue_size = 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -140,6 +140,21 @@ class ThreadStore:
         self.set_head_on(connection, thread_id, tree.newest_leaf(message_id))
         return True
 
+    def keep_answer_run(self, thread_id: str, message_id: str, run_id: str) -> None:
+        """Note the tracer's root run of the reply whose answer this message is, for a source that keeps its own
+        thread (a checkpointed graph: its message ids are the checkpoint's, the transcript has no row for them)."""
+        sql = (
+            "INSERT INTO kit_trace_runs (thread_id, message_id, run_id) VALUES (?, ?, ?) "
+            "ON CONFLICT (thread_id, message_id) DO UPDATE SET run_id = excluded.run_id"
+        )
+        self._execute_many(sql, [(thread_id, message_id, run_id)])
+
+    def answer_run(self, thread_id: str, message_id: str) -> str | None:
+        """The root run `keep_answer_run` noted for this answer (None: none)."""
+        sql = "SELECT run_id FROM kit_trace_runs WHERE thread_id = ? AND message_id = ?"
+        rows = self._query(sql, (thread_id, message_id))
+        return rows[0]["run_id"] if rows else None
+
     def trace_run(self, thread_id: str, message_id: int) -> str | None:
         """The tracer's root run of the reply this message is part of (None: not traced, or no such message)."""
         sql = "SELECT trace_run FROM kit_thread_messages WHERE thread_id = ? AND id = ?"
@@ -313,6 +328,8 @@ class SqliteThreadStore(ThreadStore):
         "CREATE INDEX IF NOT EXISTS kit_thread_messages_by_thread ON kit_thread_messages (thread_id, id)",
         "CREATE TABLE IF NOT EXISTS kit_thread_owners (thread_id TEXT PRIMARY KEY, owner TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_thread_heads (thread_id TEXT PRIMARY KEY, leaf BIGINT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS kit_trace_runs (thread_id TEXT NOT NULL, message_id TEXT NOT NULL, "
+        "run_id TEXT NOT NULL, PRIMARY KEY (thread_id, message_id))",
         "CREATE TABLE IF NOT EXISTS kit_stop_requests (stream_id TEXT PRIMARY KEY, created REAL NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_interrupt_claims (thread_id TEXT NOT NULL, interrupt_id TEXT NOT NULL, "
         "created REAL NOT NULL, PRIMARY KEY (thread_id, interrupt_id))",
@@ -396,6 +413,8 @@ class PostgresThreadStore(ThreadStore):
         "CREATE INDEX IF NOT EXISTS kit_thread_messages_by_thread ON kit_thread_messages (thread_id, id)",
         "CREATE TABLE IF NOT EXISTS kit_thread_owners (thread_id TEXT PRIMARY KEY, owner TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_thread_heads (thread_id TEXT PRIMARY KEY, leaf BIGINT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS kit_trace_runs (thread_id TEXT NOT NULL, message_id TEXT NOT NULL, "
+        "run_id TEXT NOT NULL, PRIMARY KEY (thread_id, message_id))",
         "CREATE TABLE IF NOT EXISTS kit_stop_requests (stream_id TEXT PRIMARY KEY, created DOUBLE PRECISION NOT NULL)",
         "CREATE TABLE IF NOT EXISTS kit_interrupt_claims (thread_id TEXT NOT NULL, interrupt_id TEXT NOT NULL, "
         "created DOUBLE PRECISION NOT NULL, PRIMARY KEY (thread_id, interrupt_id))",

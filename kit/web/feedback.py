@@ -55,9 +55,11 @@ class ChatFeedback:
 
     def _trace_run(self, thread_id: str, message_id: str) -> str | None:
         store = self.threads.store
-        if not tracing_on() or store is None or self.threads.memory is not None or not message_id.isdigit():
+        if not tracing_on() or store is None:
             return None
-        return store.trace_run(thread_id, int(message_id))
+        if self.threads.memory is not None:  # a checkpointed graph: noted when its reply ended
+            return store.answer_run(thread_id, message_id)
+        return store.trace_run(thread_id, int(message_id)) if message_id.isdigit() else None
 
     def annotate(self, thread_id: str, messages: list[Message]) -> list[Message]:
         """The messages, each answer the current user voted on with its `feedback`."""

@@ -24,7 +24,7 @@ from kit.pipeline.cancel import STREAM_ID, CancelToken
 from kit.pipeline.events import EndEvent, Event, TextEvent, UsageEvent
 from kit.pipeline.files import read_again
 from kit.pipeline.pump import close_iterator
-from kit.pipeline.sources import Message
+from kit.pipeline.sources import ANSWER_ROLE, Message
 from kit.threads.branching import BranchRequest, branch_scope
 from kit.threads.ids import THREAD_ID_HEADER, thread_scope, validate_thread_id
 from kit.threads.stops import SharedStops
@@ -124,7 +124,9 @@ class ChatThreads:
         if store is not None:
             restore_earlier_files(store, thread_id, messages)  # issue 28
         turn = Turn(thread_id, new_user_messages(messages), store)
-        turn.trace_run = new_trace_run() if store is not None else None  # issue 27: feedback to LangSmith
+        turn.trace_run = new_trace_run() if self.store is not None else None  # issue 27: feedback to LangSmith
+        if self.memory is not None and turn.trace_run is not None:
+            turn.answer_run = AnswerRun(self.memory, self.store, thread_id, turn.trace_run)
         return turn
 
     def check_owner(self, thread_id: str) -> None:
@@ -192,6 +194,7 @@ class Turn:
         self.branch: BranchRequest | None = None  # issue 27: a regenerate or an edit (kit.web.branches)
         self.trace_run: str | None = None  # issue 27: the reply's root run id in LangSmith, when it traces
         self.restore: int | None = None  # issue 27: the head to go back to when a regenerate brings nothing
+        self.answer_run: AnswerRun | None = None  # a checkpointed graph's reply, traced: its answer's run noted
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
@@ -202,6 +205,8 @@ class Turn:
     def record(self, events: Iterator[Event]) -> Iterator[Event]:
         """The reply's events as they are; when they end (finished, failed or stopped) the question and the
         bubbles the client saw are appended to the thread's transcript."""
+        if self.answer_run is not None:
+            return self.answer_run.noted(events)
         if self.store is None or self.thread_id is None:
             return events
         return self._recorded(events)
@@ -237,3 +242,29 @@ class Turn:
             self.store.append(self.thread_id, [*self.asked, *traced])
         except ChatError:
             log.warning("thread %s: the reply could not be kept (the store is down)", self.thread_id)
+
+
+class AnswerRun:
+    """A traced reply of a source that keeps its own thread: when it ends, its answer's id (read back from the
+    source, as a reload would) is noted with the reply's root run, so a vote on it reaches that run."""
+
+    def __init__(self, memory: ThreadMemory, store: ThreadStore, thread_id: str, run_id: str) -> None:
+        self.memory, self.store, self.thread_id, self.run_id = memory, store, thread_id, run_id
+
+    def noted(self, events: Iterator[Event]) -> Iterator[Event]:
+        try:
+            yield from events
+        finally:
+            close_iterator(events)
+            self._note()
+
+    def _note(self) -> None:
+        try:
+            shown = self.memory.thread_messages(self.thread_id)
+            users = [index for index, message in enumerate(shown) if message.get("role") == "user"]
+            reply = shown[users[-1] + 1 :] if users else shown  # the bubbles after the question: this reply's
+            for message in reply:
+                if message.get("role") == ANSWER_ROLE and message.get("id"):
+                    self.store.keep_answer_run(self.thread_id, str(message["id"]), self.run_id)
+        except ChatError:
+            log.warning("thread %s: the reply's run could not be noted (the store is down)", self.thread_id)
