@@ -97,6 +97,19 @@ def test_edit_regenerate_and_switch(serve, store: ThreadStore) -> None:  # type:
     assert plain(shown(server.url, thread_id))[:6] == plain(back.json())
 
 
+def test_a_source_sees_the_ids_the_page_and_the_messages_route_show(serve, store: ThreadStore) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    source = EchoSource()
+    server = serve(create_app(source, thread_store=store))
+    thread_id = new_thread_id()
+    history = six_turns(server.url, thread_id)
+    ids = [m["id"] for m in shown(server.url, thread_id)]
+    assert len(set(ids)) == 12
+    # The sixth turn got the five before it with their ids; its new question had none yet.
+    assert [m.get("id") for m in source.received[-1]] == [*ids[:10], None]
+    assert send(server.url, thread_id, history, {"regenerate": ids[-1]}).status == 200
+    assert [m.get("id") for m in source.received[-1]] == ids[:11]  # the branch up to the question, ids and all
+
+
 def plain_messages(messages: Messages) -> Messages:
     return [{"role": m["role"], "text": m["text"]} for m in messages]
 

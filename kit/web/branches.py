@@ -134,8 +134,11 @@ class ChatBranches:
 
 
 def _for_source(store: ThreadStore, thread_id: str, message: Message) -> Message:
-    """A message as a source gets it: role, text, and its files with their content (read again from the store)."""
+    """A message as a source gets it: its id, role, text, and its files with their content (read again from the
+    store)."""
     shown: Message = {"role": message["role"], "text": message.get("text", "")}
+    if message.get("id"):
+        shown["id"] = message["id"]  # the id the page and the messages route show for it (an edit has none yet)
     files = []
     for listing in message.get("files") or []:
         if listing.get("content") is not None or "sha256" not in listing:

@@ -28,7 +28,7 @@ from kit.pipeline.sources import ANSWER_ROLE, Message
 from kit.threads.branching import BranchRequest, branch_scope
 from kit.threads.ids import THREAD_ID_HEADER, thread_scope, validate_thread_id
 from kit.threads.stops import SharedStops
-from kit.threads.store import ThreadStore, open_store
+from kit.threads.store import StoreDown, ThreadStore, open_store
 from kit.threads.trace_runs import reply_run_scope
 from kit.threads.transcript import Bubbles, ThreadMemory, new_user_messages
 from kit.web.langsmith import new_trace_run
@@ -122,6 +122,9 @@ class ChatThreads:
         self._check_owner(thread_id, claim=True)
         store = self.store if self.memory is None else None  # a graph with memory keeps its own thread
         if store is not None:
+            # Without a thread read the reply still streams when the store is down (only its transcript is lost).
+            with contextlib.suppress(StoreDown):
+                with_kept_ids(messages, store.messages(thread_id))  # issue 27
             restore_earlier_files(store, thread_id, messages)  # issue 28
         turn = Turn(thread_id, new_user_messages(messages), store)
         turn.trace_run = new_trace_run() if self.store is not None else None  # issue 27: feedback to LangSmith
@@ -144,15 +147,30 @@ class ChatThreads:
             raise NoSuchThread("no such thread")
 
 
+def with_kept_ids(messages: list[Message], kept: list[Message]) -> None:
+    """The request's messages that repeat the thread's current branch (in order, the same role and text) get
+    their stored ids, so a source sees the same id for a message as the page and the messages route.
+
+    >>> asked = [{"role": "user", "text": "hi"}, {"role": "ai", "text": "hello"}, {"role": "user", "text": "bye"}]
+    >>> with_kept_ids(asked, [{"id": "1", "role": "user", "text": "hi"}, {"id": "2", "role": "ai", "text": "hello"}])
+    >>> [m.get("id") for m in asked]
+    ['1', '2', None]
+    """
+    for message, stored in zip(messages, kept, strict=False):
+        if message.get("role") != stored.get("role") or message.get("text") != stored.get("text"):
+            return
+        message["id"] = stored["id"]
+
+
 def restore_earlier_files(store: ThreadStore, thread_id: str, messages: list[Message]) -> None:
     """Files that earlier messages carry back by name only (Deep Chat sends a text file once) read again from
     the thread's store, so a follow-up question about a document still has it; the newest file of a name wins."""
     earlier = [(m, i) for m in messages for i, f in enumerate(m.get("files") or []) if f.get("kind") == "earlier"]
     if not earlier:
         return
-    kept = {f["name"]: f for m in store.messages(thread_id) for f in m.get("files", [])}
+    by_name = {f["name"]: f for m in store.messages(thread_id) for f in m.get("files", [])}
     for message, index in earlier:
-        listing = kept.get(message["files"][index]["name"])
+        listing = by_name.get(message["files"][index]["name"])
         found = store.file(thread_id, listing["sha256"]) if listing is not None else None
         if found is not None:
             message["files"][index] = read_again(*found)
