@@ -33,9 +33,10 @@ _ENGINE_PID = re.compile(r"engine process started with pid: (\d+) at (\S+)")
 
 def engine_app(store: str) -> Flask:
     """gunicorn factory: the embedded model's source, which the launcher points at its engine process. A
-    LONG question gets a reply long enough (256 tokens) that a Stop always lands while it is generating."""
+    LONG question gets a reply long enough (to the end of its 1,024-token slot) that a Stop always lands while it
+    is generating, however slow the machine (at 256 tokens one of the four sometimes ended before its Stop)."""
     short = LlamaSource(max_tokens=48, temperature=0, seed=1)
-    long = LlamaSource(max_tokens=256, temperature=0, seed=1)
+    long = LlamaSource(max_tokens=1024, temperature=0, seed=1)
 
     def reply(messages: list[dict[str, Any]], cancel: CancelToken) -> Iterator[dict[str, Any]]:
         return (long if messages[-1].get("text") == LONG else short)(messages, cancel)
