@@ -27,16 +27,18 @@ from tests.prod_server import WORKER_HEADER, ProdServer, named_by_worker
 pytestmark = pytest.mark.timeout(600)
 WORDS = ["apple", "river", "guitar", "pencil", "tiger", "window", "rocket", "banana"]
 WORDS += ["castle", "violin", "garden", "camera", "dolphin", "candle", "bridge", "forest"]
-LONG = "Count from 1 to 1000, separated by commas."  # runs to max_tokens without stopping (tests/test_batching.py)
+# Runs to the end of its slot (700 greedy tokens measured without an end); "Count from 1 to 1000" ended by itself
+# after 51 tokens, so on a slow run a Stop sometimes came after its reply had ended (3 stops counted of 4).
+LONG = "Write a very long story about a dragon who learns to bake bread, with many chapters."
 _ENGINE_PID = re.compile(r"engine process started with pid: (\d+) at (\S+)")
 
 
 def engine_app(store: str) -> Flask:
     """gunicorn factory: the embedded model's source, which the launcher points at its engine process. A
-    LONG question gets a reply long enough (to the end of its 1,024-token slot) that a Stop always lands while it
-    is generating, however slow the machine (at 256 tokens one of the four sometimes ended before its Stop)."""
+    LONG question gets a reply long enough (to the end of its 1,024-token slot, read from an empty sequence so it
+    is the same reply whoever used the slot before) that a Stop always lands while it is generating."""
     short = LlamaSource(max_tokens=48, temperature=0, seed=1)
-    long = LlamaSource(max_tokens=1024, temperature=0, seed=1)
+    long = LlamaSource(max_tokens=1024, temperature=0, seed=1, prefix_reuse=False)
 
     def reply(messages: list[dict[str, Any]], cancel: CancelToken) -> Iterator[dict[str, Any]]:
         return (long if messages[-1].get("text") == LONG else short)(messages, cancel)
