@@ -15,8 +15,6 @@ regenerated turn 10 on the embedded model (time to first text and the prompt tok
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +22,8 @@ from typing import Any
 
 import httpx
 
-from bench.measure import report
+from bench.measure import summary
+from bench.store_figures import describe_medians, main, on_each_store
 from kit import create_app
 from kit.serving.client import Received, chat_body, iter_stream
 from kit.serving.server import BackgroundServer
@@ -107,7 +106,7 @@ def switch_figures(store: ThreadStore, label: str, runs: int, messages: int = 50
             for run in range(max(runs, 3) * 2):  # back and forth: each switch shows the other branch
                 control, text = (".kit-previous", older) if run % 2 == 0 else (".kit-next", newer)
                 rows.append(page.evaluate(_SWITCH, [control, messages, text]))
-    return {f"switch, {messages} messages, {label}: ms": _summary(rows)}
+    return {f"switch, {messages} messages, {label}: ms": summary(rows)}
 
 
 # -- regenerate ------------------------------------------------------------------------------------------
@@ -145,53 +144,18 @@ def regenerate_figures(runs: int) -> dict[str, Any]:
                     ("turn-10 prompt, tokens in all", len(prompt)),
                 ):
                     rows.setdefault(name, []).append(value)
-    return {name: _summary(values) for name, values in rows.items()}
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return {name: summary(values) for name, values in rows.items()}
 
 
 def run(runs: int = 3, postgres_url: str | None = None) -> dict[str, Any]:
     """Every figure; the PostgreSQL switch when a URL is given (bench.run_all starts a throwaway cluster)."""
-    figures = regenerate_figures(runs)
-    with tempfile.TemporaryDirectory() as folder:
-        figures |= switch_figures(SqliteThreadStore(Path(folder) / "t.sqlite"), "SQLite", runs)
-    if postgres_url is not None:
-        from kit.threads.store import PostgresThreadStore
-
-        store = PostgresThreadStore(postgres_url)
-        figures |= switch_figures(store, "PostgreSQL", runs)
-        store.close()
-    return figures
+    return regenerate_figures(runs) | on_each_store(switch_figures, runs, postgres_url)
 
 
 def describe(figures: dict[str, Any]) -> str:
     """The figures as a markdown table."""
-    lines = ["| branches figure | median (min-max) |", "| --- | --- |"]
-    for name, value in figures.items():
-        scale = 1000 if name.endswith("ttft_s") else 1
-        unit = name.replace("ttft_s", "TTFT ms")
-        lines.append(
-            f"| {unit} | {value['median'] * scale:,.0f} ({value['min'] * scale:,.0f}-{value['max'] * scale:,.0f}) |"
-        )
-    return "\n".join(lines)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument(
-        "--postgres", help="a postgresql:// URL for the PostgreSQL figures, or `auto` for a throwaway local cluster"
-    )
-    parser.add_argument("--json", help="write the figures here")
-    args = parser.parse_args()
-    from tests.postgres import postgres_url  # Debian's postgresql, as the tests start it
-
-    with postgres_url(args.postgres) as url:
-        figures = run(args.runs, url)
-    report(figures, describe, args.json)
+    return describe_medians("branches figure", figures)
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, run, describe)

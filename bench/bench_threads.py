@@ -14,7 +14,6 @@ thread in chromium, on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sqlite3
 import statistics
@@ -24,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.measure import report
+from bench.store_figures import describe_medians, main, on_each_store
 from kit import create_app
 from kit.serving.client import Received, chat_body, iter_stream
 from kit.serving.server import BackgroundServer
@@ -169,44 +168,13 @@ def reload_figures(store: ThreadStore, label: str, runs: int) -> dict[str, Any]:
 
 def run(runs: int = 3, postgres_url: str | None = None) -> dict[str, Any]:
     """Every figure; PostgreSQL ones when a URL is given (bench.run_all starts a throwaway cluster)."""
-    figures = turn_figures(runs)
-    with tempfile.TemporaryDirectory() as folder:
-        figures |= reload_figures(SqliteThreadStore(Path(folder) / "t.sqlite"), "SQLite", runs)
-    if postgres_url is not None:
-        from kit.threads.store import PostgresThreadStore
-
-        store = PostgresThreadStore(postgres_url)
-        figures |= reload_figures(store, "PostgreSQL", runs)
-        store.close()
-    return figures
+    return turn_figures(runs) | on_each_store(reload_figures, runs, postgres_url)
 
 
 def describe(figures: dict[str, Any]) -> str:
     """The figures as a markdown table."""
-    lines = ["| threads figure | median (min-max) |", "| --- | --- |"]
-    for name, value in figures.items():
-        scale = 1000 if name.endswith("ttft_s") else 1
-        unit = name.replace("ttft_s", "TTFT ms")
-        lines.append(
-            f"| {unit} | {value['median'] * scale:,.0f} ({value['min'] * scale:,.0f}-{value['max'] * scale:,.0f}) |"
-        )
-    return "\n".join(lines)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument(
-        "--postgres", help="a postgresql:// URL for the PostgreSQL figures, or `auto` for a throwaway local cluster"
-    )
-    parser.add_argument("--json", help="write the figures here")
-    args = parser.parse_args()
-    from tests.postgres import postgres_url  # Debian's postgresql, as the tests start it
-
-    with postgres_url(args.postgres) as url:
-        figures = run(args.runs, url)
-    report(figures, describe, args.json)
+    return describe_medians("threads figure", figures)
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, run, describe)
