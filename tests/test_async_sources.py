@@ -453,13 +453,13 @@ def _fake_model(text: str = "The capital of France is Paris.") -> GenericFakeCha
     return GenericFakeChatModel(messages=iter([AIMessage(text)] * 20))
 
 
-def one_node_graph(node: Callable[[MessagesState], Any]) -> Any:
+def one_node_graph(node: Callable[[MessagesState], Any], checkpointer: Any = None) -> Any:
     """LangGraph's quickstart graph (MessagesState, one node) around `node`, named after its function."""
     graph = StateGraph(MessagesState)
     graph.add_node(node)
     graph.add_edge(START, node.__name__)
     graph.add_edge(node.__name__, END)
-    return graph.compile()
+    return graph.compile(checkpointer=checkpointer)
 
 
 def async_node_graph(model: Any, seen_tokens: list[CancelToken | None] | None = None) -> Any:

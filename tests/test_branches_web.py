@@ -17,6 +17,7 @@ from kit.serving.client import Received, Reply, iter_stream, multipart_body
 from kit.testing.fakes import EchoSource
 from kit.threads.ids import THREAD_ID_HEADER, new_thread_id
 from kit.threads.store import ThreadStore
+from tests.helpers import wait_until
 from tests.postgres import postgres_cluster  # noqa: F401  (the session fixture)
 from tests.test_threads_store import store  # noqa: F401  (SQLite and PostgreSQL)
 
@@ -185,7 +186,7 @@ def test_a_run_on_the_thread_refuses_switch_and_branches(serve, tmp_path: Path) 
     running = threading.Thread(target=send, args=(server.url, thread_id, [*history, {"role": "user", "text": "q7"}]))
     running.start()
     try:
-        assert _wait_for(lambda: httpx.get(f"{server.url}threads/{thread_id}/run").json()["running"])
+        assert wait_until(lambda: httpx.get(f"{server.url}threads/{thread_id}/run").json()["running"])
         switched = httpx.post(f"{server.url}threads/{thread_id}/switch", json={"message_id": before[4]["id"]})
         again = send(server.url, thread_id, history, {"regenerate": before[-1]["id"]})
         assert switched.status_code == 409 and again.status == 409
@@ -193,12 +194,6 @@ def test_a_run_on_the_thread_refuses_switch_and_branches(serve, tmp_path: Path) 
         source.gate.set()
         running.join(10)
     assert plain(shown(server.url, thread_id))[:12] == plain(before)
-
-
-def _wait_for(condition: Any) -> bool:
-    from tests.helpers import wait_until
-
-    return wait_until(condition)
 
 
 def test_a_regenerate_that_brings_nothing_keeps_the_answer_it_was_to_replace(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -248,7 +243,7 @@ def test_an_edit_is_the_current_branch_as_soon_as_its_run_starts(serve, tmp_path
     running.start()
     try:
         run = f"{server.url}threads/{thread_id}/run"
-        assert _wait_for(lambda: httpx.get(run).json()["running"])
+        assert wait_until(lambda: httpx.get(run).json()["running"])
         # A page opening now: the branch before the edited turn, then the run's question, then the reply live.
         assert httpx.get(run).json()["asked"] == [{"role": "user", "text": "q3 edited"}]
         assert shown(server.url, thread_id) == before[:4]

@@ -186,17 +186,15 @@ def test_a_vote_on_a_checkpointed_graphs_answer_is_sent_to_langsmith_on_its_repl
     """A graph keeps its own thread (no transcript row): the reply's run is noted by its answer's id."""
     from langchain_core.messages import AIMessage, BaseMessage
     from langgraph.checkpoint.memory import InMemorySaver
-    from langgraph.graph import END, START, MessagesState, StateGraph
+    from langgraph.graph import MessagesState
 
-    def node(state: MessagesState) -> dict[str, list[BaseMessage]]:
+    from tests.test_async_sources import one_node_graph
+
+    def answer(state: MessagesState) -> dict[str, list[BaseMessage]]:
         return {"messages": [AIMessage(f"answer {len(state['messages'])}")]}
 
-    graph = StateGraph(MessagesState)
-    graph.add_node("answer", node)
-    graph.add_edge(START, "answer")
-    graph.add_edge("answer", END)
     kept = SqliteThreadStore(tmp_path / "t.sqlite")
-    server = serve(create_app(graph.compile(checkpointer=InMemorySaver()), thread_store=kept))
+    server = serve(create_app(one_node_graph(answer, checkpointer=InMemorySaver()), thread_store=kept))
     thread_id = new_thread_id()
     assert send(server.url, thread_id, [{"role": "user", "text": "hi"}]).status == 200
     history = [{"role": "user", "text": "hi"}, {"role": "ai", "text": "answer 1"}]

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 from langchain_core.messages import AIMessage, BaseMessage
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.graph import MessagesState
 
 from kit import create_app
 from kit.adapters.graphs import graph_source
@@ -19,6 +19,7 @@ from kit.threads.store import ThreadStore
 from tests.documents import PNG, SECRET
 from tests.helpers import bubbles
 from tests.postgres import postgres_cluster  # noqa: F401  (the session fixture)
+from tests.test_async_sources import one_node_graph
 from tests.test_files import QUESTION, Recorder, post
 from tests.test_threads_store import store  # noqa: F401  (SQLite and PostgreSQL)
 
@@ -106,13 +107,8 @@ def test_a_checkpointed_graph_reload_shows_the_files_from_its_messages(serve, tm
     def node(state: MessagesState) -> dict[str, list[BaseMessage]]:
         return {"messages": [AIMessage("read")]}
 
-    graph = StateGraph(MessagesState)
-    graph.add_node("answer", node)
-    graph.add_edge(START, "answer")
-    graph.add_edge("answer", END)
-    server = serve(
-        create_app(graph_source(graph.compile(checkpointer=InMemorySaver())), thread_store=tmp_path / "t.sqlite")
-    )
+    graph = one_node_graph(node, checkpointer=InMemorySaver())
+    server = serve(create_app(graph_source(graph), thread_store=tmp_path / "t.sqlite"))
     assert post(server.url, FILES, **{"X-Kit-Thread-Id": THREAD}).status_code == 200
     shown = bubbles(httpx.get(f"{server.url}/threads/{THREAD}/messages").json())
     assert shown == [
@@ -136,13 +132,8 @@ def test_a_file_attached_on_a_later_turn_reaches_a_checkpointed_graph(serve, tmp
         received.append(state["messages"][-1].content)
         return {"messages": [AIMessage("read")]}
 
-    graph = StateGraph(MessagesState)
-    graph.add_node("answer", node)
-    graph.add_edge(START, "answer")
-    graph.add_edge("answer", END)
-    server = serve(
-        create_app(graph_source(graph.compile(checkpointer=InMemorySaver())), thread_store=tmp_path / "t.sqlite")
-    )
+    graph = one_node_graph(node, checkpointer=InMemorySaver())
+    server = serve(create_app(graph_source(graph), thread_store=tmp_path / "t.sqlite"))
     headers = {"X-Kit-Thread-Id": THREAD}
     first = httpx.post(f"{server.url}/chat", json={"messages": [{"role": "user", "text": "Hello"}]}, headers=headers)
     assert first.status_code == 200
