@@ -87,7 +87,7 @@ class ChatBranches:
         store = self.threads.store
         if store is None:
             raise BadBranch("regenerate and edit need a thread store (thread_store is False)")
-        branch = store.messages(turn.thread_id)
+        branch = turn.kept if turn.kept is not None else store.messages(turn.thread_id)
         point = branch_point(branch, asked)
         edited = [_for_source(store, turn.thread_id, messages[-1])] if asked.action == "edit" else []
         before = [_for_source(store, turn.thread_id, message) for message in branch[:point]]

@@ -121,12 +121,15 @@ class ChatThreads:
         thread_id = validate_thread_id(header)
         self._check_owner(thread_id, claim=True)
         store = self.store if self.memory is None else None  # a graph with memory keeps its own thread
+        kept: list[Message] | None = None  # the current branch, read once for this request
         if store is not None:
             # Without a thread read the reply still streams when the store is down (only its transcript is lost).
             with contextlib.suppress(StoreDown):
-                with_kept_ids(messages, store.messages(thread_id))  # issue 27
-            restore_earlier_files(store, thread_id, messages)  # issue 28
+                kept = store.messages(thread_id)
+                with_kept_ids(messages, kept)  # issue 27
+            restore_earlier_files(store, thread_id, messages, kept)  # issue 28
         turn = Turn(thread_id, new_user_messages(messages), store)
+        turn.kept = kept
         turn.trace_run = new_trace_run() if self.store is not None else None  # issue 27: feedback to LangSmith
         if self.memory is not None and turn.trace_run is not None:
             turn.answer_run = AnswerRun(self.memory, self.store, thread_id, turn.trace_run)
@@ -162,13 +165,17 @@ def with_kept_ids(messages: list[Message], kept: list[Message]) -> None:
         message["id"] = stored["id"]
 
 
-def restore_earlier_files(store: ThreadStore, thread_id: str, messages: list[Message]) -> None:
+def restore_earlier_files(
+    store: ThreadStore, thread_id: str, messages: list[Message], kept: list[Message] | None = None
+) -> None:
     """Files that earlier messages carry back by name only (Deep Chat sends a text file once) read again from
-    the thread's store, so a follow-up question about a document still has it; the newest file of a name wins."""
+    the thread's store (`kept`: its messages, when already read), so a follow-up question about a document still
+    has it; the newest file of a name wins."""
     earlier = [(m, i) for m in messages for i, f in enumerate(m.get("files") or []) if f.get("kind") == "earlier"]
     if not earlier:
         return
-    by_name = {f["name"]: f for m in store.messages(thread_id) for f in m.get("files", [])}
+    kept = store.messages(thread_id) if kept is None else kept
+    by_name = {f["name"]: f for m in kept for f in m.get("files", [])}
     for message, index in earlier:
         listing = by_name.get(message["files"][index]["name"])
         found = store.file(thread_id, listing["sha256"]) if listing is not None else None
@@ -213,6 +220,7 @@ class Turn:
         self.trace_run: str | None = None  # issue 27: the reply's root run id in LangSmith, when it traces
         self.restore: int | None = None  # issue 27: the head to go back to when a regenerate brings nothing
         self.answer_run: AnswerRun | None = None  # a checkpointed graph's reply, traced: its answer's run noted
+        self.kept: list[Message] | None = None  # the transcript's current branch as the request found it
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
