@@ -148,6 +148,10 @@ def _paths(url: str) -> dict[str, Any]:
     }
 
 
+# When Stop closes the engine's HTTP stream under a ChatOpenAI chain, langchain-core's RunnableSequence generator
+# raises OpenAIConnectionError as it is garbage-collected, at a moment of the collector's choosing: an exception
+# "ignored in" a finalizer, which pytest turns into an error of whichever test runs then (one fresh run in four).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize(
     "path", ["plain source", "LCEL chain, ChatLlama", "LCEL chain, ChatOpenAI", "LangGraph graph, ChatOpenAI"]
 )
