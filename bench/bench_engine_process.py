@@ -37,6 +37,9 @@ from kit.serving.ports import free_port, wait_until_answering
 GAIN_TARGET = 0.9  # the kit's 8-user gain over one user, as a share of the bare loop's gain
 ONE_USER_TARGET = 0.95  # one user's tokens/s through HTTP, as a share of the bare loop serving the same prompt
 STOP_TARGET_S = 0.5
+# Runs to max_tokens (measured: 500 greedy tokens without an end); "Count from 1 to 1000." ends by itself after 51 to
+# 121 tokens, so a slow Stop could have timed a reply that had already ended.
+LONG = "Count from 1 to 1000, separated by commas."
 
 
 def app(threads: int = 0, tokens: int = 96, reuse: bool = False) -> Any:
@@ -217,7 +220,7 @@ def _stop_once(url: str, engine_root: str) -> float:
         return int(httpx.get(engine_root + "/health", timeout=10).json()["running"])
 
     stream_id = secrets.token_hex(16)
-    items = iter_stream(url + "chat-stream", chat_body("Count from 1 to 1000."), headers={"X-Kit-Stream-Id": stream_id})
+    items = iter_stream(url + "chat-stream", chat_body(LONG), headers={"X-Kit-Stream-Id": stream_id})
     texts = 0
     for item in items:
         texts += bool(getattr(item, "payload", None) and item.payload.get("text"))  # type: ignore[union-attr]
