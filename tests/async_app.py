@@ -5,6 +5,7 @@ the worker holds (tasks on the kit's loop, producer threads, other threads, sock
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ import httpx_sse
 from flask import Flask, jsonify
 
 from kit import create_app
-from kit.pipeline.event_loop import pending_tasks
+from kit.pipeline.event_loop import owned_loop, pending_tasks
 from kit.pipeline.pump import live_producers
 
 _runs = {"started": 0, "cleaned": 0, "cancelled": 0}
@@ -31,8 +32,6 @@ def peer_events(peer_url: str) -> Any:
     """An async generator source: the peer's Anthropic events as dicts, each stream on its own connection."""
 
     async def source(messages: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-        import asyncio
-
         _count("started")
         body = {"model": "peer", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}], "stream": True}
         try:
@@ -61,6 +60,21 @@ def _open_sockets() -> int:
     return count
 
 
+async def _task_places() -> list[str]:
+    """Where each task on the kit's loop waits (the innermost awaited frame): a failed leak check says what hangs."""
+    places = []
+    for task in asyncio.all_tasks():
+        if task is asyncio.current_task():
+            continue
+        awaited, where = task.get_coro(), "not started"
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+            where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else where
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+        places.append(f"{task.get_coro()!r} at {where}")
+    return places
+
+
 def _threads() -> int:
     # gunicorn's gthread pool keeps the threads it grew under load: those are the server's, not the kit's.
     return sum(not thread.name.startswith("ThreadPoolExecutor") for thread in threading.enumerate())
@@ -74,8 +88,14 @@ def async_peer_app(peer_url: str) -> Flask:
     def debug() -> Any:
         with _lock:
             runs = dict(_runs)
+        waiting = asyncio.run_coroutine_threadsafe(_task_places(), owned_loop()).result(5) if pending_tasks() else []
         return jsonify(
-            tasks=pending_tasks(), producers=live_producers(), threads=_threads(), sockets=_open_sockets(), **runs
+            waiting=waiting,
+            tasks=pending_tasks(),
+            producers=live_producers(),
+            threads=_threads(),
+            sockets=_open_sockets(),
+            **runs,
         )
 
     return app
