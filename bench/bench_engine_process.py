@@ -27,10 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench.bench_users import PROMPTS
-from bench.measure import ROOT, report, stop_child, summary
+from bench.measure import ROOT, report, shared_client, stop_child, summary
 from kit.serving.client import chat_body, iter_stream
 from kit.serving.ports import free_port, wait_until_answering
 
@@ -125,11 +123,10 @@ Texts = Callable[[str, str, list[dict[str, str]]], Iterator[str]]
 
 def kit_texts(url: str, prompt: str, history: list[dict[str, str]]) -> Iterator[str]:
     """The kit's reply through its Deep Chat route."""
-    with httpx.Client(timeout=300) as client:
-        for item in iter_stream(url + "chat-stream", chat_body(prompt, history), client=client):
-            payload = getattr(item, "payload", None)
-            if payload and payload.get("text"):
-                yield payload["text"]
+    for item in iter_stream(url + "chat-stream", chat_body(prompt, history), client=shared_client()):
+        payload = getattr(item, "payload", None)
+        if payload and payload.get("text"):
+            yield payload["text"]
 
 
 def timed_reply(texts: Texts, url: str, prompt: str, history: list[dict[str, str]]) -> tuple[str, dict[str, float]]:
@@ -217,17 +214,17 @@ def one_node_graph(model: Any) -> Any:
 
 def _stop_once(url: str, engine_root: str) -> float:
     def running() -> int:
-        return int(httpx.get(engine_root + "/health", timeout=10).json()["running"])
+        return int(client.get(engine_root + "/health", timeout=10).json()["running"])
 
-    stream_id = secrets.token_hex(16)
-    items = iter_stream(url + "chat-stream", chat_body(LONG), headers={"X-Kit-Stream-Id": stream_id})
+    client, stream_id = shared_client(), secrets.token_hex(16)
+    items = iter_stream(url + "chat-stream", chat_body(LONG), headers={"X-Kit-Stream-Id": stream_id}, client=client)
     texts = 0
     for item in items:
         texts += bool(getattr(item, "payload", None) and item.payload.get("text"))  # type: ignore[union-attr]
         if texts >= 3:
             break
     asked = time.perf_counter()
-    httpx.post(url + "chat-stream/stop", content=stream_id, timeout=10)
+    client.post(url + "chat-stream/stop", content=stream_id, timeout=10)
     while running():
         time.sleep(0.002)
     freed = time.perf_counter() - asked

@@ -23,10 +23,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
-
 from bench.bench_engine_process import Texts, in_process, kit_texts, timed_reply, users_round
-from bench.measure import ROOT, report, stop_child
+from bench.measure import ROOT, report, shared_client, stop_child
 from kit.pipeline.sse import parse_line, sse_lines
 from kit.serving.ports import free_port, wait_until_answering
 
@@ -73,7 +71,7 @@ def peer_texts_for(tokens: int) -> Texts:
         messages = [{"role": "assistant" if m["role"] == "ai" else m["role"], "content": m["text"]} for m in history]
         body = {"messages": [*messages, {"role": "user", "content": prompt}], "stream": True}
         body |= {"max_tokens": tokens, "temperature": 0, "cache_prompt": True}
-        with httpx.stream("POST", url + "v1/chat/completions", json=body, timeout=300) as response:
+        with shared_client().stream("POST", url + "v1/chat/completions", json=body) as response:
             response.raise_for_status()
             for line in sse_lines(response.iter_text()):
                 field, value = parse_line(line)
