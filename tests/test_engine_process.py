@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -19,7 +20,9 @@ from kit import ChatLlama, LlamaSettings, LlamaSource, create_app, demo_chain, o
 from kit.adapters.inputs import history_input
 from kit.model.engine import engine_for
 from kit.notebook.child_server import ChildServer, free_port
+from kit.pipeline.cancel import CancelToken
 from kit.serving.client import Received, Reply, chat_body, iter_stream, stream_chat
+from kit.serving.engine_server import DisconnectWatcher
 from kit.serving.launcher import SupervisedEngine
 from tests.compat import one_node_graph
 from tests.helpers import wait_until
@@ -30,7 +33,7 @@ SLOTS, MAX_QUEUE, N_CTX = 4, 1, 512
 THREADS = 1
 GREEDY = {"max_tokens": 24, "temperature": 0, "seed": 1, "prefix_reuse": False}
 LONG = "Count from 1 to 1000, separated by commas."  # runs to max_tokens without stopping
-# Stop to a free slot: one decode step and the disconnect watcher's 20 ms here, but a decode step on a
+# Stop to a free slot: one decode step after the disconnect watcher wakes, but a decode step on a
 # 2-core machine shared with other test runs can take seconds; a run to the end would take far longer.
 FREED_WITHIN_S = 30.0
 
@@ -136,6 +139,24 @@ def test_a_closed_connection_frees_its_slot(engine_url: str) -> None:
         next(events), next(events)  # the role, then the first text: it is generating
     assert wait_until(lambda: health(engine_url)["running"] == 0, FREED_WITHIN_S)
     assert health(engine_url)["stopped"] == stopped + 1  # ended early, not at its 400 tokens
+
+
+def test_the_disconnect_watcher_cancels_only_streams_whose_client_hung_up() -> None:
+    watcher = DisconnectWatcher()
+    pairs = [socket.socketpair() for _ in range(4)]
+    tokens = [CancelToken() for _ in pairs]
+    for (engine_side, _), token in zip(pairs, tokens, strict=True):
+        watcher.watch(engine_side, token)
+    watcher.forget(tokens[3])
+    pairs[1][1].sendall(b"bytes, not a hang-up")
+    pairs[3][1].close()  # forgotten: its request had ended
+    pairs[2][1].shutdown(socket.SHUT_WR)  # a half close is a hang-up too (a worker's Stop shuts its side)
+    pairs[0][1].close()
+    assert wait_until(lambda: tokens[0].cancelled and tokens[2].cancelled, 5.0)
+    # Both hang-ups were seen, so the watcher has polled past the other two sockets' events.
+    assert not tokens[1].cancelled and not tokens[3].cancelled
+    for engine_side, client_side in pairs:
+        engine_side.close(), client_side.close()
 
 
 def _paths(url: str) -> dict[str, Any]:

@@ -7,18 +7,21 @@ could stand in its place).
 process (beyond the slots and `max_queue`, a 503 before the first byte), queued fairly, and decoded with the
 others in one batch, with prefix reuse, host-memory states and context shift (kit.model). A client whose
 connection closes (its web worker's Stop, a worker that died) cancels its generation at once: one watcher
-thread peeks at every open connection, as the kit's disconnect probe does for a browser.
+thread waits for a hang-up on every open connection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import select
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,45 +31,67 @@ from kit.errors import ChatError
 from kit.model.batching import OPTIONS
 from kit.model.engine import Admission, Engine
 from kit.model.settings import ENGINE_URL_ENV, LlamaSettings
-from kit.pipeline.cancel import CancelToken, client_gone_probe
+from kit.pipeline.cancel import CancelToken
 
 log = logging.getLogger(__name__)
 
-WATCH_S = 0.02  # how often open connections are peeked at: a closed one frees its slot within this
 ROLES = frozenset({"system", "user", "assistant"})
 # OpenAI's names for options the kit's engine calls otherwise.
 ALIASES = {"max_completion_tokens": "max_tokens", "repetition_penalty": "repeat_penalty"}
+# A client that closed its side (FIN: its web worker's Stop, a worker that died) or reset the connection. Not
+# POLLIN: a client sends nothing while it reads its stream, and readable bytes are not a hang-up.
+HANG_UP = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 
 class DisconnectWatcher:
-    """Cancels a request's token when its client closes the connection, while the engine holds no byte for it."""
+    """Cancels a request's token when its client closes the connection, while the engine holds no byte for it.
 
-    def __init__(self, poll_s: float = WATCH_S) -> None:
-        self.poll_s = poll_s
-        self._lock = threading.Condition()
-        self._watched: dict[CancelToken, Callable[[], bool]] = {}
+    One thread waits in poll(2) on every open stream's socket for a hang-up and wakes only when a client leaves
+    or the set of streams changes: a timed peek at every connection woke it 50 times a second beside the decode
+    threads, and delayed a Stop by up to its period.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: dict[int, CancelToken] = {}  # by socket descriptor
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
         threading.Thread(target=self._loop, name="kit-engine-disconnects", daemon=True).start()
 
-    def watch(self, connection: Any, cancel: CancelToken) -> None:
+    def watch(self, connection: socket.socket, cancel: CancelToken) -> None:
         with self._lock:
-            self._watched[cancel] = client_gone_probe({"gunicorn.socket": connection})
-            self._lock.notify()
+            self._watched[connection.fileno()] = cancel
+        self._wake()
 
     def forget(self, cancel: CancelToken) -> None:
         with self._lock:
-            self._watched.pop(cancel, None)
+            for descriptor in [fd for fd, token in self._watched.items() if token is cancel]:
+                del self._watched[descriptor]
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a wake-up is already pending: it will do
+            os.write(self._wake_write, b"!")
 
     def _loop(self) -> None:
         while True:
+            poller = select.poll()
+            poller.register(self._wake_read, select.POLLIN)
             with self._lock:
-                while not self._watched:
-                    self._lock.wait()
-                watched = list(self._watched.items())
-            for cancel, gone in watched:
-                if gone():
-                    cancel.cancel()
-                    self.forget(cancel)
-            time.sleep(self.poll_s)
+                watched = dict(self._watched)
+            for descriptor in watched:
+                poller.register(descriptor, HANG_UP)
+            for descriptor, _ in poller.poll():
+                if descriptor == self._wake_read:
+                    os.read(self._wake_read, 4096)
+                    continue
+                with self._lock:  # still the same request's (its descriptor may have been closed and reused)
+                    current = self._watched.get(descriptor)
+                    gone = current is watched[descriptor]
+                    if gone:
+                        del self._watched[descriptor]
+                if gone:
+                    watched[descriptor].cancel()
 
 
 class EngineServer(ThreadingHTTPServer):
