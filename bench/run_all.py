@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -165,6 +168,38 @@ def document(results: dict[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def this_machine() -> str:
+    """The CPU the figures come from, as docs/benchmarks.md names it: machines of this kind differ 2-3x in speed."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{os.cpu_count()}-core {line.split(':', 1)[1].strip()}"
+    return f"{os.cpu_count()}-core {platform.machine()}"
+
+
+def where_and_when(results: dict[str, Any], names: list[str]) -> str:
+    """Which sections last ran on which machine and day (a section re-run with `--only` keeps the others').
+
+    >>> where_and_when({"section_dates": {"a": "d1", "b": "d1"}, "section_machines": {"a": "m", "b": "m"}}, ["a", "b"])
+    'Last run: a, b on a m, d1.'
+    """
+    dates, machines = results.get("section_dates", {}), results.get("section_machines", {})
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name in names:
+        key = (machines.get(name, "machine not recorded"), dates.get(name, "date not recorded"))
+        groups.setdefault(key, []).append(name)
+    return "Last run: " + "; ".join(f"{', '.join(group)} on a {m}, {d}" for (m, d), group in groups.items()) + "."
+
+
+def write_markdown(results: dict[str, Any], names: list[str]) -> None:
+    """docs/benchmarks.md from the figures (also after editing docs/benchmarks.json by hand)."""
+    (DOCS / "benchmarks.md").write_text(
+        f"# Benchmark results\n\nReproduce with `make bench` ({results['seconds']:.0f} s for every section on 2 cores; "
+        f"{results['runs']} runs per figure). {where_and_when(results, names)} Each section's comparisons come "
+        f"from one run of that section.\n\n{document(results)}\n![benchmarks](benchmarks.png)\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (medians and spreads over them)")
@@ -188,6 +223,7 @@ def main() -> None:
     results: dict[str, Any] = json.loads(stored.read_text()) if args.only and stored.exists() else {}
     DOCS.mkdir(exist_ok=True)
     run_dates = results.get("section_dates", {})
+    machines = results.get("section_machines", {})
     failed = []
     for name in everything:
         if name in chosen:
@@ -198,21 +234,15 @@ def main() -> None:
                 failed.append(name)
                 continue
             run_dates[name] = time.strftime("%Y-%m-%d")
-    results["section_dates"] = run_dates
+            machines[name] = this_machine()
+    results["section_dates"], results["section_machines"] = run_dates, machines
     results["runs"] = args.runs
     seconds = time.perf_counter() - started
     results["seconds"] = seconds if not args.only else results.get("seconds", seconds)
-    table = document(results)
     (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=1))
-    done = [name for name in chosen if name not in failed]
-    rerun = f" The sections {', '.join(done)} were re-run on their own (`--only`)." if args.only else ""
-    (DOCS / "benchmarks.md").write_text(
-        f"# Benchmark results\n\nReproduce with `make bench` ({results['seconds']:.0f} s on this 2-core machine; "
-        f"{args.runs} runs per figure).{rerun} Each section's comparisons come from one run of that section.\n\n"
-        f"{table}\n![benchmarks](benchmarks.png)\n"
-    )
+    write_markdown(results, list(everything))
     report.plots(results, DOCS)
-    print(table)
+    print(document(results))
     print(f"total {seconds:.0f} s; written to {DOCS.relative_to(ROOT)}/")
     if failed:
         raise SystemExit(f"sections failed (figures kept from before, if any): {', '.join(failed)}")
