@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import select
 import socket
 import sys
 import threading
@@ -22,7 +23,7 @@ from kit.model.engine import engine_for
 from kit.notebook.child_server import ChildServer, free_port
 from kit.pipeline.cancel import CancelToken
 from kit.serving.client import Received, Reply, chat_body, iter_stream, stream_chat
-from kit.serving.engine_server import DisconnectWatcher
+from kit.serving.engine_server import CLOSED, HANG_UP, DisconnectWatcher
 from kit.serving.launcher import SupervisedEngine
 from tests.compat import one_node_graph
 from tests.helpers import wait_until
@@ -161,8 +162,9 @@ def test_a_kept_alive_connection_gets_its_first_text_as_fast_as_a_new_one(engine
     assert kept_s < fresh_s + 0.02, (kept_s, fresh_s)
 
 
-def test_the_disconnect_watcher_cancels_only_streams_whose_client_hung_up() -> None:
-    watcher = DisconnectWatcher()
+@pytest.mark.parametrize("events", ["this platform's", "readable (where POLLRDHUP is missing)"])
+def test_the_disconnect_watcher_cancels_only_streams_whose_client_hung_up(events: str) -> None:
+    watcher = DisconnectWatcher(HANG_UP if events == "this platform's" else select.POLLIN | CLOSED)
     pairs = [socket.socketpair() for _ in range(4)]
     tokens = [CancelToken() for _ in pairs]
     for (engine_side, _), token in zip(pairs, tokens, strict=True):

@@ -39,8 +39,10 @@ ROLES = frozenset({"system", "user", "assistant"})
 # OpenAI's names for options the kit's engine calls otherwise.
 ALIASES = {"max_completion_tokens": "max_tokens", "repetition_penalty": "repeat_penalty"}
 # A client that closed its side (FIN: its web worker's Stop, a worker that died) or reset the connection. Not
-# POLLIN: a client sends nothing while it reads its stream, and readable bytes are not a hang-up.
-HANG_UP = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+# POLLIN where POLLRDHUP exists (Linux): a client sends nothing while it reads, and readable bytes are not a
+# hang-up. Elsewhere a FIN is only "readable", and a peek tells it from bytes.
+CLOSED = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
+HANG_UP = CLOSED | (0 if hasattr(select, "POLLRDHUP") else select.POLLIN)
 
 
 class DisconnectWatcher:
@@ -48,24 +50,25 @@ class DisconnectWatcher:
 
     One thread waits in poll(2) on every open stream's socket for a hang-up and wakes only when a client leaves
     or the set of streams changes: a timed peek at every connection woke it 50 times a second beside the decode
-    threads, and delayed a Stop by up to its period.
+    threads, and delayed a Stop by up to its period. `events`: what to wait for (HANG_UP for this platform).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, events: int = HANG_UP) -> None:
+        self._events = events
         self._lock = threading.Lock()
-        self._watched: dict[int, CancelToken] = {}  # by socket descriptor
+        self._watched: dict[int, tuple[socket.socket, CancelToken]] = {}  # by socket descriptor
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
         threading.Thread(target=self._loop, name="kit-engine-disconnects", daemon=True).start()
 
     def watch(self, connection: socket.socket, cancel: CancelToken) -> None:
         with self._lock:
-            self._watched[connection.fileno()] = cancel
+            self._watched[connection.fileno()] = (connection, cancel)
         self._wake()
 
     def forget(self, cancel: CancelToken) -> None:
         with self._lock:
-            for descriptor in [fd for fd, token in self._watched.items() if token is cancel]:
+            for descriptor in [fd for fd, (_, token) in self._watched.items() if token is cancel]:
                 del self._watched[descriptor]
         self._wake()
 
@@ -80,18 +83,31 @@ class DisconnectWatcher:
             with self._lock:
                 watched = dict(self._watched)
             for descriptor in watched:
-                poller.register(descriptor, HANG_UP)
-            for descriptor, _ in poller.poll():
+                poller.register(descriptor, self._events)
+            for descriptor, events in poller.poll():
                 if descriptor == self._wake_read:
                     os.read(self._wake_read, 4096)
                     continue
+                connection, cancel = watched[descriptor]
+                gone = bool(events & CLOSED) or _at_end(connection)
                 with self._lock:  # still the same request's (its descriptor may have been closed and reused)
-                    current = self._watched.get(descriptor)
-                    gone = current is watched[descriptor]
-                    if gone:
+                    if self._watched.get(descriptor) == (connection, cancel):
+                        # Bytes, not a hang-up: no longer watched, or they would wake the loop again and again.
                         del self._watched[descriptor]
+                    else:
+                        gone = False
                 if gone:
-                    watched[descriptor].cancel()
+                    cancel.cancel()
+
+
+def _at_end(connection: socket.socket) -> bool:
+    """A readable socket's peer has closed its side (or reset it), not sent bytes."""
+    try:
+        return connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 class EngineServer(ThreadingHTTPServer):
