@@ -88,10 +88,11 @@ def async_peer_app(peer_url: str) -> Flask:
     def debug() -> Any:
         with _lock:
             runs = dict(_runs)
-        waiting = asyncio.run_coroutine_threadsafe(_task_places(), owned_loop()).result(5) if pending_tasks() else []
+        tasks = pending_tasks()
+        waiting = asyncio.run_coroutine_threadsafe(_task_places(), owned_loop()).result(5) if tasks else []
         return jsonify(
             waiting=waiting,
-            tasks=pending_tasks(),
+            tasks=tasks,
             producers=live_producers(),
             threads=_threads(),
             sockets=_open_sockets(),

@@ -207,16 +207,25 @@ def client_gone_probe(environ: dict[str, Any]) -> Callable[[], bool]:
     sock = environ.get("werkzeug.socket") or environ.get("gunicorn.socket")
     if not isinstance(sock, socket.socket):
         return lambda: False
+    return lambda: peer_closed(sock)
 
-    def client_gone() -> bool:
-        try:
-            readable, _, _ = select.select([sock], [], [], 0)
-            if not readable:
-                return False
-            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
+
+def peer_closed(sock: socket.socket) -> bool:
+    """The peer closed its side of `sock` or reset it (readable with zero bytes, or an error), not sent bytes.
+
+    >>> here, there = socket.socketpair()
+    >>> before = peer_closed(here)
+    >>> there.close()
+    >>> before, peer_closed(here)
+    (False, True)
+    >>> here.close()
+    """
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
             return False
-        except (OSError, ValueError):  # reset or already closed
-            return True
-
-    return client_gone
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except (OSError, ValueError):  # reset or already closed
+        return True

@@ -31,7 +31,7 @@ from kit.errors import ChatError
 from kit.model.batching import OPTIONS
 from kit.model.engine import Admission, Engine
 from kit.model.settings import ENGINE_URL_ENV, LlamaSettings
-from kit.pipeline.cancel import CancelToken
+from kit.pipeline.cancel import CancelToken, peer_closed
 
 log = logging.getLogger(__name__)
 
@@ -89,25 +89,16 @@ class DisconnectWatcher:
                     os.read(self._wake_read, 4096)
                     continue
                 connection, cancel = watched[descriptor]
-                gone = bool(events & CLOSED) or _at_end(connection)
+                gone = bool(events & CLOSED) or peer_closed(connection)
                 with self._lock:  # still the same request's (its descriptor may have been closed and reused)
                     if self._watched.get(descriptor) == (connection, cancel):
-                        # Bytes, not a hang-up: no longer watched, or they would wake the loop again and again.
+                        # Seen, so no longer watched: a hang-up is cancelled below, and bytes left readable would
+                        # wake the loop again and again.
                         del self._watched[descriptor]
                     else:
                         gone = False
                 if gone:
                     cancel.cancel()
-
-
-def _at_end(connection: socket.socket) -> bool:
-    """A readable socket's peer has closed its side (or reset it), not sent bytes."""
-    try:
-        return connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
 
 
 class EngineServer(ThreadingHTTPServer):
