@@ -565,6 +565,9 @@ def test_100_concurrent_async_streams_with_random_stops_leak_nothing(worker_clas
             # A named stream starts the worker's one poller for stops posted elsewhere (kit.threads.stops): it
             # stays for the process's life, so the baseline holds it.
             list(iter_stream(server.url + "chat-stream", chat_body("warm up"), headers={STREAM_ID_HEADER: "w" * 16}))
+            # A Stop that comes before its stream started here is posted to the store for every worker: that
+            # starts the process's one SQLite writer thread, which stays too.
+            httpx.post(server.url + STOP_ROUTE.lstrip("/"), content="n" * 16, timeout=10).raise_for_status()
             baseline = _worker_state(server.url)
             started = time.monotonic()
             outcomes = asyncio.run(_load(server.url, seed=21))
