@@ -12,7 +12,9 @@ import httpx
 import pytest
 
 from kit import create_app
+from kit.pipeline.cancel import CancelToken
 from kit.pipeline.shapes import SHAPES, read_text
+from kit.pipeline.sources import UnreadableItem, texts
 from kit.serving.client import chat_body, stream_chat
 
 
@@ -84,3 +86,13 @@ def test_every_shape_in_the_table_is_named_and_tried_in_order() -> None:
     assert len(set(names)) == len(names)
     # A plain str is read as itself before any structural guess.
     assert read_text("text") == "text" and SHAPES[0].recognises("text")
+
+
+def test_a_stream_stopped_before_its_first_text_is_not_reported_as_an_empty_source(caplog) -> None:  # type: ignore[no-untyped-def]
+    stopped = CancelToken()
+    stopped.cancel()
+    with caplog.at_level(logging.WARNING):
+        assert list(texts(iter([]), cancel=stopped)) == []
+    assert not [r for r in caplog.records if "ended without yielding" in r.getMessage()]
+    with pytest.raises(UnreadableItem, match="ended without yielding anything"):
+        list(texts(iter([]), cancel=CancelToken()))

@@ -135,14 +135,15 @@ class UnreadableItem(ChatError, TypeError):
     status = 502
 
 
-def texts(items: Iterable[Any], usage: Usage | None = None) -> Iterator[str | Role]:
+def texts(items: Iterable[Any], usage: Usage | None = None, cancel: CancelToken | None = None) -> Iterator[str | Role]:
     """Normalise items to non-empty text (Role markers pass as they are); bytes are decoded incrementally,
     so a token that ends inside a UTF-8 sequence is joined with the next one instead of becoming U+FFFD.
     An item's thinking goes into a `Role(THINKING_ROLE)` bubble, and the text after it back into the bubble
     the source chose last (a Role marker is yielded only where the role changes). Token usage that items
     report goes into `usage` (kit.pipeline.usage). Never silent: items no shape fits are skipped with a
     warning naming their type, and a source that
-    ends without any text raises UnreadableItem saying why, so the client gets an error, not an empty bubble.
+    ends without any text raises UnreadableItem saying why, so the client gets an error, not an empty bubble
+    (unless `cancel` was set: a Stop before the first text is no fault of the source).
 
     >>> list(texts([b"caf\\xc3", b"\\xa9", "", " ok"]))
     ['caf', 'é', ' ok']
@@ -191,7 +192,8 @@ def texts(items: Iterable[Any], usage: Usage | None = None) -> Iterator[str | Ro
             produced = True
             yield from ([Role(base)] if current != base else [])
             yield tail
-        if not produced:
+        stopped = cancel is not None and cancel.cancelled  # a Stop before the first text: not an empty reply
+        if not produced and not stopped:
             raise _no_text(count, unread, thought)
     finally:
         close_iterator(iterator)

@@ -37,7 +37,7 @@ def start_pump(items: Iterable[object], cancel: CancelToken, settings: StreamSet
     """
     failure: list[Exception] = []
     usage = Usage()
-    text = scrub_surrogates(thinking_stages(_until_failure(texts(items, usage), failure), settings.thinking))
+    text = scrub_surrogates(thinking_stages(_until_failure(texts(items, usage, cancel), failure), settings.thinking))
     if settings.neutralize_links:
         text = neutralize_links(text)
     pieces = _then_raise(splitter(settings.granularity)(text), failure)
