@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     prod.add_argument("--n-ctx", type=int, help="the engine process's context per slot (default: LlamaSettings)")
     prod.add_argument("--slots", type=int, help="the engine process's slots (default: LlamaSettings)")
     prod.add_argument("--engine-threads", type=int, help="the engine process's llama.cpp threads (default: every core)")
+    prod.add_argument(
+        "--engine-port",
+        type=int,
+        default=0,
+        help="the engine process's loopback port, for /metrics (default: a free one)",
+    )
     _engine_parser(commands)
     doctor = commands.add_parser("doctor", help="check that streaming works through a proxy, a hub or a tunnel")
     doctor.add_argument(
@@ -121,7 +127,7 @@ def _serve_prod(args: argparse.Namespace) -> int:
     elif args.engine or (args.app is None and args.demo in MODEL_DEMOS and not args.no_engine):
         names = {"n_ctx": "n-ctx", "slots": "slots", "engine_threads": "threads"}
         extra = [f"--{option}={value}" for name, option in names.items() if (value := getattr(args, name))]
-        return run_with_engine(command, SupervisedEngine(extra, host="127.0.0.1"))
+        return run_with_engine(command, SupervisedEngine(extra, host="127.0.0.1", port=args.engine_port))
     run(command)
     return 0  # not reached: gunicorn replaces this process
 

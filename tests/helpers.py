@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 _VMRSS = re.compile(r"VmRSS:\s+(\d+) kB")
 
 
@@ -34,3 +36,17 @@ def rss_bytes(pid: int | str = "self") -> int:
 def bubbles(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Messages as the page shows them, without what the kit keeps beside them (issue 27: id, versions, feedback)."""
     return [{k: v for k, v in m.items() if k not in ("id", "versions", "feedback")} for m in messages]
+
+
+def engine_metrics(url: str) -> dict[str, float]:
+    """The engine's `/metrics`, parsed: {name{labels}: value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = httpx.get(url.removesuffix("/v1") + "/metrics", timeout=10)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    figures = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "model")
+            figures[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return figures

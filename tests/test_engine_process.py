@@ -26,7 +26,7 @@ from kit.serving.client import Received, Reply, chat_body, iter_stream, stream_c
 from kit.serving.engine_server import CLOSED, HANG_UP, DisconnectWatcher
 from kit.serving.launcher import SupervisedEngine
 from tests.compat import one_node_graph
-from tests.helpers import wait_until
+from tests.helpers import engine_metrics, wait_until
 
 SLOTS, MAX_QUEUE, N_CTX = 4, 1, 512
 # One llama.cpp thread: on a 2-core machine shared with other runs, two threads' spinning barriers cut the
@@ -95,6 +95,23 @@ def test_llama_source_and_chat_llama_stream_from_it_through_the_kit(engine_url: 
     embedded = demo_chain(ChatLlama(n_ctx=N_CTX, slots=SLOTS, n_threads=THREADS, **GREEDY))
     value = history_input()(reply_history())
     assert chain.invoke(value) == embedded.invoke(value)
+
+
+def test_its_metrics_show_the_slots_the_queue_and_every_token(engine_url: str) -> None:
+    assert wait_until(lambda: health(engine_url)["running"] == 0, timeout=FREED_WITHIN_S)
+    before = engine_metrics(engine_url)
+    assert before["kit_engine_slots"] == SLOTS and before["kit_engine_busy_slots"] == 0
+    assert before["kit_engine_queue_depth"] == 0
+    question = [{"role": "user", "content": "Name three colours."}]
+    body = {"model": "any", "messages": question, **GREEDY}
+    usage = httpx.post(engine_url + "/chat/completions", json=body, timeout=120).json()["usage"]
+    after = engine_metrics(engine_url)
+    generated = after["kit_engine_generated_tokens_total"] - before["kit_engine_generated_tokens_total"]
+    read = after["kit_engine_prompt_tokens_total{origin=read}"] - before["kit_engine_prompt_tokens_total{origin=read}"]
+    assert (generated, read) == (usage["completion_tokens"], usage["prompt_tokens"]) and generated > 0
+    with httpx.stream("POST", engine_url + "/chat/completions", json={**body, "stream": True}, timeout=120) as reply:
+        next(reply.iter_lines())  # the headers and the role chunk: the slot is taken
+        assert wait_until(lambda: engine_metrics(engine_url)["kit_engine_busy_slots"] == 1, timeout=FREED_WITHIN_S)
 
 
 def reply_history() -> list[dict[str, str]]:

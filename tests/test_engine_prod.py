@@ -20,8 +20,9 @@ from flask import Flask
 
 from kit import CancelToken, LlamaSource, create_app
 from kit.serving.client import Received, Reply, chat_body, iter_stream, stream_chat
+from kit.serving.ports import free_port
 from kit.web.blueprint import STREAM_ID_HEADER
-from tests.helpers import wait_until
+from tests.helpers import engine_metrics, wait_until
 from tests.prod_server import WORKER_HEADER, ProdServer, named_by_worker
 
 pytestmark = pytest.mark.timeout(600)
@@ -51,7 +52,9 @@ def server(tmp_path: Path) -> Iterator[ProdServer]:
     app = f"tests.test_engine_prod:engine_app({str(tmp_path / 'threads.sqlite')!r})"
     args = ["--workers", "4", "--app", app, "--engine", "--n-ctx", "1024", "--slots", "8"]
     args += ["--engine-threads", "1"]  # see tests/test_engine_process.py: spinning threads on a shared machine
-    with ProdServer(*args, timeout_s=300) as prod:
+    engine_port = free_port()
+    with ProdServer(*args, "--engine-port", str(engine_port), timeout_s=300) as prod:
+        assert engine_of(prod)[1] == f"http://127.0.0.1:{engine_port}"  # where Prometheus finds its /metrics
         yield prod
 
 
@@ -136,6 +139,13 @@ def test_sixteen_streams_through_four_workers_some_stopped_all_exact(server: Pro
     # Each Stop reached the engine (its generation ended early), and no slot or place is left behind.
     assert wait_until(lambda: health(server)["running"] == 0 and health(server)["in_flight"] == 0, 60)
     assert health(server)["stopped"] - stopped_before == len(stopped)
+    figures = engine_metrics(engine_of(server)[1])  # the engine's own /metrics: the workers' have no engine figures
+    assert (figures["kit_engine_slots"], figures["kit_engine_busy_slots"], figures["kit_engine_queue_depth"]) == (
+        8,
+        0,
+        0,
+    )
+    assert figures["kit_engine_generated_tokens_total"] >= sum(len(stream.text) > 0 for stream in streams)
 
 
 def test_an_engine_killed_mid_stream_is_one_error_per_stream_and_back_for_the_next(server: ProdServer) -> None:

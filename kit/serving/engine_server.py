@@ -3,11 +3,11 @@ streaming chat completions, so that any number of web workers share one model (a
 could stand in its place).
 
 `POST /v1/chat/completions` (`stream: true`: SSE `data:` chunks, `usage` in the last one, then `data: [DONE]`),
-`GET /v1/models`, `GET /health` (slots, running, waiting, in_flight, max_queue). A request is admitted as in
-process (beyond the slots and `max_queue`, a 503 before the first byte), queued fairly, and decoded with the
-others in one batch, with prefix reuse, host-memory states and context shift (kit.model). A client whose
-connection closes (its web worker's Stop, a worker that died) cancels its generation at once: one watcher
-thread waits for a hang-up on every open connection.
+`GET /v1/models`, `GET /health` (slots, running, waiting, in_flight, max_queue), `GET /metrics` (Prometheus: the
+queue, the slots, the tokens). A request is admitted as in process (beyond the slots and `max_queue`, a 503
+before the first byte), queued fairly, and decoded with the others in one batch, with prefix reuse, host-memory
+states and context shift (kit.model). A client whose connection closes (its web worker's Stop, a worker that
+died) cancels its generation at once: one watcher thread waits for a hang-up on every open connection.
 """
 
 from __future__ import annotations
@@ -188,6 +188,8 @@ class EngineHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path in ("/health", "/v1/health"):
             self._json(200, self.server.health())
+        elif self.path == "/metrics":
+            self._metrics()
         elif self.path == "/v1/models":
             model = {"id": self.server.model_name, "object": "model", "owned_by": "kit"}
             self._json(200, {"object": "list", "data": [model]})
@@ -277,10 +279,25 @@ class EngineHandler(BaseHTTPRequestHandler):
         reply = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time())}
         self._json(200, {**reply, "model": self.server.model_name, "choices": [choice], "usage": finish.get("usage")})
 
+    def _metrics(self) -> None:
+        """Prometheus' text format: the queue, the slots and the token counts, as vLLM's and llama.cpp's servers
+        serve theirs (the web workers' /metrics have no engine figures when the engine is elsewhere)."""
+        try:
+            from kit.web.metrics import engine_metrics_text
+
+            data, content_type = engine_metrics_text(self.server.engine.state)
+        except ImportError:
+            message = "metrics need prometheus_client: pip install 'kit[prod]' (or prometheus-client)"
+            self._json(501, {"error": {"message": message, "type": "not_implemented"}})
+            return
+        self._body(200, content_type, data)
+
     def _json(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body, ensure_ascii=False).encode()
+        self._body(status, "application/json", json.dumps(body, ensure_ascii=False).encode())
+
+    def _body(self, status: int, content_type: str, data: bytes) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, g, request
@@ -27,6 +28,15 @@ TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4
 OUTCOMES = {"finished": "finished", "client_gone": "stopped", "failed": "failed"}
 UNKNOWN_MODEL = "unknown"
 _STARTED = "kit_metrics_started"
+# The embedded engine's metrics (name: help, EngineState field), in the web workers' /metrics when the model runs
+# in their process, in the engine process's own /metrics when it runs there (EngineCollector).
+ENGINE_GAUGES = {
+    "kit_engine_queue_depth": ("Generations waiting for a slot", "waiting"),
+    "kit_engine_busy_slots": ("Slots generating now", "running"),
+    "kit_engine_slots": ("Slots of the loaded engines", "slots"),
+}
+PROMPT_TOKENS = ("kit_engine_prompt_tokens", "Prompt tokens, by origin: reused (cached) or read")
+GENERATED_TOKENS = ("kit_engine_generated_tokens", "Tokens the engine generated")
 
 
 class Metrics:
@@ -71,15 +81,11 @@ class Metrics:
             ("route", "outcome"),
         )
         self.active = Gauge("kit_active_streams", "Streams being served now", ("route",), multiprocess_mode="livesum")
-        self.queue = Gauge(
-            "kit_engine_queue_depth", "Generations waiting for a slot", engine, multiprocess_mode="livesum"
+        self.queue, self.busy, self.slots = (
+            Gauge(name, help, engine, multiprocess_mode="livesum") for name, (help, _) in ENGINE_GAUGES.items()
         )
-        self.busy = Gauge("kit_engine_busy_slots", "Slots generating now", engine, multiprocess_mode="livesum")
-        self.slots = Gauge("kit_engine_slots", "Slots of the loaded engines", engine, multiprocess_mode="livesum")
-        self.prompt = Counter(
-            "kit_engine_prompt_tokens", "Prompt tokens, by origin: reused (cached) or read", (*engine, "origin")
-        )
-        self.generated = Counter("kit_engine_generated_tokens", "Tokens the engine generated", engine)
+        self.prompt = Counter(*PROMPT_TOKENS, (*engine, "origin"))
+        self.generated = Counter(*GENERATED_TOKENS, engine)
         self._engines: dict[int, EngineState] = {}
         self._lock = threading.Lock()
         watch_engines(self.engine_changed)
@@ -201,6 +207,39 @@ def metrics_response() -> Response:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+class EngineCollector:
+    """A Prometheus collector of one engine's state, read at each scrape (the engine process's `GET /metrics`):
+    the same names and labels as the web workers' engine metrics."""
+
+    def __init__(self, state: Callable[[], EngineState]) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        state = self.state()
+        for name, (help, field) in ENGINE_GAUGES.items():
+            gauge = GaugeMetricFamily(name, help, labels=["model"])
+            gauge.add_metric([state.model], getattr(state, field))
+            yield gauge
+        prompt = CounterMetricFamily(*PROMPT_TOKENS, labels=["model", "origin"])
+        prompt.add_metric([state.model, "reused"], state.reused_tokens)
+        prompt.add_metric([state.model, "read"], state.prompt_tokens - state.reused_tokens)
+        yield prompt
+        generated = CounterMetricFamily(*GENERATED_TOKENS, labels=["model"])
+        generated.add_metric([state.model], state.generated_tokens)
+        yield generated
+
+
+def engine_metrics_text(state: Callable[[], EngineState]) -> tuple[bytes, str]:
+    """The engine process's `/metrics` body and content type (prometheus_client's text format)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(state))  # type: ignore[arg-type]  # a collector is anything with collect()
+    return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 class ChatMetrics:
