@@ -40,22 +40,23 @@ STOP_TARGET_S = 0.5
 LONG = "Count from 1 to 1000, separated by commas."
 
 
-def app(threads: int = 0, tokens: int = 96, reuse: bool = False) -> Any:
+def app(threads: int = 0, tokens: int = 96, reuse: bool = False, n_ctx: int = 0) -> Any:
     """The app every set-up serves: the embedded model's source (remote when KIT_ENGINE_URL is set); with `reuse`,
-    prefix reuse on and the full context per slot, for long chats."""
+    prefix reuse on and (unless `n_ctx` says otherwise) the full context per slot, for long chats."""
     from kit import LlamaSettings, LlamaSource, create_app
 
     settings = LlamaSettings(max_tokens=tokens, temperature=0, seed=1, repeat_penalty=1.0, prefix_reuse=reuse)
-    return create_app(LlamaSource(settings, n_ctx=4096 if reuse else 1024, n_threads=threads or None))
+    n_ctx = n_ctx or (4096 if reuse else 1024)
+    return create_app(LlamaSource(settings, n_ctx=n_ctx, n_threads=threads or None))
 
 
 @contextmanager
-def in_process(threads: int, tokens: int, reuse: bool = False) -> Iterator[tuple[str, list[int]]]:
+def in_process(threads: int, tokens: int, reuse: bool = False, n_ctx: int = 0) -> Iterator[tuple[str, list[int]]]:
     """`kit serve`-style: one werkzeug process holding the model; yields its URL and pid."""
     port = free_port()
     code = (
         "import sys; from bench.bench_engine_process import app; from kit.serving.server import bind, serve_forever; "
-        f"a = app({threads}, {tokens}, {reuse}); serve_forever(bind(a, '127.0.0.1', {port}))"
+        f"a = app({threads}, {tokens}, {reuse}, {n_ctx}); serve_forever(bind(a, '127.0.0.1', {port}))"
     )
     with _child([sys.executable, "-c", code], f"http://127.0.0.1:{port}/") as process:
         yield f"http://127.0.0.1:{port}/", [process.pid]

@@ -2,7 +2,8 @@
 
 The peer is `llama-server`, built by scripts/ensure-llama-server.sh from the llama.cpp sources that the pinned
 llama-cpp-python sdist carries, with the same flags (cached; the first build takes minutes), run with `-np 8
---cont-batching -fa on`, the same model and threads. The kit runs in process (`kit serve`-style). Rounds
+--cont-batching -fa on`, the same model and threads. The kit runs in process (`kit serve`-style). Both cache
+prompts as they ship (llama-server's `cache_prompt`, the kit's prefix reuse), with 1,024 tokens per slot. Rounds
 alternate between the two; tokens are counted with the model's tokenizer on the text each user received.
 
 The 20-turn chat sends each turn with the whole history before it, as a chat page does: time to first text per
@@ -111,7 +112,10 @@ def run(runs: int, tokens: int, turns: int, threads: int) -> dict[str, Any]:
     peer = peer_texts_for(tokens)
     setups: dict[str, tuple[Callable[[], Any], Texts]] = {
         "llama-server": (lambda: llama_server(binary, threads, 1024), peer),
-        "kit (in process)": (lambda: _kit(threads, tokens, reuse=False), kit_texts),
+        # Both as shipped, prompt caching on: llama-server's cache_prompt reads only what a slot's last prompt
+        # does not share (24 of these prompts' 46 tokens: the system prompt and "Write a long story about a
+        # dragon number"), so the kit's prefix reuse does the same; the same 1,024 tokens per slot.
+        "kit (in process)": (lambda: _kit(threads, tokens, reuse=True, n_ctx=1024), kit_texts),
     }
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in setups}
     for _ in range(runs):
@@ -126,8 +130,8 @@ def run(runs: int, tokens: int, turns: int, threads: int) -> dict[str, Any]:
 
 
 @contextmanager
-def _kit(threads: int, tokens: int, reuse: bool) -> Iterator[str]:
-    with in_process(threads, tokens, reuse) as (url, _):
+def _kit(threads: int, tokens: int, reuse: bool, n_ctx: int = 0) -> Iterator[str]:
+    with in_process(threads, tokens, reuse, n_ctx) as (url, _):
         yield url
 
 
@@ -150,7 +154,8 @@ def describe(results: dict[str, Any]) -> str:
     lines = [
         f"### The peer: llama.cpp's own server\n\nllama-server built from llama-cpp-python {LLAMA_CPP_VERSION}'s "
         f"llama.cpp with the kit's flags, `-np 8 --cont-batching -fa on -t {results['threads']}`, against the kit in "
-        f"process; {results['tokens']}-token greedy replies, medians of {results['runs']} alternating rounds.",
+        f"process, both caching prompts (`cache_prompt`, prefix reuse); {results['tokens']}-token greedy replies, "
+        f"medians of {results['runs']} alternating rounds.",
         "",
         "| server | 1 user tokens/s | 8 users tokens/s (min-max) | 8 ÷ 1 | 8 users ÷ llama-server's | "
         "8 users first text max s |",
