@@ -41,23 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     prod.add_argument("--threads", type=int, default=32, help="threads per worker = open streams (default: 32)")
     prod.add_argument("--app", help="serve your own app instead of a demo: MODULE:VARIABLE or MODULE:FACTORY(ARGS)")
-    engine = prod.add_mutually_exclusive_group()
-    engine.add_argument(
-        "--engine",
-        action="store_true",
-        help="one engine process for the model beside the workers (default for the model demos; for --app, ask)",
-    )
-    engine.add_argument("--no-engine", action="store_true", help="each worker loads its own model instead")
-    engine.add_argument("--engine-url", help="point the workers at this OpenAI-compatible server (.../v1) instead")
-    prod.add_argument("--n-ctx", type=int, help="the engine process's context per slot (default: LlamaSettings)")
-    prod.add_argument("--slots", type=int, help="the engine process's slots (default: LlamaSettings)")
-    prod.add_argument("--engine-threads", type=int, help="the engine process's llama.cpp threads (default: every core)")
-    prod.add_argument(
-        "--engine-port",
-        type=int,
-        default=0,
-        help="the engine process's loopback port, for /metrics (default: a free one)",
-    )
+    _engine_options(prod)
     _engine_parser(commands)
     doctor = commands.add_parser("doctor", help="check that streaming works through a proxy, a hub or a tunnel")
     doctor.add_argument(
@@ -82,6 +66,27 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--cookie", help="cookies to send, as a browser does: 'a=b; c=d'")
     feedback_export.add_parser(commands)  # issue 27
     return parser
+
+
+def _engine_options(prod: argparse._ArgumentGroup) -> None:
+    """`serve --prod`'s options for its engine process (or another server, or a model in every worker)."""
+    engine = prod.add_mutually_exclusive_group()
+    engine.add_argument(
+        "--engine",
+        action="store_true",
+        help="one engine process for the model beside the workers (default for the model demos; for --app, ask)",
+    )
+    engine.add_argument("--no-engine", action="store_true", help="each worker loads its own model instead")
+    engine.add_argument("--engine-url", help="point the workers at this OpenAI-compatible server (.../v1) instead")
+    prod.add_argument("--n-ctx", type=int, help="the engine process's context per slot (default: LlamaSettings)")
+    prod.add_argument("--slots", type=int, help="the engine process's slots (default: LlamaSettings)")
+    prod.add_argument("--engine-threads", type=int, help="the engine process's llama.cpp threads (default: every core)")
+    prod.add_argument(
+        "--engine-port",
+        type=int,
+        default=0,
+        help="the engine process's loopback port, for /metrics (default: a free one)",
+    )
 
 
 def _engine_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -141,9 +141,8 @@ def texts(items: Iterable[Any], usage: Usage | None = None, cancel: CancelToken 
     An item's thinking goes into a `Role(THINKING_ROLE)` bubble, and the text after it back into the bubble
     the source chose last (a Role marker is yielded only where the role changes). Token usage that items
     report goes into `usage` (kit.pipeline.usage). Never silent: items no shape fits are skipped with a
-    warning naming their type, and a source that
-    ends without any text raises UnreadableItem saying why, so the client gets an error, not an empty bubble
-    (unless `cancel` was set: a Stop before the first text is no fault of the source).
+    warning naming their type, and a source that ends without any text raises UnreadableItem saying why, so
+    the client gets an error, not an empty bubble (unless `cancel` was set: a Stop is no fault of the source).
 
     >>> list(texts([b"caf\\xc3", b"\\xa9", "", " ok"]))
     ['caf', 'é', ' ok']
@@ -192,8 +191,7 @@ def texts(items: Iterable[Any], usage: Usage | None = None, cancel: CancelToken 
             produced = True
             yield from ([Role(base)] if current != base else [])
             yield tail
-        stopped = cancel is not None and cancel.cancelled  # a Stop before the first text: not an empty reply
-        if not produced and not stopped:
+        if not produced and not (cancel is not None and cancel.cancelled):
             raise _no_text(count, unread, thought)
     finally:
         close_iterator(iterator)
