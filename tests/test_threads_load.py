@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from kit import create_app
 from kit.serving.client import chat_body
 from kit.threads.ids import THREAD_ID_HEADER, new_thread_id
+from kit.threads.runs import REFRESH_S
 from kit.threads.store import SqliteThreadStore
 from tests.helpers import bubbles
 
@@ -58,13 +60,16 @@ def test_hundreds_of_new_conversations_at_once_on_sqlite_all_finish_whole(  # ty
     assert store.writer.writes - writes == WRITES_PER_RUN  # was 7, each its own commit
     threads = [new_thread_id() for _ in range(STREAMS)]
     writes, commits = store.writer.writes, store.writer.commits
+    started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="kit"):
         replies = asyncio.run(wave(url, threads))
+    # A run still going after REFRESH_S refreshes its claim (one more write): on a loaded machine, some do.
+    refreshes = int((time.monotonic() - started) // REFRESH_S)
     assert [status for status, _ in replies] == [200] * STREAMS
     lost = [record.getMessage() for record in caplog.records if record.name.startswith("kit")]
     assert lost == []  # no "database is locked", no write lost
     assert all(text.count('"text"') == len(TOKENS) for _, text in replies)
-    assert store.writer.writes - writes == WRITES_PER_RUN * STREAMS
+    assert WRITES_PER_RUN * STREAMS <= store.writer.writes - writes <= (WRITES_PER_RUN + refreshes) * STREAMS
     assert store.writer.commits - commits < STREAMS  # writes of many runs share each commit
     with sqlite3.connect(store.path) as connection:
         kept = dict(connection.execute("SELECT thread_id, COUNT(*) FROM kit_thread_messages GROUP BY thread_id"))
