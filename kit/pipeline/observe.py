@@ -52,6 +52,11 @@ class EngineState:
     reused_tokens: int  # ... whose cells were already there (prefix reuse)
     generated_tokens: int
 
+    @property
+    def read_tokens(self) -> int:
+        """Prompt tokens the engine had to read (not reused)."""
+        return self.prompt_tokens - self.reused_tokens
+
 
 EngineWatcher = Callable[[int, EngineState], None]
 """Called with an engine's id and its state whenever its queue or slots change (keep it short)."""

@@ -81,9 +81,10 @@ class Metrics:
             ("route", "outcome"),
         )
         self.active = Gauge("kit_active_streams", "Streams being served now", ("route",), multiprocess_mode="livesum")
-        self.queue, self.busy, self.slots = (
-            Gauge(name, help, engine, multiprocess_mode="livesum") for name, (help, _) in ENGINE_GAUGES.items()
-        )
+        self.engine_gauges = {  # by the EngineState field each shows
+            field: Gauge(name, text, engine, multiprocess_mode="livesum")
+            for name, (text, field) in ENGINE_GAUGES.items()
+        }
         self.prompt = Counter(*PROMPT_TOKENS, (*engine, "origin"))
         self.generated = Counter(*GENERATED_TOKENS, engine)
         self._engines: dict[int, EngineState] = {}
@@ -105,7 +106,7 @@ class Metrics:
             if before is not None or state.prompt_tokens or state.generated_tokens:
                 last = before or EngineState(model, 0, 0, 0, 0, 0, 0)
                 reused = state.reused_tokens - last.reused_tokens
-                read = (state.prompt_tokens - state.reused_tokens) - (last.prompt_tokens - last.reused_tokens)
+                read = state.read_tokens - last.read_tokens
                 generated = state.generated_tokens - last.generated_tokens
                 for counter, value in (
                     (self.prompt.labels(model, "reused"), reused),
@@ -115,9 +116,8 @@ class Metrics:
                     if value > 0:
                         counter.inc(value)
             same = [s for s in self._engines.values() if s.model == model]
-            self.queue.labels(model).set(sum(s.waiting for s in same))
-            self.busy.labels(model).set(sum(s.running for s in same))
-            self.slots.labels(model).set(sum(s.slots for s in same))
+            for field, gauge in self.engine_gauges.items():
+                gauge.labels(model).set(sum(getattr(s, field) for s in same))
 
 
 _metrics: Metrics | None = None
@@ -226,7 +226,7 @@ class EngineCollector:
             yield gauge
         prompt = CounterMetricFamily(*PROMPT_TOKENS, labels=["model", "origin"])
         prompt.add_metric([state.model, "reused"], state.reused_tokens)
-        prompt.add_metric([state.model, "read"], state.prompt_tokens - state.reused_tokens)
+        prompt.add_metric([state.model, "read"], state.read_tokens)
         yield prompt
         generated = CounterMetricFamily(*GENERATED_TOKENS, labels=["model"])
         generated.add_metric([state.model], state.generated_tokens)
