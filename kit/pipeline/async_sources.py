@@ -218,38 +218,23 @@ def iterate(
 class _Handoff:
     """The bounded queue between the source's task and the consumer thread. A full queue (a client reading
     slowly) makes the task wait without holding the loop, which runs every other stream too, and the consumer
-    wakes it as soon as it takes an item (polling instead capped a fast source at a queue per poll).
-
-    A SimpleQueue bounded by two counters, as the pump's (kit.pipeline.pump): queue.Queue's condition variables
-    cost five times its hand-off. The loop's thread puts and counts puts, the consumer's counts takes.
-    """
+    wakes it as soon as it takes an item (polling instead capped a fast source at a queue per poll)."""
 
     def __init__(self, size: int) -> None:
-        self.items: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._size = size
-        self._put_count = self._taken_count = 0
+        self.items: queue.Queue[Any] = queue.Queue(maxsize=size)
         self._waiting = False  # the task waits for room: the consumer's next take wakes it
         self._room: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _offer(self, item: Any) -> bool:
-        """Queue `item` if there is room (in the loop's thread); False when the queue is full."""
-        if self._put_count - self._taken_count >= self._size:
-            return False
-        self._put_count += 1
-        self.items.put(item)
-        return True
-
     def ended(self, task: asyncio.Task[Any]) -> None:
         """The task ended. A cancelled one put no ending of its own: the reader learns of it now, not at its
-        next poll, so the producer thread ends with the source (a full queue: the reader's poll sees the
-        cancelled token)."""
+        next poll, so the producer thread ends with the source."""
         if task.cancelled():
-            self._offer(Failed(StreamStopped("The reply was stopped before it finished.")))
+            with contextlib.suppress(queue.Full):  # a full queue: the reader's poll sees the cancelled token
+                self.items.put_nowait(Failed(StreamStopped("The reply was stopped before it finished.")))
 
     def taken(self) -> None:
         """Called by the consumer thread after each item it takes."""
-        self._taken_count += 1
         if self._waiting and self._loop is not None and self._room is not None:
             self._waiting = False
             with contextlib.suppress(RuntimeError):  # the loop closed with the interpreter
@@ -258,16 +243,21 @@ class _Handoff:
     async def put(self, item: Any) -> None:
         """Called by the task; returns once the item is queued, however long the consumer takes."""
         while True:
-            if self._offer(item):
+            try:
+                self.items.put_nowait(item)
                 return
+            except queue.Full:
+                pass
             if self._room is None:
                 self._room, self._loop = asyncio.Event(), asyncio.get_running_loop()
             self._room.clear()
             self._waiting = True
-            if self._offer(item):  # the consumer may have taken an item before it could see the flag
+            try:  # the consumer may have taken an item before it could see the flag: try once more
+                self.items.put_nowait(item)
                 self._waiting = False
                 return
-            await self._room.wait()  # cancelled here too, when Stop comes while the queue is full
+            except queue.Full:
+                await self._room.wait()  # cancelled here too, when Stop comes while the queue is full
 
 
 async def _drain(stream: AsyncIterable[Any], handoff: _Handoff, owned: bool) -> None:
