@@ -187,8 +187,9 @@ def _ollama_lines(key: str, model: str = "peer") -> Iterator[dict[str, Any]]:
     yield {**line("", True), "done_reason": "stop"}
 
 
-def peer_app(stats: PeerStats) -> Flask:
-    """One Flask app answering every peer route with `PEER_ANSWER`, whatever was asked."""
+def peer_app(stats: PeerStats, piece_delay_s: float = PIECE_DELAY_S) -> Flask:
+    """One Flask app answering every peer route with `PEER_ANSWER`, whatever was asked, an event per
+    `piece_delay_s`."""
     app = Flask("sdk_peers")
 
     def streamed(events: Iterator[dict[str, Any]], render: Callable[[dict[str, Any]], str], mimetype: str) -> Response:
@@ -197,7 +198,7 @@ def peer_app(stats: PeerStats) -> Flask:
             try:
                 for event in events:
                     yield render(event)
-                    time.sleep(PIECE_DELAY_S)
+                    time.sleep(piece_delay_s)
                 completed = True
             finally:
                 stats.record(completed=completed)

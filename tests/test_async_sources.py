@@ -605,7 +605,9 @@ class _peer:
     def __init__(self, stats: PeerStats) -> None:
         from kit.serving.server import BackgroundServer
 
-        self._server = BackgroundServer(peer_app(stats))
+        # A stream lasts about 2 s: a loaded machine (100 streams, their client and this peer sharing 2 cores) can
+        # leave the client a second behind what the worker has read, and a Stop must still find its source running.
+        self._server = BackgroundServer(peer_app(stats, piece_delay_s=0.06))
 
     def __enter__(self) -> str:
         return self._server.url.rstrip("/")
