@@ -6,6 +6,7 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -139,6 +140,47 @@ def test_a_hundred_random_cancels_leave_no_slot_stray_cells_or_thread_behind(eng
     assert all(llama_cpp.llama_memory_seq_pos_max(memory, seq) == len(cells[seq]) - 1 for seq in range(engine.slots))
     assert wait_until(lambda: threading.active_count() <= threads_before, timeout=10)
     assert "".join(engine.chat(user("What is 2+2?"), **GREEDY))  # the engine still serves
+
+
+def _start_in_order(engine: Engine, words: list[str]) -> tuple[list[int], list[tuple[str, Any]]]:
+    """Start a reply for each word, one after another (each holds its slot before the next is asked): the slots
+    they got, in that order, and the replies still streaming."""
+    scheduler = engine._scheduler
+    assert scheduler is not None
+    seqs, streams = [], []
+    for word in words:
+        request = engine.request(echo(word), reuse=True, **GREEDY)
+        chunks = engine.run(request)
+        next(chunks)  # the role chunk: the request holds a slot now
+        seqs.append(next(slot.seq for slot in scheduler._running.values() if slot.request is request))
+        streams.append((word, chunks))
+    return seqs, streams
+
+
+def _texts(chunks: Any) -> str:
+    return "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks)
+
+
+def test_a_step_decodes_its_slots_in_the_order_of_their_sequences(engine: Engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """llama.cpp puts only consecutive sequence ids in one ubatch: slots that prefix reuse gave back in another
+    order than they started (each conversation to the slot that holds it) are still one decode a step."""
+    scheduler = engine._scheduler
+    assert scheduler is not None
+    first, streams = _start_in_order(engine, WORDS)
+    for _, chunks in streams:
+        _texts(chunks)
+    orders: list[list[int]] = []
+    fill = scheduler._fill
+    monkeypatch.setattr(scheduler, "_fill", lambda entries: (orders.append([e[2] for e in entries]), fill(entries)))
+    again, streams = _start_in_order(engine, WORDS[::-1])
+    with ThreadPoolExecutor(len(streams)) as pool:
+        replies = dict(zip([w for w, _ in streams], pool.map(_texts, [c for _, c in streams]), strict=True))
+    monkeypatch.undo()
+    assert sorted(again) == sorted(first) and again == [first[WORDS.index(w)] for w in WORDS[::-1]]  # own slots
+    assert again != sorted(again)  # so they started in another order than their sequences'
+    assert max(len(order) for order in orders) == len(WORDS)  # every slot decoded in one step at least once
+    assert [order for order in orders if order != sorted(order)] == []
+    assert all(word in reply.lower() for word, reply in replies.items()), replies
 
 
 def test_a_grammar_constrains_the_reply(engine: Engine) -> None:

@@ -335,7 +335,10 @@ class Scheduler:
                 log.info("generation stopped: its client left")
                 self.stopped += 1
                 self._finish(slot)
-            slots = list(self._running.values())
+            # In the order of their sequence ids: with a KV stream per sequence, llama.cpp puts only a run of
+            # consecutive ids in one ubatch (split_equal, sequential), so slots in the order they started (a
+            # permutation, once prefix reuse chooses them) made a step several graph computations, up to one a slot.
+            slots = sorted(self._running.values(), key=lambda slot: slot.seq)
         if not slots:
             return
         entries: list[tuple[int, int, int, bool]] = []
