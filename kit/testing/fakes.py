@@ -41,9 +41,9 @@ class ScriptedSource:
         return self._run(cancel)
 
     def _run(self, cancel: CancelToken) -> Iterator[str]:
+        completed = False
         try:
             if self.silence_before_s and cancel.wait(self.silence_before_s):
-                self.cancelled += 1
                 return
             start = time.monotonic()
             for index, piece in enumerate(self.pieces):
@@ -52,11 +52,14 @@ class ScriptedSource:
                 # An absolute schedule: sleep overheads do not add up, so the rate is the one asked for.
                 wait = start + index * self.delay_s - time.monotonic()
                 if wait > 0 and cancel.wait(wait):
-                    self.cancelled += 1
                     return
                 yield piece
             self.completed += 1
+            completed = True
         finally:
+            # A cancel ends the run in a wait, or while a piece is being handed on (the pump then closes the
+            # generator at its `yield`): both are a cancelled run.
+            self.cancelled += not completed and cancel.cancelled
             self.closed += 1
 
 
