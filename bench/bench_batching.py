@@ -8,6 +8,7 @@ chat-templated prompts read in full batches, then their replies decoded together
 from asking (what a server at the hardware's limit gives N users asking at once, the same work as the kit's).
 
     python -m bench.bench_batching [--sequences 1 4 8 16] [--threads 1 2] [--tokens 96] [--runs 3]
+    python -m bench.bench_batching --serve [--threads 2] [--tokens 96]   # takes turns with a server being measured
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -153,14 +155,11 @@ def prefill_seconds(prompts: list[list[int]], threads: int) -> float:
 
 def run(sequences: list[int], threads: list[int], tokens: int, runs: int) -> dict[str, Any]:
     """Aggregate tokens/s (median and spread over `runs`) for each thread count and sequence count."""
-    native = NativeModel(str(default_model_path()))
-    prompt = native.tokenize(f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n")
-    chats = [native.tokenize(templated(text)) for text in USER_PROMPTS]
+    native, prompt, chats = _prompts()
     results: dict[str, Any] = {}
     for n_threads in threads:
         for n_seq in sequences:
-            longest = max(len(prompt), *(len(chat) for chat in chats[:n_seq]))
-            ctx = native.context(n_ctx=n_seq * (longest + tokens + 8), n_seq=n_seq, threads=n_threads)
+            ctx = _context(native, prompt, chats[:n_seq], tokens, n_threads)
             try:
                 figures = [decode_loop(native, ctx, prompt, n_seq, tokens) for _ in range(runs)]
                 served = [served_loop(native, ctx, chats[:n_seq], tokens) for _ in range(runs)]
@@ -177,6 +176,38 @@ def run(sequences: list[int], threads: list[int], tokens: int, runs: int) -> dic
     return results
 
 
+def _prompts() -> tuple[NativeModel, list[int], list[list[int]]]:
+    """The model, decode_loop's prompt and the users' chat-templated prompts, as tokens."""
+    native = NativeModel(str(default_model_path()))
+    prompt = native.tokenize(f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n")
+    return native, prompt, [native.tokenize(templated(text)) for text in USER_PROMPTS]
+
+
+def _context(native: NativeModel, prompt: list[int], chats: list[list[int]], tokens: int, threads: int) -> Any:
+    """A context just large enough for len(chats) sequences of the longest prompt and `tokens` more."""
+    longest = max(len(prompt), *(len(chat) for chat in chats))
+    return native.context(n_ctx=len(chats) * (longest + tokens + 8), n_seq=len(chats), threads=threads)
+
+
+def serve(threads: int, tokens: int) -> None:
+    """Answer each line of stdin, a number of users N, with one JSON line: serving N users' prompts
+    ("served_tokens_per_s", "served_first_s") and, for one user, decoding alone ("tokens_per_s"). The model and
+    contexts stay loaded between lines, so a benchmark can take turns between this limit and the servers it
+    measures, seconds apart."""
+    native, prompt, chats = _prompts()
+    contexts: dict[int, Any] = {}
+    for line in sys.stdin:
+        users = int(line)
+        if users not in contexts:
+            contexts[users] = _context(native, prompt, chats[:users], tokens, threads)
+        ctx = contexts[users]
+        served = served_loop(native, ctx, chats[:users], tokens)
+        figures = {"served_tokens_per_s": served["tokens_per_s"], "served_first_s": served["first_s"]}
+        if users == 1:
+            figures["tokens_per_s"] = decode_loop(native, ctx, prompt, users, tokens)
+        print(json.dumps(figures), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sequences", type=int, nargs="+", default=[1, 4, 8, 16])
@@ -184,7 +215,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument("--serve", action="store_true", help="answer numbers of users on stdin (one thread count)")
     args = parser.parse_args()
+    if args.serve:
+        return serve(args.threads[0], args.tokens)
     results = run(args.sequences, args.threads, args.tokens, args.runs)
     print("threads  sequences  decoding tokens/s (median, min-max)  serving tokens/s  first tokens s")
     for row in results.values():

@@ -2,8 +2,9 @@
 behind 4 gunicorn workers, against the bare batched llama.cpp loop in the same run; memory of one engine
 process against workers each holding a model; Stop to a free engine slot through a source, a chain, a graph.
 
-Every figure comes from the same run, rounds alternating between the three set-ups (the bare loop in a process
-of its own, as bench_users does: two llama.cpp contexts in one process spin against each other). Tokens are
+Every figure comes from the same run: the three set-ups are up at once (the bare loop in a process of its own, as
+bench_users does: two llama.cpp contexts in one process spin against each other) and take turns, 1 user on each,
+then 8 on each, `--runs` x `--replies` times, so that the ratios compare figures taken seconds apart. Tokens are
 counted with the model's tokenizer on the text each user received (greedy replies of `--tokens` tokens).
 
     python -m bench.bench_engine_process [--runs 3] [--replies 3] [--tokens 96] [--threads N] [--json out.json]
@@ -19,7 +20,6 @@ import secrets
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_users import PROMPTS
-from bench.measure import ROOT, report, shared_client, stop_child, summary
+from bench.measure import ROOT, alternating_rounds, report, shared_client, stop_child, summary
 from kit.serving.client import chat_body, iter_stream
 from kit.serving.ports import free_port, wait_until_answering
 
@@ -166,30 +166,40 @@ def users_round(url: str, users: int, tokenize: Callable[[str], int], texts: Tex
     }
 
 
-def median_round(url: str, users: int, replies: int, tokenize: Callable[[str], int]) -> dict[str, float]:
-    """`users_round` `replies` times one after another: the figures of the median one by tokens/s (one 1.5 s reply
-    moved by 20% from one to the next on a shared 2-core machine)."""
-    results = [users_round(url, users, tokenize) for _ in range(replies)]
-    return sorted(results, key=lambda r: r["tokens_per_s"])[len(results) // 2]
+@contextmanager
+def bare_loop(threads: int, tokens: int) -> Iterator[Callable[[int], dict[str, float]]]:
+    """bench_batching's bare greedy loop in a process of its own (two llama.cpp contexts in one process spin against
+    each other), kept loaded: yields a function of N users giving its figures for serving their prompts from asking
+    to the last token ("tokens_per_s", and for 8 "ttft_max_s": when the prompts were read) and, for one, decoding
+    alone ("decode_tokens_per_s")."""
+    command = [
+        sys.executable,
+        "-m",
+        "bench.bench_batching",
+        "--serve",
+        "--threads",
+        str(threads),
+        "--tokens",
+        str(tokens),
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert process.stdin is not None and process.stdout is not None
+    stdin, stdout = process.stdin, process.stdout
 
+    def measure(users: int) -> dict[str, float]:
+        stdin.write(f"{users}\n")
+        stdin.flush()
+        figures = json.loads(stdout.readline())
+        served = {"tokens_per_s": figures["served_tokens_per_s"], "ttft_max_s": figures["served_first_s"]}
+        return served | ({"decode_tokens_per_s": figures["tokens_per_s"]} if "tokens_per_s" in figures else {})
 
-def bare_loop(threads: int, tokens: int, replies: int = 1) -> dict[str, float]:
-    """bench_batching's bare greedy loop, 1 and 8 sequences, in a process of its own: decoding alone ("1", "8")
-    and serving the same prompts from asking to the last token ("served 1", "served 8", "first 8"), medians of
-    `replies` runs."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, "-m", "bench.bench_batching", "--sequences", "1", "8", "--threads", str(threads)]
-        command += ["--tokens", str(tokens), "--runs", str(replies), "--json", out.name]
-        subprocess.run(command, cwd=ROOT, check=True)
-        figures = json.loads(Path(out.name).read_text())
-    one, eight = figures[f"{threads}x1"], figures[f"{threads}x8"]
-    return {
-        "1": one["tokens_per_s"],
-        "8": eight["tokens_per_s"],
-        "served 1": one["served_tokens_per_s"],
-        "served 8": eight["served_tokens_per_s"],
-        "first 8": eight["served_first_s"],
-    }
+    try:
+        for users in (1, 8):  # its contexts made and warm, as the servers' warm replies
+            measure(users)
+        yield measure
+    finally:
+        stdin.close()
+        process.wait(30)
 
 
 def stop_to_free_slot(engine_root: str, runs: int) -> dict[str, dict[str, float]]:
@@ -243,8 +253,8 @@ def _stop_once(url: str, engine_root: str) -> float:
 
 
 def run(runs: int, tokens: int, threads: int, replies: int = 3) -> dict[str, Any]:
-    """Rounds alternating between the bare loop, the kit in process and the kit behind 4 workers; in each, 1 and 8
-    users' figures are the median of `replies` rounds (the bare loop's too)."""
+    """The bare loop, the kit in process and the kit behind 4 workers all up at once, taking turns: `runs` x
+    `replies` rounds of 1 user, then 8, on each (bench.measure.alternating_rounds); then memory, and Stop."""
     from llama_cpp import Llama
 
     from kit.model.settings import default_model_path
@@ -254,25 +264,21 @@ def run(runs: int, tokens: int, threads: int, replies: int = 3) -> dict[str, Any
     def tokenize(text: str) -> int:
         return len(vocab.tokenize(text.encode(), add_bos=False, special=False))
 
-    rounds: dict[str, list[dict[str, Any]]] = {"bare loop": [], "in process": [], "engine process, 4 workers": []}
-    memory: dict[str, float] = {}
-    stops: dict[str, Any] = {}
-    for index in range(runs):
-        bare = bare_loop(threads, tokens, replies)
-        eight = {"tokens_per_s": bare["served 8"], "decode_tokens_per_s": bare["8"], "ttft_max_s": bare["first 8"]}
-        one = {"tokens_per_s": bare["served 1"], "decode_tokens_per_s": bare["1"]}
-        rounds["bare loop"].append({"1": one, "8": eight})
-        for name, setup in (("in process", in_process), ("engine process, 4 workers", behind_gunicorn)):
-            with setup(threads, tokens) as (url, pids):
-                rounds[name].append({str(n): median_round(url, n, replies, tokenize) for n in (1, 8)})
-                family = _family(pids[0])
-                memory[name] = rss_mb(family)
-                if name != "in process":
-                    engine = engine_pid(family)
-                    memory["engine process alone"] = rss_mb([engine])
-                    if index == runs - 1:
-                        root = _engine_root(engine)
-                        stops = stop_to_free_slot(root, runs)
+    def over_http(url: str) -> Callable[[int], dict[str, float]]:
+        return lambda users: users_round(url, users, tokenize)
+
+    with contextlib.ExitStack() as stack:
+        bare = stack.enter_context(bare_loop(threads, tokens))
+        in_process_url, in_process_pids = stack.enter_context(in_process(threads, tokens))
+        workers_url, workers_pids = stack.enter_context(behind_gunicorn(threads, tokens))
+        measures = {"bare loop": bare, "in process": over_http(in_process_url)}
+        measures["engine process, 4 workers"] = over_http(workers_url)
+        rounds = alternating_rounds(measures, (1, 8), runs * replies)
+        family = _family(workers_pids[0])
+        engine = engine_pid(family)
+        memory = {"in process": rss_mb(_family(in_process_pids[0])), "engine process, 4 workers": rss_mb(family)}
+        memory["engine process alone"] = rss_mb([engine])
+        stops = stop_to_free_slot(_engine_root(engine), runs)
     return {
         "runs": runs, "replies": replies, "tokens": tokens, "threads": threads,
         "rounds": rounds, "memory_mb": memory, "stop": stops,
@@ -308,9 +314,9 @@ def describe(results: dict[str, Any]) -> str:
     rows = figures(results)
     lines = [
         f"One model for every worker ({results['threads']} llama.cpp threads, {results['tokens']}-token greedy "
-        f"replies, medians of {results['runs']} rounds alternating between set-ups, each round's figures the median "
-        f"of {results.get('replies', 1)} replies one after another; the machine was shared with "
-        "other work, so compare the ratios, measured in the same rounds, rather than the absolute rates).",
+        f"replies, medians of {len(next(iter(results['rounds'].values())))} rounds, the three set-ups up at once and "
+        "taking turns reply by reply; the machine was shared with other work, so compare the ratios, measured "
+        "seconds apart, rather than the absolute rates).",
         "",
         "| set-up | 1 user tokens/s | 8 users tokens/s | gain | gain ÷ bare loop's | 1 user ÷ bare loop | "
         "1 user decoding ÷ bare loop's | 8 users first text max s |",
@@ -346,7 +352,7 @@ def describe(results: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--replies", type=int, default=3, help="replies of 1 and 8 users a round (its median counts)")
+    parser.add_argument("--replies", type=int, default=3, help="rounds per run (runs also count Stop's repeats)")
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", help="write the figures to this file")

@@ -128,3 +128,26 @@ def stop_child(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+Figures = dict[str, float]
+
+
+def alternating_rounds(
+    measures: dict[str, Callable[[int], Figures]], users: Sequence[int], rounds: int
+) -> dict[str, list[dict[str, Figures]]]:
+    """Every set-up measured with each number of users, `rounds` times over, the set-ups taking turns within a
+    round (who goes first rotating): each one's figures come from the same minutes of a shared machine, whose speed
+    drifts by 20% from one minute to the next here. Per set-up: a list of rounds, each {"1": figures, ...}."""
+    names = list(measures)
+    results: dict[str, list[dict[str, Figures]]] = {name: [] for name in names}
+    for index in range(rounds):
+        first = index % len(names)
+        order = names[first:] + names[:first]
+        figures: dict[str, dict[str, Figures]] = {name: {} for name in names}
+        for count in users:
+            for name in order:
+                figures[name][str(count)] = measures[name](count)
+        for name in names:
+            results[name].append(figures[name])
+    return results
