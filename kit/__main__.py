@@ -98,6 +98,9 @@ def _engine_parser(commands: argparse._SubParsersAction) -> None:  # type: ignor
     engine.add_argument("--slots", type=int, help="generations decoded together")
     engine.add_argument("--max-queue", type=int, help="requests waiting beyond the slots before a 503")
     engine.add_argument("--threads", type=int, help="llama.cpp threads (default: every core)")
+    engine.add_argument(
+        "--coalesce-ms", type=float, help="join a reply's text coming within this window into one chunk (default: 16)"
+    )
 
 
 def _engine(args: argparse.Namespace) -> int:
@@ -105,7 +108,7 @@ def _engine(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     given = {"model_path": args.model, "n_ctx": args.n_ctx, "slots": args.slots, "max_queue": args.max_queue}
-    given["n_threads"] = args.threads
+    given |= {"n_threads": args.threads, "coalesce_ms": args.coalesce_ms}
     run_engine(args.host, args.port, **{key: value for key, value in given.items() if value is not None})
     return 0
 

@@ -97,6 +97,21 @@ def test_llama_source_and_chat_llama_stream_from_it_through_the_kit(engine_url: 
     assert chain.invoke(value) == embedded.invoke(value)
 
 
+def test_text_within_the_coalescing_window_comes_as_one_chunk_and_the_first_at_once(engine_url: str) -> None:
+    def content_chunks(extra: dict[str, Any]) -> list[str]:
+        body = {"messages": [{"role": "user", "content": LONG}], "stream": True, **GREEDY, **extra}
+        with httpx.stream("POST", engine_url + "/chat/completions", json=body, timeout=120) as response:
+            events = [e for e in sse_events(response) if e != "[DONE]"]
+        return [e["choices"][0]["delta"]["content"] for e in events if e["choices"][0]["delta"].get("content")]
+
+    every_token = content_chunks({"coalesce_ms": 0})
+    grouped = content_chunks({"coalesce_ms": 1000})  # the first text at once, the rest by the second or the end
+    assert len(every_token) >= 20 and "".join(grouped) == "".join(every_token)
+    assert 2 <= len(grouped) < len(every_token) // 2 and grouped[0] == every_token[0]  # the first is not held
+    refused = httpx.post(engine_url + "/chat/completions", json={"messages": [], "coalesce_ms": "soon"}, timeout=30)
+    assert refused.status_code == 400 and "coalesce_ms" in refused.json()["error"]["message"]
+
+
 def test_its_metrics_show_the_slots_the_queue_and_every_token(engine_url: str) -> None:
     assert wait_until(lambda: health(engine_url)["running"] == 0, timeout=FREED_WITHIN_S)
     before = engine_metrics(engine_url)

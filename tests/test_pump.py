@@ -4,10 +4,14 @@ the consumer takes, and cancels itself when the consumer reads nothing for `stal
 from __future__ import annotations
 
 import itertools
+import queue
+import time
 from collections.abc import Iterator
 
+import pytest
+
 from kit.pipeline.cancel import CancelToken
-from kit.pipeline.pump import TIMEOUT, Finished, Pump
+from kit.pipeline.pump import TIMEOUT, Failed, Finished, Pump, receive_grouped
 from tests.helpers import wait_until
 
 
@@ -48,3 +52,33 @@ def test_a_consumer_that_reads_nothing_cancels_the_producer_after_the_stall_time
 def test_a_finite_source_ends_with_finished() -> None:
     pump = Pump(iter(["a", "b"]), CancelToken(), queue_size=1).start()
     assert [pump.get(5.0) for _ in range(3)] == ["a", "b", Finished()]
+
+
+def test_grouped_receiving_sends_after_a_quiet_spell_at_once_and_loses_nothing_before_an_error() -> None:
+    items: queue.SimpleQueue[object] = queue.SimpleQueue()
+    groups = receive_grouped(items, CancelToken(), window_s=0.2, poll_s=0.01)
+    items.put("a")
+    assert next(groups) == ["a"]  # nothing came before it: at once
+    items.put("b")
+    items.put("c")
+    started = time.monotonic()
+    assert next(groups) == ["b", "c"] and time.monotonic() - started >= 0.1  # held to the window's end
+    time.sleep(0.25)  # a quiet spell longer than the window
+    items.put("d")
+    started = time.monotonic()
+    assert next(groups) == ["d"] and time.monotonic() - started < 0.1
+    items.put("e")
+    items.put(Failed(ValueError("cut")))
+    assert next(groups) == ["e"]
+    with pytest.raises(ValueError, match="cut"):
+        next(groups)
+
+
+def test_grouped_receiving_ends_when_cancelled_and_nothing_is_left() -> None:
+    cancel = CancelToken()
+    items: queue.SimpleQueue[object] = queue.SimpleQueue()
+    items.put("a")
+    groups = receive_grouped(items, cancel, window_s=0.05, poll_s=0.01)
+    assert next(groups) == ["a"]
+    cancel.cancel()
+    assert list(groups) == []

@@ -31,3 +31,27 @@ class ChatText:
             text = (choices[0].get("delta") or {}).get("content")
             if text:
                 yield text
+
+
+def merge_texts(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chunks with each run of text-only deltas in a row joined into its first chunk (the others as they are).
+
+    >>> text = lambda t: {"choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]}
+    >>> end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": {}}
+    >>> [c["choices"][0]["delta"] for c in merge_texts([text("Hel"), text("lo"), end, text("!")])]
+    [{'content': 'Hello'}, {}, {'content': '!'}]
+    """
+    merged: list[dict[str, Any]] = []
+    for chunk in chunks:
+        if merged and text_only(chunk) and text_only(merged[-1]):
+            merged[-1]["choices"][0]["delta"]["content"] += chunk["choices"][0]["delta"]["content"]
+        else:
+            merged.append(chunk)
+    return merged
+
+
+def text_only(chunk: dict[str, Any]) -> bool:
+    """A chunk of reply text and nothing else (no role, no end, no tool call): one that can wait to be joined."""
+    choices = chunk.get("choices") or [{}]
+    delta = choices[0].get("delta") or {}
+    return len(choices) == 1 and set(delta) == {"content"} and choices[0].get("finish_reason") is None

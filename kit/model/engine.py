@@ -22,7 +22,7 @@ from typing import Any
 
 from kit.errors import ChatError, ServiceBusy
 from kit.model.batching import DEFAULT_SLOTS, Request, Scheduler, check_options
-from kit.model.chunks import ChatText
+from kit.model.chunks import ChatText, merge_texts, text_only
 from kit.model.cpu import inspect_llama_build
 from kit.model.documents import fit_documents
 from kit.model.fit import fit_messages
@@ -31,7 +31,7 @@ from kit.model.settings import DEFAULT_N_CTX, INSTALL_LLAMA, LlamaSettings, Mode
 from kit.model.slots import ReuseCounters
 from kit.pipeline.cancel import CancelToken, current_cancel
 from kit.pipeline.observe import ENGINE_WATCHERS, EngineState
-from kit.pipeline.pump import Finished, receive
+from kit.pipeline.pump import Finished, receive, receive_grouped
 
 log = logging.getLogger(__name__)
 CLOSED = "This engine was closed: engine_for(settings) gives a new one."
@@ -292,8 +292,11 @@ class Engine(ChatText):
             raise
         return _released(stream, admission)
 
-    def run(self, request: Request) -> Iterator[Any]:
-        """Queue `request` for a slot and yield its chunks; closing the iterator gives the slot back."""
+    def run(self, request: Request, window_s: float = 0.0) -> Iterator[Any]:
+        """Queue `request` for a slot and yield its chunks; closing the iterator gives the slot back. With a
+        `window_s`, text that comes within that time of the last text waits for the window's end, joined into one
+        chunk (the engine process sends fewer, larger chunks to a web tier that would coalesce them anyway); the
+        first text and the end are not held."""
         scheduler = self._scheduler
         if scheduler is None:
             raise ChatError(CLOSED, 503)
@@ -302,7 +305,11 @@ class Engine(ChatText):
         try:
             for note in request.notes:  # before the answer: how much of a long document was read
                 yield {"choices": [{"index": 0, "delta": {"content": note}, "finish_reason": None}]}
-            yield from receive(request.out, request.cancel, self.poll_s)
+            if window_s <= 0:
+                yield from receive(request.out, request.cancel, self.poll_s)
+            else:
+                for group in receive_grouped(request.out, request.cancel, window_s, text_only, self.poll_s):
+                    yield from merge_texts(group)
         finally:
             forget()
             scheduler.leave(request)
