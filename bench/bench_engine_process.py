@@ -309,6 +309,26 @@ def figures(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     return rows
 
 
+def paired(results: dict[str, Any]) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """Per kit set-up, each round's ratios to the bare loop's figures of the same round (taken seconds apart),
+    as (median, min, max) over the rounds: one user's tokens/s, the gain over one user, 8 users' tokens/s."""
+    bare = results["rounds"]["bare loop"]
+    ratios: dict[str, dict[str, tuple[float, float, float]]] = {}
+    for name, rounds in results["rounds"].items():
+        if name == "bare loop":
+            continue
+        pairs = list(zip(rounds, bare, strict=True))
+        one = [kit["1"]["tokens_per_s"] / limit["1"]["tokens_per_s"] for kit, limit in pairs]
+        eight = [kit["8"]["tokens_per_s"] / limit["8"]["tokens_per_s"] for kit, limit in pairs]
+        gain = [e / o for e, o in zip(eight, one, strict=True)]
+        ratios[name] = {key: _spread(values) for key, values in (("one", one), ("gain", gain), ("eight", eight))}
+    return ratios
+
+
+def _spread(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
 def describe(results: dict[str, Any]) -> str:
     """A markdown table of the figures, each a ratio to the bare loop measured in the same run."""
     rows = figures(results)
@@ -334,6 +354,16 @@ def describe(results: dict[str, Any]) -> str:
         f"Targets: gain ÷ bare loop's >= {GAIN_TARGET} in process and behind 4 workers, 1 user ÷ bare loop >= "
         f"{ONE_USER_TARGET}."
     )
+    lines += [
+        "\nThe same ratios paired by round (each round's kit figure over the bare loop's of that round, seconds "
+        "apart: the machine's drift between rounds cancels out), median (min-max) over the rounds:",
+        "",
+        "| set-up | 1 user ÷ bare loop | gain ÷ bare loop's | 8 users ÷ bare loop's |",
+        "|---|---|---|---|",
+    ]
+    for name, ratios in paired(results).items():
+        cells = " | ".join(f"{m:.2f} ({low:.2f}-{high:.2f})" for m, low, high in ratios.values())
+        lines.append(f"| {name} | {cells} |")
     memory = results["memory_mb"]
     if memory:
         lines.append(
