@@ -20,6 +20,7 @@ import pytest
 from kit import ChatLlama, LlamaSettings, LlamaSource, create_app, demo_chain, openai_chat_model
 from kit.adapters.inputs import history_input
 from kit.model.engine import engine_for
+from kit.model.remote import RemoteEngine
 from kit.notebook.child_server import ChildServer, free_port
 from kit.pipeline.cancel import CancelToken
 from kit.serving.client import Received, Reply, chat_body, iter_stream, stream_chat
@@ -110,6 +111,23 @@ def test_text_within_the_coalescing_window_comes_as_one_chunk_and_the_first_at_o
     assert 2 <= len(grouped) < len(every_token) // 2 and grouped[0] == every_token[0]  # the first is not held
     refused = httpx.post(engine_url + "/chat/completions", json={"messages": [], "coalesce_ms": "soon"}, timeout=30)
     assert refused.status_code == 400 and "coalesce_ms" in refused.json()["error"]["message"]
+
+
+def test_the_stream_s_coalescing_window_reaches_the_engine_process(engine_url: str, serve: Callable) -> None:
+    question = [{"role": "user", "content": LONG}]
+    options = {"max_tokens": 24, "temperature": 0, "seed": 1}
+
+    def texts(window_s: float) -> list[str]:
+        chunks = RemoteEngine(engine_url).open(question, CancelToken(), reuse=False, window_s=window_s, **options)
+        return [c["choices"][0]["delta"]["content"] for c in chunks if c["choices"][0]["delta"].get("content")]
+
+    every_token, grouped = texts(0.0), texts(1.0)
+    assert len(every_token) >= 20 and 2 <= len(grouped) < len(every_token) // 2
+    assert "".join(grouped) == "".join(every_token)
+    # A page asking for every token (coalesce_ms=0) gets an event per token through the engine process.
+    remote = LlamaSource(LlamaSettings(engine_url=engine_url, **GREEDY))
+    reply = stream_chat(serve(create_app(remote, coalesce_ms=0)).url + "chat-stream", LONG, timeout=120)
+    assert reply.status == 200 and len([e for e in reply.events if e.get("text")]) >= 20
 
 
 def test_its_metrics_show_the_slots_the_queue_and_every_token(engine_url: str) -> None:

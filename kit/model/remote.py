@@ -22,6 +22,7 @@ import httpx
 from kit.errors import ChatError, ServiceBusy
 from kit.model.chunks import ChatText
 from kit.pipeline.cancel import CancelToken, current_cancel
+from kit.pipeline.coalesce import DEFAULT_COALESCE_MS
 from kit.pipeline.sse import sse_lines
 
 UNREACHABLE = "The model engine at {url} is not answering ({error}); it may be restarting: try again in a moment."
@@ -169,13 +170,17 @@ class RemoteEngine(ChatText):
         *,
         reuse: bool = True,
         max_queue: int = 0,
+        window_s: float | None = None,
         **options: Any,
     ) -> Iterator[dict[str, Any]]:
-        """Send the request now and return its chunks (llama-cpp-python's chunk shape)."""
+        """Send the request now and return its chunks (llama-cpp-python's chunk shape). A coalescing window
+        other than the default is asked of the kit's engine process (other servers ignore it)."""
         body: dict[str, Any] = {"model": "local", "messages": [dict(m) for m in messages], "stream": True}
         body.update({key: value for key, value in options.items() if value is not None})
         if not reuse:
             body["prefix_reuse"] = False
+        if window_s is not None and window_s * 1000 != DEFAULT_COALESCE_MS:
+            body["coalesce_ms"] = window_s * 1000
         request = self.client.build_request("POST", self.url + "/chat/completions", json=body)
         try:
             response = self.client.send(request, stream=True)

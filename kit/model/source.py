@@ -10,6 +10,7 @@ from kit.model.engine import Engine, engine_for
 from kit.model.remote import RemoteEngine
 from kit.model.settings import LlamaSettings
 from kit.pipeline.cancel import CancelToken
+from kit.pipeline.coalesce import current_window_s
 from kit.pipeline.files import with_files_text
 from kit.pipeline.sources import Message
 
@@ -56,5 +57,6 @@ class LlamaSource:
             cancel,
             reuse=settings.prefix_reuse,
             max_queue=settings.max_queue,
+            window_s=current_window_s(),  # text joined as the stream would coalesce it: fewer hand-offs a token
             **settings.options(),
         )

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+DEFAULT_COALESCE_MS = 16.0  # StreamSettings.coalesce_ms's default: one event per display frame
+
 
 class Coalescer:
     """A throttle for text: at most one event per window, the first piece after a quiet spell at once.
@@ -50,3 +56,30 @@ class Coalescer:
         self._pending.clear()
         self._pending_chars = 0
         return text
+
+
+# The window of the reply being served, for a source that can join its pieces before they reach the pipeline
+# (the embedded engine, the engine process): context variables follow the source into the pump's thread.
+_current_window: contextvars.ContextVar[float | None] = contextvars.ContextVar("kit_coalesce_s", default=None)
+
+
+@contextlib.contextmanager
+def coalescing_window(window_s: float) -> Iterator[None]:
+    """Make `window_s` the coalescing window that sources called inside this block see.
+
+    >>> with coalescing_window(0.016):
+    ...     current_window_s()
+    0.016
+    >>> current_window_s() is None
+    True
+    """
+    reset = _current_window.set(window_s)
+    try:
+        yield
+    finally:
+        _current_window.reset(reset)
+
+
+def current_window_s() -> float | None:
+    """The coalescing window of the reply being served (None outside one)."""
+    return _current_window.get()

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kit.pipeline.coalesce import Coalescer
+from kit.pipeline.coalesce import DEFAULT_COALESCE_MS, Coalescer
 from kit.pipeline.files import DEFAULT_FILE_TYPES, FileLimits
 from kit.pipeline.granularity import splitter
 from kit.pipeline.thinking import check_mode
@@ -33,7 +33,7 @@ class StreamSettings:
     # One event per display frame (60 Hz) at most: one event per character made Deep Chat re-render its
     # markdown thousands of times a second (docs/benchmarks.md, "Coalescing"). A piece after a quiet spell
     # still goes out at once, so slow sources pay no latency at all.
-    coalesce_ms: float = 16.0
+    coalesce_ms: float = DEFAULT_COALESCE_MS
     # Caps one event's text so a huge burst still arrives in several visible steps.
     max_event_chars: int = 2048
     # Under the 5 s read timeout of a cautious proxy (and nginx's 60 s default) with margin; 7 bytes a beat.

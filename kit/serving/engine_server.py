@@ -32,6 +32,7 @@ from kit.model.batching import OPTIONS
 from kit.model.engine import Admission, Engine
 from kit.model.settings import ENGINE_URL_ENV, LlamaSettings
 from kit.pipeline.cancel import CancelToken, peer_closed
+from kit.pipeline.coalesce import DEFAULT_COALESCE_MS
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ ALIASES = {"max_completion_tokens": "max_tokens", "repetition_penalty": "repeat_
 # coalesces at the same 16 ms by default (StreamSettings.coalesce_ms), so its users see no later text, while a
 # web worker reads and parses a chunk per window instead of per token (with one user at 120 tokens/s: 390 against
 # 610-730 us of worker CPU per token here). A request may ask for its own ("coalesce_ms", 0: every token).
-COALESCE_MS = 16.0
+COALESCE_MS = DEFAULT_COALESCE_MS
 # A client that closed its side (FIN: its web worker's Stop, a worker that died) or reset the connection. Not
 # POLLIN where POLLRDHUP exists (Linux): a client sends nothing while it reads, and readable bytes are not a
 # hang-up. Elsewhere a FIN is only "readable", and a peek tells it from bytes.

@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from kit.adapters import adapt
 from kit.errors import ChatError
 from kit.pipeline.cancel import OPEN_STREAMS, CancelToken
+from kit.pipeline.coalesce import coalescing_window
 from kit.pipeline.pump import Pump
 from kit.pipeline.settings import StreamSettings
 from kit.pipeline.sources import Message, Source, SourceFn, with_system_prompt
@@ -55,10 +56,11 @@ class ChatRoutes:
         # Called in the view, not in the stream, so that a failure to start still gets a proper HTTP status
         # (a queued send's source starts in the pump's thread, once its thread is free).
         prompt = with_system_prompt(messages, self.settings.system_prompt)
-        if slot is not None and slot.queued:
-            return start_pump(after_claim(slot, lambda: self.source(prompt, cancel)), cancel, self.settings)
-        items: Iterable[Any] = self.source(prompt, cancel)
-        return start_pump(items, cancel, self.settings)
+        with coalescing_window(self.settings.coalesce_ms / 1000):  # the pump's thread runs in a copy of this context
+            if slot is not None and slot.queued:
+                return start_pump(after_claim(slot, lambda: self.source(prompt, cancel)), cancel, self.settings)
+            items: Iterable[Any] = self.source(prompt, cancel)
+            return start_pump(items, cancel, self.settings)
 
     def stream(self) -> Response:
         """`POST chat-stream`: the reply as Server-Sent Events."""
