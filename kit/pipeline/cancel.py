@@ -16,10 +16,11 @@ import select
 import socket
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from kit.errors import ChatError
+from kit.pipeline.scopes import value_scope
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,7 @@ class CancelToken:
 _current_cancel: contextvars.ContextVar[CancelToken | None] = contextvars.ContextVar("kit_cancel", default=None)
 
 
-@contextlib.contextmanager
-def cancel_scope(cancel: CancelToken) -> Iterator[None]:
+def cancel_scope(cancel: CancelToken) -> contextlib.AbstractContextManager[None]:
     """Make `cancel` the token that models called inside this block obey.
 
     >>> token = CancelToken()
@@ -87,11 +87,7 @@ def cancel_scope(cancel: CancelToken) -> Iterator[None]:
     ...     current_cancel() is token
     True
     """
-    reset = _current_cancel.set(cancel)
-    try:
-        yield
-    finally:
-        _current_cancel.reset(reset)
+    return value_scope(_current_cancel, cancel)
 
 
 def bind_cancel(cancel: CancelToken) -> None:

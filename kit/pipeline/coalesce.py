@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+
+from kit.pipeline.scopes import value_scope
 
 DEFAULT_COALESCE_MS = 16.0  # StreamSettings.coalesce_ms's default: one event per display frame
 
@@ -63,8 +64,7 @@ class Coalescer:
 _current_window: contextvars.ContextVar[float | None] = contextvars.ContextVar("kit_coalesce_s", default=None)
 
 
-@contextlib.contextmanager
-def coalescing_window(window_s: float) -> Iterator[None]:
+def coalescing_window(window_s: float) -> contextlib.AbstractContextManager[None]:
     """Make `window_s` the coalescing window that sources called inside this block see.
 
     >>> with coalescing_window(0.016):
@@ -73,11 +73,7 @@ def coalescing_window(window_s: float) -> Iterator[None]:
     >>> current_window_s() is None
     True
     """
-    reset = _current_window.set(window_s)
-    try:
-        yield
-    finally:
-        _current_window.reset(reset)
+    return value_scope(_current_window, window_s)
 
 
 def current_window_s() -> float | None:

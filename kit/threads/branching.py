@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from kit.errors import ChatError
+from kit.pipeline.scopes import value_scope
 
 Action = Literal["regenerate", "edit"]
 ACTIONS: tuple[Action, ...] = ("regenerate", "edit")
@@ -78,14 +79,9 @@ def branch_request(body: Mapping[str, Any], last_user_text: str) -> BranchReques
 _current: contextvars.ContextVar[BranchRequest | None] = contextvars.ContextVar("kit_branch", default=None)
 
 
-@contextlib.contextmanager
-def branch_scope(request: BranchRequest | None) -> Iterator[None]:
+def branch_scope(request: BranchRequest | None) -> contextlib.AbstractContextManager[None]:
     """Start the source inside this: a checkpointed graph reads the branch request with `current_branch()`."""
-    token = _current.set(request)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+    return value_scope(_current, request)
 
 
 def current_branch() -> BranchRequest | None:

@@ -6,9 +6,9 @@ import contextlib
 import contextvars
 import re
 import secrets
-from collections.abc import Iterator
 
 from kit.errors import ChatError
+from kit.pipeline.scopes import value_scope
 
 THREAD_ID_HEADER = "X-Kit-Thread-Id"
 # Long and random (the kit's page draws 128 bits): an id is the only key to a conversation without a login.
@@ -46,8 +46,7 @@ def new_thread_id() -> str:
     return secrets.token_hex(16)
 
 
-@contextlib.contextmanager
-def thread_scope(thread_id: str | None) -> Iterator[None]:
+def thread_scope(thread_id: str | None) -> contextlib.AbstractContextManager[None]:
     """Run the code inside on this thread: a source started here reads it with `current_thread_id()`.
 
     >>> with thread_scope("0123456789abcdef"):
@@ -56,11 +55,7 @@ def thread_scope(thread_id: str | None) -> Iterator[None]:
     >>> current_thread_id() is None
     True
     """
-    token = _current.set(thread_id)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+    return value_scope(_current, thread_id)
 
 
 def current_thread_id() -> str | None:

@@ -6,24 +6,20 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+
+from kit.pipeline.scopes import value_scope
 
 _current: contextvars.ContextVar[str | None] = contextvars.ContextVar("kit_reply_run", default=None)
 
 
-@contextlib.contextmanager
-def reply_run_scope(run_id: str | None) -> Iterator[None]:
+def reply_run_scope(run_id: str | None) -> contextlib.AbstractContextManager[None]:
     """Start the source inside this: its root run is to get this id (None: the tracer picks one).
 
     >>> with reply_run_scope("0b5f9e9e-6f2a-4c39-9d0e-3f1f0c8a1d2e"):
     ...     reply_run_id()
     '0b5f9e9e-6f2a-4c39-9d0e-3f1f0c8a1d2e'
     """
-    token = _current.set(run_id)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+    return value_scope(_current, run_id)
 
 
 def reply_run_id() -> str | None:
