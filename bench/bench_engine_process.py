@@ -1,8 +1,9 @@
 """One model for every web worker: 8 users at once through HTTP against 1, in process and with the engine process
-behind 4 gunicorn workers, against the bare batched llama.cpp loop in the same run; memory of one engine
+behind 4 gunicorn workers, against the bare batched llama.cpp loop and llama.cpp's own server (bench_peer's, every
+prompt read whole as the kit does here) in the same run; memory of one engine
 process against workers each holding a model; Stop to a free engine slot through a source, a chain, a graph.
 
-Every figure comes from the same run: the three set-ups are up at once (the bare loop in a process of its own, as
+Every figure comes from the same run: the four set-ups are up at once (the bare loop in a process of its own, as
 bench_users does: two llama.cpp contexts in one process spin against each other) and take turns, 1 user on each,
 then 8 on each, `--runs` x `--replies` times, so that the ratios compare figures taken seconds apart. Tokens are
 counted with the model's tokenizer on the text each user received (greedy replies of `--tokens` tokens).
@@ -253,8 +254,8 @@ def _stop_once(url: str, engine_root: str) -> float:
 
 
 def run(runs: int, tokens: int, threads: int, replies: int = 3) -> dict[str, Any]:
-    """The bare loop, the kit in process and the kit behind 4 workers all up at once, taking turns: `runs` x
-    `replies` rounds of 1 user, then 8, on each (bench.measure.alternating_rounds); then memory, and Stop."""
+    """The bare loop, the kit in process, the kit behind 4 workers and llama-server all up at once, taking turns:
+    `runs` x `replies` rounds of 1 user, then 8, on each (bench.measure.alternating_rounds); then memory, and Stop."""
     from llama_cpp import Llama
 
     from kit.model.settings import default_model_path
@@ -267,12 +268,17 @@ def run(runs: int, tokens: int, threads: int, replies: int = 3) -> dict[str, Any
     def over_http(url: str) -> Callable[[int], dict[str, float]]:
         return lambda users: users_round(url, users, tokenize)
 
+    from bench.bench_peer import llama_server, peer_binary, peer_texts_for  # it imports this module
+
     with contextlib.ExitStack() as stack:
         bare = stack.enter_context(bare_loop(threads, tokens))
         in_process_url, in_process_pids = stack.enter_context(in_process(threads, tokens))
         workers_url, workers_pids = stack.enter_context(behind_gunicorn(threads, tokens))
+        peer_url = stack.enter_context(llama_server(peer_binary(), threads, 1024))
+        peer = peer_texts_for(tokens, cache_prompt=False)  # as the kit here: every prompt read whole
         measures = {"bare loop": bare, "in process": over_http(in_process_url)}
         measures["engine process, 4 workers"] = over_http(workers_url)
+        measures["llama-server (the peer)"] = lambda users: users_round(peer_url, users, tokenize, peer)
         rounds = alternating_rounds(measures, (1, 8), runs * replies)
         family = _family(workers_pids[0])
         engine = engine_pid(family)
@@ -334,7 +340,7 @@ def describe(results: dict[str, Any]) -> str:
     rows = figures(results)
     lines = [
         f"One model for every worker ({results['threads']} llama.cpp threads, {results['tokens']}-token greedy "
-        f"replies, medians of {len(next(iter(results['rounds'].values())))} rounds, the three set-ups up at once and "
+        f"replies, medians of {len(next(iter(results['rounds'].values())))} rounds, the set-ups up at once and "
         "taking turns reply by reply; the machine was shared with other work, so compare the ratios, measured "
         "seconds apart, rather than the absolute rates).",
         "",

@@ -65,13 +65,13 @@ def llama_server(binary: str, threads: int, context: int) -> Iterator[str]:
         stop_child(process)
 
 
-def peer_texts_for(tokens: int) -> Texts:
+def peer_texts_for(tokens: int, cache_prompt: bool = True) -> Texts:
     """llama-server's streamed chat completion (greedy, `tokens` at most) as text pieces."""
 
     def texts(url: str, prompt: str, history: list[dict[str, str]]) -> Iterator[str]:
         messages = [{"role": "assistant" if m["role"] == "ai" else m["role"], "content": m["text"]} for m in history]
         body = {"messages": [*messages, {"role": "user", "content": prompt}], "stream": True}
-        body |= {"max_tokens": tokens, "temperature": 0, "cache_prompt": True}
+        body |= {"max_tokens": tokens, "temperature": 0, "cache_prompt": cache_prompt}
         with shared_client().stream("POST", url + "v1/chat/completions", json=body) as response:
             response.raise_for_status()
             for line in sse_lines(response.iter_text()):
