@@ -183,6 +183,31 @@ def test_a_step_decodes_its_slots_in_the_order_of_their_sequences(engine: Engine
     assert all(word in reply.lower() for word, reply in replies.items()), replies
 
 
+def test_a_step_pads_the_sequences_between_its_own_and_leaves_their_cells_as_they_were(  # type: ignore[no-untyped-def]
+    engine: Engine, monkeypatch
+) -> None:
+    """One ubatch a step needs consecutive sequence ids: a free sequence between two generating ones gets a token
+    without logits, removed after the decode, so the cells of every sequence match its tokens afterwards."""
+    scheduler = engine._scheduler
+    assert scheduler is not None
+    seqs, streams = _start_in_order(engine, WORDS[:3])
+    steps: list[list[tuple[int, int, int, bool]]] = []
+    fill = scheduler._fill
+    monkeypatch.setattr(scheduler, "_fill", lambda entries: (steps.append(list(entries)), fill(entries)))
+    middle = seqs.index(sorted(seqs)[1])
+    streams.pop(middle)[1].close()  # its slot is free from the next step: a gap between the other two
+    with ThreadPoolExecutor(len(streams)) as pool:
+        replies = dict(zip([w for w, _ in streams], pool.map(_texts, [c for _, c in streams]), strict=True))
+    monkeypatch.undo()
+    runs = [list(dict.fromkeys(entry[2] for entry in step)) for step in steps]
+    assert [ids for ids in runs if ids != list(range(ids[0], ids[0] + len(ids)))] == []  # consecutive in every step
+    padded = [entry for step in steps for entry in step if entry[2] == sorted(seqs)[1] and not entry[3]]
+    assert len(padded) >= 5 and all(word in reply.lower() for word, reply in replies.items()), replies
+    memory = scheduler.memory
+    for seq in range(scheduler.slots):  # no pad left behind: each sequence's cells end where its tokens do
+        assert scheduler.api.llama_memory_seq_pos_max(memory.memory, seq) == len(memory.tokens[seq]) - 1, seq
+
+
 def test_a_grammar_constrains_the_reply(engine: Engine) -> None:
     for question in ("Is the sky blue?", "Is fire cold?", "写一首诗"):
         reply = "".join(engine.chat(user(question), grammar='root ::= "yes" | "no"', max_tokens=8, temperature=0.8))

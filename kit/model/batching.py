@@ -35,6 +35,7 @@ OPTIONS = frozenset({"max_tokens", "temperature", "top_p", "top_k", "seed", "rep
 # docs/benchmarks.md, "Long conversations"), while a long prompt still goes in batches large enough to be fast.
 PROMPT_CHUNK = 128
 REPEAT_LAST_N = 64  # llama-cpp-python's create_chat_completion default
+PAD_TOKEN = 0  # what a step puts in a sequence only to keep the ids in its batch consecutive (Scheduler._pad)
 # Sequences decoded together. bench/bench_users.py (docs/benchmarks.md, "Many users") shows why 8: the
 # aggregate stops growing past 8 sequences on 2 cores, while 16 would halve each user's speed; with 8 each
 # user still streams faster than anyone reads.
@@ -357,17 +358,22 @@ class Scheduler:
         entries: list[tuple[int, int, int, bool]] = []
         sampled: list[tuple[_Slot, int]] = []
         prompt_ends: list[tuple[_Slot, int]] = []
+        padded: list[tuple[int, int]] = []
         cells = self.memory.tokens
+        budget = PROMPT_CHUNK  # the batch holds it and a token (generated or pad) for every sequence
+        by_seq = {slot.seq: slot for slot in slots}
+        previous = None
         for slot in slots:
+            if slot.next_token is None and not (slot.to_feed and budget > 0):
+                continue  # its prompt waits for the next step's budget
+            if previous is not None:
+                self._pad(range(previous + 1, slot.seq), by_seq, entries, padded)
+            previous = slot.seq
             if slot.next_token is not None:
                 entries.append((slot.next_token, slot.pos, slot.seq, True))
                 sampled.append((slot, len(entries) - 1))
                 cells[slot.seq].append(slot.next_token)
                 slot.pos += 1
-        budget = max(self.batch_size - len(entries) - self.slots, 1)
-        budget = min(budget, PROMPT_CHUNK)
-        for slot in slots:
-            if not slot.to_feed or budget <= 0:
                 continue
             piece, slot.to_feed = slot.to_feed[:budget], slot.to_feed[budget:]
             budget -= len(piece)
@@ -380,8 +386,12 @@ class Scheduler:
                 sampled.append((slot, len(entries) - 1))
                 prompt_ends.append((slot, len(entries) - 1))
         self._fill(entries)
-        if self.api.llama_decode(self.ctx, self.batch) != 0:
-            raise RuntimeError("llama_decode failed")
+        try:
+            if self.api.llama_decode(self.ctx, self.batch) != 0:
+                raise RuntimeError("llama_decode failed")
+        finally:
+            for seq, pos in padded:  # the pads' cells go: each sequence holds what it held before
+                self.api.llama_memory_seq_rm(self.memory.memory, seq, pos, -1)
         for slot, index in prompt_ends:
             if slot.request.reuse:
                 logits = self.api.llama_get_logits_ith(self.ctx, index)
@@ -390,6 +400,26 @@ class Scheduler:
         for slot, index in sampled:
             token = greedy[index] if slot.greedy else self.api.llama_sampler_sample(slot.sampler, self.ctx, index)
             self._emit(slot, token)
+
+    def _pad(
+        self,
+        seqs: range,
+        running: dict[int, _Slot],
+        entries: list[tuple[int, int, int, bool]],
+        padded: list[tuple[int, int]],
+    ) -> None:
+        """A token without logits, at the end of its cells, for each of these sequences between two in the step.
+
+        With a KV stream per sequence, llama.cpp puts only consecutive sequence ids in one ubatch: a gap (0, 1 and
+        3 generating, 2 free or its prompt waiting) made each step two graph computations (3 sequences: 24-30 ms a
+        step here, against 18-19 ms with 0, 1 and 2). A pad costs one more row; its cell is removed after the decode.
+        """
+        for seq in seqs:
+            slot = running.get(seq)
+            pos = slot.pos if slot is not None else len(self.memory.tokens[seq])
+            if pos < self.slot_ctx:  # a full sequence has no cell to spare: its gap stays
+                entries.append((PAD_TOKEN, pos, seq, False))
+                padded.append((seq, pos))
 
     def _argmax_rows(self, indexes: list[int], entries: list[tuple[int, int, int, bool]]) -> dict[int, int]:
         """The greedy token of each of these batch entries: numpy's argmax over its row of the step's logits.
