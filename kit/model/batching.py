@@ -361,13 +361,12 @@ class Scheduler:
         padded: list[tuple[int, int]] = []
         cells = self.memory.tokens
         budget = PROMPT_CHUNK  # the batch holds it and a token (generated or pad) for every sequence
-        by_seq = {slot.seq: slot for slot in slots}
         previous = None
         for slot in slots:
             if slot.next_token is None and not (slot.to_feed and budget > 0):
                 continue  # its prompt waits for the next step's budget
             if previous is not None:
-                self._pad(range(previous + 1, slot.seq), by_seq, entries, padded)
+                self._pad(range(previous + 1, slot.seq), entries, padded)
             previous = slot.seq
             if slot.next_token is not None:
                 entries.append((slot.next_token, slot.pos, slot.seq, True))
@@ -401,13 +400,7 @@ class Scheduler:
             token = greedy[index] if slot.greedy else self.api.llama_sampler_sample(slot.sampler, self.ctx, index)
             self._emit(slot, token)
 
-    def _pad(
-        self,
-        seqs: range,
-        running: dict[int, _Slot],
-        entries: list[tuple[int, int, int, bool]],
-        padded: list[tuple[int, int]],
-    ) -> None:
+    def _pad(self, seqs: range, entries: list[tuple[int, int, int, bool]], padded: list[tuple[int, int]]) -> None:
         """A token without logits, at the end of its cells, for each of these sequences between two in the step.
 
         With a KV stream per sequence, llama.cpp puts only consecutive sequence ids in one ubatch: a gap (0, 1 and
@@ -415,7 +408,7 @@ class Scheduler:
         step here, against 18-19 ms with 0, 1 and 2). A pad costs one more row; its cell is removed after the decode.
         """
         for seq in seqs:
-            slot = running.get(seq)
+            slot = self._running.get(seq)  # only this thread changes the running slots while it steps
             pos = slot.pos if slot is not None else len(self.memory.tokens[seq])
             if pos < self.slot_ctx:  # a full sequence has no cell to spare: its gap stays
                 entries.append((PAD_TOKEN, pos, seq, False))

@@ -57,6 +57,6 @@ class LlamaSource:
             cancel,
             reuse=settings.prefix_reuse,
             max_queue=settings.max_queue,
-            window_s=current_window_s(),  # text joined as the stream would coalesce it: fewer hand-offs a token
+            window_s=current_window_s(),  # an engine process joins the text as the stream would coalesce it
             **settings.options(),
         )

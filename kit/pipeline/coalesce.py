@@ -59,8 +59,8 @@ class Coalescer:
         return text
 
 
-# The window of the reply being served, for a source that can join its pieces before they reach the pipeline
-# (the embedded engine, the engine process): context variables follow the source into the pump's thread.
+# The window of the reply being served, for a source whose server can join its pieces before they reach the
+# pipeline (the engine process, asked by RemoteEngine): context variables follow the source into the pump's thread.
 _current_window: contextvars.ContextVar[float | None] = contextvars.ContextVar("kit_coalesce_s", default=None)
 
 

@@ -39,11 +39,10 @@ log = logging.getLogger(__name__)
 ROLES = frozenset({"system", "user", "assistant"})
 # OpenAI's names for options the kit's engine calls otherwise.
 ALIASES = {"max_completion_tokens": "max_tokens", "repetition_penalty": "repeat_penalty"}
-# Text that comes within this window of the last chunk is held to its end and sent as one chunk: the web tier
-# coalesces at the same 16 ms by default (StreamSettings.coalesce_ms), so its users see no later text, while a
-# web worker reads and parses a chunk per window instead of per token (with one user at 120 tokens/s: 390 against
-# 610-730 us of worker CPU per token here). A request may ask for its own ("coalesce_ms", 0: every token).
-COALESCE_MS = DEFAULT_COALESCE_MS
+# Text that comes within DEFAULT_COALESCE_MS of the last text is held to the window's end and sent as one chunk:
+# the web tier coalesces at the same 16 ms by default (StreamSettings.coalesce_ms), so its users see no later text,
+# while a web worker reads and parses a chunk per window instead of per token (one user at 120 tokens/s: 460-530
+# against 610-730 us of worker CPU per token here). A request may ask for its own ("coalesce_ms", 0: every token).
 # A client that closed its side (FIN: its web worker's Stop, a worker that died) or reset the connection. Not
 # POLLIN where POLLRDHUP exists (Linux): a client sends nothing while it reads, and readable bytes are not a
 # hang-up. Elsewhere a FIN is only "readable", and a peek tells it from bytes.
@@ -114,7 +113,11 @@ class EngineServer(ThreadingHTTPServer):
     allow_reuse_address = True  # a restarted engine takes its port back at once
 
     def __init__(
-        self, address: tuple[str, int], engine: Engine, settings: LlamaSettings, coalesce_ms: float = COALESCE_MS
+        self,
+        address: tuple[str, int],
+        engine: Engine,
+        settings: LlamaSettings,
+        coalesce_ms: float = DEFAULT_COALESCE_MS,
     ) -> None:
         super().__init__(address, EngineHandler)
         self.engine = engine
@@ -326,7 +329,7 @@ class EngineHandler(BaseHTTPRequestHandler):
 
 
 def serve_engine(
-    settings: LlamaSettings, host: str = "127.0.0.1", port: int = 8001, coalesce_ms: float = COALESCE_MS
+    settings: LlamaSettings, host: str = "127.0.0.1", port: int = 8001, coalesce_ms: float = DEFAULT_COALESCE_MS
 ) -> EngineServer:
     """Load the model and bind its server (not yet serving: call `serve_forever()`, in a thread or not).
 
@@ -341,7 +344,9 @@ def serve_engine(
     return EngineServer((host, port), engine, settings, coalesce_ms)
 
 
-def run_engine(host: str = "127.0.0.1", port: int = 8001, coalesce_ms: float = COALESCE_MS, **settings: Any) -> None:
+def run_engine(
+    host: str = "127.0.0.1", port: int = 8001, coalesce_ms: float = DEFAULT_COALESCE_MS, **settings: Any
+) -> None:
     """`python -m kit engine`: load the model with these LlamaSettings fields and serve it until Ctrl-C."""
     from kit.serving.server import serve_forever
 
