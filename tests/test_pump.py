@@ -4,13 +4,14 @@ the consumer takes, and cancels itself when the consumer reads nothing for `stal
 from __future__ import annotations
 
 import itertools
-import queue
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from kit.pipeline.cancel import CancelToken
+from kit.pipeline.outbox import Outbox
 from kit.pipeline.pump import TIMEOUT, Failed, Finished, Pump, receive_grouped
 from tests.helpers import wait_until
 
@@ -55,7 +56,7 @@ def test_a_finite_source_ends_with_finished() -> None:
 
 
 def test_grouped_receiving_sends_after_a_quiet_spell_at_once_and_loses_nothing_before_an_error() -> None:
-    items: queue.SimpleQueue[object] = queue.SimpleQueue()
+    items = Outbox(held=lambda item: isinstance(item, str))
     groups = receive_grouped(items, CancelToken(), window_s=0.2, poll_s=0.01)
     items.put("a")
     assert next(groups) == ["a"]  # nothing came before it: at once
@@ -63,7 +64,7 @@ def test_grouped_receiving_sends_after_a_quiet_spell_at_once_and_loses_nothing_b
     items.put("c")
     started = time.monotonic()
     assert next(groups) == ["b", "c"] and time.monotonic() - started >= 0.1  # held to the window's end
-    time.sleep(0.25)  # a quiet spell longer than the window
+    time.sleep(0.45)  # a quiet spell longer than the window
     items.put("d")
     started = time.monotonic()
     assert next(groups) == ["d"] and time.monotonic() - started < 0.1
@@ -74,9 +75,52 @@ def test_grouped_receiving_sends_after_a_quiet_spell_at_once_and_loses_nothing_b
         next(groups)
 
 
+def test_grouped_receiving_sends_an_urgent_item_at_once_with_the_text_held_before_it() -> None:
+    items = Outbox(held=lambda item: isinstance(item, str))
+    groups = receive_grouped(items, CancelToken(), window_s=30, poll_s=0.01)
+    items.put("a")
+    assert next(groups) == ["a"]
+    items.put("b")
+    threading.Timer(0.05, items.put, args=[1]).start()  # an end, while "b" waits out a 30 s window
+    started = time.monotonic()
+    assert next(groups) == ["b", 1] and time.monotonic() - started < 5
+
+
+def test_grouped_receiving_of_a_fast_stream_wakes_once_a_window_not_once_an_item() -> None:
+    """Text every 2 ms with a 50 ms window: the reader sleeps each window through (counted: its waits)."""
+    items = CountingOutbox(held=lambda item: isinstance(item, str))
+    groups = receive_grouped(items, CancelToken(), window_s=0.05, poll_s=1.0)
+
+    def produce() -> None:
+        for index in range(100):
+            items.put(str(index))
+            time.sleep(0.002)
+        items.put(Finished())
+
+    threading.Thread(target=produce).start()
+    received = list(groups)
+    assert [item for group in received for item in group] == [str(index) for index in range(100)]
+    assert len(received) < 25  # about 200 ms or more of text in 50 ms windows; one per item without joining
+    assert items.waits < 2 * len(received) + 2  # one wait a group (and a last one), not one per item
+
+
+class CountingOutbox(Outbox):
+    """An Outbox that counts its reader's waits (get and collect)."""
+
+    waits = 0
+
+    def get(self, timeout: float | None = None) -> object:
+        self.waits += 1
+        return super().get(timeout)
+
+    def collect(self, timeout: float) -> list[object]:
+        self.waits += 1
+        return super().collect(timeout)
+
+
 def test_grouped_receiving_ends_when_cancelled_and_nothing_is_left() -> None:
     cancel = CancelToken()
-    items: queue.SimpleQueue[object] = queue.SimpleQueue()
+    items = Outbox(held=lambda item: isinstance(item, str))
     items.put("a")
     groups = receive_grouped(items, cancel, window_s=0.05, poll_s=0.01)
     assert next(groups) == ["a"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import codecs
 import ctypes
 import logging
-import queue
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -22,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from kit.errors import ChatError
+from kit.model.chunks import text_only
 from kit.model.slots import SlotMemory
 from kit.pipeline.cancel import CancelToken
+from kit.pipeline.outbox import Outbox
 from kit.pipeline.pump import Failed, Finished
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class Request:
     options: dict[str, Any]
     cancel: CancelToken
     stops: list[str]
-    out: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
+    out: Outbox = field(default_factory=lambda: Outbox(held=text_only))  # text can wait to be joined
     stopped: threading.Event = field(default_factory=threading.Event)
     reuse: bool = True  # start from cached cells sharing the prompt's prefix (False: from an empty sequence)
     shift: bool = False  # old turns were dropped: the cache may hold the newest ones further on (context shift)

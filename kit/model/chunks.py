@@ -50,8 +50,10 @@ def merge_texts(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return merged
 
 
-def text_only(chunk: dict[str, Any]) -> bool:
+def text_only(chunk: Any) -> bool:
     """A chunk of reply text and nothing else (no role, no end, no tool call): one that can wait to be joined."""
+    if not isinstance(chunk, dict):
+        return False
     choices = chunk.get("choices") or [{}]
     delta = choices[0].get("delta") or {}
     return len(choices) == 1 and set(delta) == {"content"} and choices[0].get("finish_reason") is None

@@ -22,7 +22,7 @@ from typing import Any
 
 from kit.errors import ChatError, ServiceBusy
 from kit.model.batching import DEFAULT_SLOTS, Request, Scheduler, check_options
-from kit.model.chunks import ChatText, merge_texts, text_only
+from kit.model.chunks import ChatText, merge_texts
 from kit.model.cpu import inspect_llama_build
 from kit.model.documents import fit_documents
 from kit.model.fit import fit_messages
@@ -260,6 +260,7 @@ class Engine(ChatText):
         *,
         cancel: CancelToken | None = None,
         reuse: bool = True,
+        window_s: float = 0.0,
         **options: Any,
     ) -> Iterator[dict[str, Any]]:
         """Yield llama-cpp-python-style chat-completion chunks for `messages` once a slot is free.
@@ -269,9 +270,9 @@ class Engine(ChatText):
         Closing the iterator, or setting `cancel` (default: the token of the enclosing `cancel_scope`),
         leaves the queue or frees the slot at the next decode step. `reuse=False` reads the whole prompt
         from an empty sequence (reproducible whoever used the model before; see docs/engine.md). The last
-        chunk (its `finish_reason` set) carries the `usage`: prompt and completion tokens.
+        chunk (its `finish_reason` set) carries the `usage`: prompt and completion tokens. `window_s`: as `run`.
         """
-        yield from self.run(self.request(messages, cancel=cancel, reuse=reuse, **options))
+        yield from self.run(self.request(messages, cancel=cancel, reuse=reuse, **options), window_s)
 
     def open(
         self,
@@ -285,12 +286,11 @@ class Engine(ChatText):
     ) -> Iterator[dict[str, Any]]:
         """Take a place now (ServiceBusy before the first byte) and return the reply's chunks, which give the
         place back when they end: what a kit source calls (`RemoteEngine.open` is the same for a server).
-        `window_s`, the stream's coalescing window, is for an engine across a socket: here the stream's own
-        coalescer joins the text, and joining it before made no difference (the pump's thread still woke for
-        every token: 0.27 s of serving CPU for 768 tokens either way)."""
+        With `window_s`, the stream's coalescing window, text is joined as `run` says: the pump's thread then
+        wakes once a window instead of once a token."""
         admission = self.admit(cancel, max_queue)
         try:
-            stream = self.stream(messages, cancel=cancel, reuse=reuse, **options)
+            stream = self.stream(messages, cancel=cancel, reuse=reuse, window_s=window_s or 0.0, **options)
         except BaseException:
             admission.release()
             raise
@@ -312,7 +312,7 @@ class Engine(ChatText):
             if window_s <= 0:
                 yield from receive(request.out, request.cancel, self.poll_s)
             else:
-                for group in receive_grouped(request.out, request.cancel, window_s, text_only, self.poll_s):
+                for group in receive_grouped(request.out, request.cancel, window_s, self.poll_s):
                     yield from merge_texts(group)
         finally:
             forget()

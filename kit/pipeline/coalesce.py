@@ -8,6 +8,9 @@ import contextvars
 from kit.pipeline.scopes import value_scope
 
 DEFAULT_COALESCE_MS = 16.0  # StreamSettings.coalesce_ms's default: one event per display frame
+# A piece within this share of the window of its end goes now: a source that joins text in windows of its own (the
+# engine) hands each group over as its window ends, a thread hand-off's jitter before this one's may end.
+LATE_SHARE = 1 / 8
 
 
 class Coalescer:
@@ -29,6 +32,7 @@ class Coalescer:
         if max_chars < 1:
             raise ValueError(f"max_chars must be at least 1, not {max_chars}")
         self.window_s = window_s
+        self._late_s = window_s * LATE_SHARE
         self.max_chars = max_chars
         self._pending: list[str] = []
         self._pending_chars = 0
@@ -38,7 +42,7 @@ class Coalescer:
         """Buffer a piece; return the text of an event if one is due now."""
         self._pending.append(piece)
         self._pending_chars += len(piece)
-        if self._pending_chars >= self.max_chars or now >= self._last_flush + self.window_s:
+        if self._pending_chars >= self.max_chars or now >= self._last_flush + self.window_s - self._late_s:
             self._last_flush = now
             return self.flush()
         return None

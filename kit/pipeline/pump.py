@@ -8,11 +8,12 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from kit.pipeline.cancel import CancelToken
+from kit.pipeline.outbox import Outbox
 from kit.pipeline.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ _live_producers: set[threading.Thread] = set()
 
 
 def receive(
-    items: queue.Queue[Any] | queue.SimpleQueue[Any], cancel: CancelToken, poll_s: float = 0.05
+    items: queue.Queue[Any] | queue.SimpleQueue[Any] | Outbox, cancel: CancelToken, poll_s: float = 0.05
 ) -> Iterator[Any]:
     """Yield what a worker thread puts on `items` until it puts `Finished()`; a `Failed(error)` is raised
     here. Returns early once `cancel` is set and nothing more arrives (the worker sees the token itself).
@@ -66,50 +67,49 @@ def receive(
         yield item
 
 
-_NOTHING = object()
+def receive_grouped(items: Outbox, cancel: CancelToken, window_s: float, poll_s: float = 0.05) -> Iterator[list[Any]]:
+    """`receive`, in groups, as Coalescer throttles text: after a quiet spell the first item goes at once; items
+    the outbox holds (text) that come within `window_s` of the last group that had some wait for the window's end;
+    any other item goes at once with what waits before it; all in order, none lost. While text keeps coming, the
+    reader sleeps each window through (Outbox.collect): one wake-up per window, not one per token.
 
-
-def receive_grouped(
-    items: queue.SimpleQueue[Any],
-    cancel: CancelToken,
-    window_s: float,
-    held: Callable[[Any], bool] = lambda item: True,
-    poll_s: float = 0.05,
-) -> Iterator[list[Any]]:
-    """`receive`, in groups: an item `held` says yes to waits for the end of the window since the last group that
-    had one (the first after a quiet spell goes at once, as Coalescer throttles text), any other item goes at once
-    with what waits before it; all in order, none lost.
-
-    >>> items = queue.SimpleQueue()
+    >>> items = Outbox(held=lambda item: isinstance(item, str) and len(item) == 1)
     >>> for item in ("role", "a", "b", "c", "end", Finished()):
     ...     items.put(item)
-    >>> list(receive_grouped(items, CancelToken(), window_s=60, held=lambda item: len(item) == 1))
+    >>> list(receive_grouped(items, CancelToken(), window_s=60))
     [['role'], ['a'], ['b', 'c', 'end']]
     """
     pending: list[Any] = []
-    last = float("-inf")
+    window_end = float("-inf")  # the end of the window opened by the last group that had held items
+    streaming = False  # that group was collected through a window: more text is likely on its way
     while True:
-        wait = max(0.0, min(poll_s, last + window_s - time.monotonic())) if pending else poll_s
-        try:
-            item = items.get(timeout=wait)
-        except queue.Empty:
-            item = _NOTHING
-            if cancel.cancelled and not pending:
-                return
-        if isinstance(item, (Finished, Failed)):
-            if pending:
-                yield pending
-            if isinstance(item, Failed):
-                raise item.error
-            return
-        if item is not _NOTHING:
-            pending.append(item)
         now = time.monotonic()
-        if pending and (now >= last + window_s or not held(pending[-1])):
-            if any(held(waiting) for waiting in pending):
-                last = now
+        if now < window_end and (pending or streaming):
+            pending += items.collect(min(poll_s, window_end - now))
+            streaming = True
+        elif not pending:
+            streaming = False
+            try:
+                pending.append(items.get(timeout=poll_s))
+            except queue.Empty:
+                if cancel.cancelled:
+                    return
+                continue
+        end = next((i for i, item in enumerate(pending) if isinstance(item, (Finished, Failed))), None)
+        if end is not None:
+            if end:
+                yield pending[:end]
+            if isinstance(pending[end], Failed):
+                raise pending[end].error
+            return
+        now = time.monotonic()
+        if pending and (now >= window_end or not all(map(items.held, pending))):
+            if any(map(items.held, pending)):
+                window_end = now + window_s
             yield pending
             pending = []
+        elif not pending and cancel.cancelled:
+            return
 
 
 def close_iterator(iterator: object) -> None:
