@@ -148,7 +148,14 @@ class Pump:
         self.cancel = cancel
         self.usage = usage if usage is not None else Usage()
         self._pieces = pieces
-        self._queue: queue.Queue[str | Finished | Failed] = queue.Queue(maxsize=queue_size)
+        # A SimpleQueue, bounded by counting: queue.Queue's condition variable woke the consumer twice a piece
+        # (once to find the putter still holding its lock), 2.4 waits a token in a one-user stream.
+        self._queue: queue.SimpleQueue[str | Finished | Failed] = queue.SimpleQueue()
+        self._queue_size = queue_size
+        self._queued = 0  # pieces put on the queue (the producer's count)
+        self._removed = 0  # pieces taken off the queue (the consumer's count)
+        self._room = threading.Event()  # set by the consumer when it takes and the producer waits for room
+        self._waiting_for_room = False
         self._taken: deque[str | Finished | Failed] = deque()  # drained from the queue, not yet returned
         self._stall_timeout_s = stall_timeout_s
         self._poll_s = poll_s
@@ -170,12 +177,15 @@ class Pump:
         except queue.Empty:
             return TIMEOUT
         # Take whatever else is already queued without waiting: a blocking get per piece costs a
-        # condition-variable round trip, which capped a fast source at a third of the naive baseline.
+        # round trip between the threads, which capped a fast source at a third of the naive baseline.
         try:
-            for _ in range(self._queue.qsize()):
+            while True:
                 self._taken.append(self._queue.get_nowait())
         except queue.Empty:
             pass
+        self._removed += 1 + len(self._taken)
+        if self._waiting_for_room:
+            self._room.set()
         return item
 
     def close(self) -> None:
@@ -189,16 +199,22 @@ class Pump:
             self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    def _put(self, item: str | Finished | Failed) -> bool:
+    def _queue_piece(self, item: str | Finished | Failed) -> bool:
         stalled_since = time.monotonic()
         while not self.cancel.cancelled:
-            try:
-                self._queue.put(item, timeout=self._poll_s)
+            if self._queued - self._removed < self._queue_size:
+                self._queue.put(item)
+                self._queued += 1
                 return True
-            except queue.Full:
-                if time.monotonic() - stalled_since > self._stall_timeout_s:
-                    log.warning("client read nothing for %.0f s; cancelling the source", self._stall_timeout_s)
-                    self.cancel.cancel()
+            # Full: ask the consumer to signal its next take, then look again (it may have taken meanwhile).
+            self._room.clear()
+            self._waiting_for_room = True
+            if self._queued - self._removed >= self._queue_size:
+                self._room.wait(self._poll_s)
+            self._waiting_for_room = False
+            if time.monotonic() - stalled_since > self._stall_timeout_s:
+                log.warning("client read nothing for %.0f s; cancelling the source", self._stall_timeout_s)
+                self.cancel.cancel()
         return False
 
     def _produce(self) -> None:
@@ -206,12 +222,12 @@ class Pump:
         try:
             iterator = iter(self._pieces)
             for piece in iterator:
-                if not self._put(piece):
+                if not self._queue_piece(piece):
                     break
             else:
-                self._put(Finished())
+                self._queue_piece(Finished())
         except Exception as error:
-            self._put(Failed(error))
+            self._queue_piece(Failed(error))
         finally:
             try:
                 close_iterator(iterator)  # in the thread that ran it
