@@ -25,11 +25,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.bench_users import PROMPTS
 from bench.measure import ROOT, alternating_rounds, report, shared_client, stop_child, summary
+from bench.socket_read import post_streaming
 from kit.serving.client import chat_body, iter_stream
 from kit.serving.ports import free_port, wait_until_answering
 
@@ -116,30 +118,46 @@ def engine_pid(pids: list[int]) -> int:
 def warm(url: str) -> None:
     """One short reply per worker's first use of the model (loading is not what is measured)."""
     for _ in range(4):
-        list(kit_texts(url, "Hi", []))
+        kit_texts(url, "Hi", [])
 
 
-Texts = Callable[[str, str, list[dict[str, str]]], Iterator[str]]
-"""A server's streamed reply as text pieces: (server URL, the new message, the history before it)."""
+@dataclass(frozen=True)
+class TimedTexts:
+    """A streamed reply as it came: when it was asked for, when it ended, and each text with its arrival time."""
+
+    asked: float
+    ended: float
+    texts: list[tuple[float, str]]
 
 
-def kit_texts(url: str, prompt: str, history: list[dict[str, str]]) -> Iterator[str]:
-    """The kit's reply through its Deep Chat route."""
-    for item in iter_stream(url + "chat-stream", chat_body(prompt, history), client=shared_client()):
-        payload = getattr(item, "payload", None)
-        if payload and payload.get("text"):
-            yield payload["text"]
+Texts = Callable[[str, str, list[dict[str, str]]], TimedTexts]
+"""A server's streamed reply: (server URL, the new message, the history before it) -> its timed texts."""
+
+
+def kit_texts(url: str, prompt: str, history: list[dict[str, str]]) -> TimedTexts:
+    """The kit's reply through its Deep Chat route, read off the socket (bench.socket_read)."""
+    read = post_streaming(url + "chat-stream", chat_body(prompt, history))
+    if read.status() != 200:
+        raise RuntimeError(f"the kit answered {read.status()}")
+    texts = []
+    for at, value in read.data():
+        payload = json.loads(value)
+        if "error" in payload:
+            raise RuntimeError(f"the kit's stream failed: {payload['error']}")
+        if payload.get("text"):
+            texts.append((at, str(payload["text"])))
+    return TimedTexts(read.asked, read.ended, texts)
 
 
 def timed_reply(texts: Texts, url: str, prompt: str, history: list[dict[str, str]]) -> tuple[str, dict[str, float]]:
     """The reply's text, its first text (from asking), its end and its first to last text."""
-    asked, first, last, text = time.perf_counter(), float("nan"), float("nan"), ""
-    for piece in texts(url, prompt, history):
-        last = time.perf_counter()
-        first = last if not text else first
-        text += piece
+    reply = texts(url, prompt, history)
+    if not reply.texts:
+        raise RuntimeError(f"{url} sent no text")
+    first, last = reply.texts[0][0], reply.texts[-1][0]
+    text = "".join(piece for _, piece in reply.texts)
     # First to last text: the bare loop times decoding only, without reading the prompt.
-    return text, {"ttft_s": first - asked, "total_s": time.perf_counter() - asked, "decode_s": last - first}
+    return text, {"ttft_s": first - reply.asked, "total_s": reply.ended - reply.asked, "decode_s": last - first}
 
 
 def one_user(

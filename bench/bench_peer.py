@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bench.bench_engine_process import Texts, in_process, kit_texts, timed_reply, users_round
-from bench.measure import ROOT, report, shared_client, stop_child
-from kit.pipeline.sse import parse_line, sse_lines
+from bench.bench_engine_process import Texts, TimedTexts, in_process, kit_texts, timed_reply, users_round
+from bench.measure import ROOT, report, stop_child
+from bench.socket_read import post_streaming
 from kit.serving.ports import free_port, wait_until_answering
 
 LLAMA_CPP_VERSION = "0.3.36"
@@ -59,7 +59,7 @@ def llama_server(binary: str, threads: int, context: int) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_answering(url + "health", 300, ok_only=True)
-        list(peer_texts_for(8)(url, "Hi", []))  # warm
+        peer_texts_for(8)(url, "Hi", [])  # warm
         yield url
     finally:
         stop_child(process)
@@ -68,19 +68,21 @@ def llama_server(binary: str, threads: int, context: int) -> Iterator[str]:
 def peer_texts_for(tokens: int, cache_prompt: bool = True) -> Texts:
     """llama-server's streamed chat completion (greedy, `tokens` at most) as text pieces."""
 
-    def texts(url: str, prompt: str, history: list[dict[str, str]]) -> Iterator[str]:
+    def texts(url: str, prompt: str, history: list[dict[str, str]]) -> TimedTexts:
         messages = [{"role": "assistant" if m["role"] == "ai" else m["role"], "content": m["text"]} for m in history]
         body = {"messages": [*messages, {"role": "user", "content": prompt}], "stream": True}
         body |= {"max_tokens": tokens, "temperature": 0, "cache_prompt": cache_prompt}
-        with shared_client().stream("POST", url + "v1/chat/completions", json=body) as response:
-            response.raise_for_status()
-            for line in sse_lines(response.iter_text()):
-                field, value = parse_line(line)
-                if field != "data" or value.strip() == "[DONE]":
-                    continue
-                for choice in json.loads(value).get("choices", []):
-                    if choice.get("delta", {}).get("content"):
-                        yield choice["delta"]["content"]
+        read = post_streaming(url + "v1/chat/completions", body)
+        if read.status() != 200:
+            raise RuntimeError(f"llama-server answered {read.status()}")
+        pieces = []
+        for at, value in read.data():
+            if value.strip() == "[DONE]":
+                continue
+            for choice in json.loads(value).get("choices", []):
+                if choice.get("delta", {}).get("content"):
+                    pieces.append((at, str(choice["delta"]["content"])))
+        return TimedTexts(read.asked, read.ended, pieces)
 
     return texts
 
