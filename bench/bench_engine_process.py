@@ -273,7 +273,8 @@ def _stop_once(url: str, engine_root: str) -> float:
 
 def run(runs: int, tokens: int, threads: int, replies: int = 3) -> dict[str, Any]:
     """The bare loop, the kit in process, the kit behind 4 workers and llama-server all up at once, taking turns:
-    `runs` x `replies` rounds of 1 user, then 8, on each (bench.measure.alternating_rounds); then memory, and Stop."""
+    `runs` x `replies` rounds of 1 user (three times), then 8, on each (bench.measure.alternating_rounds); then
+    memory, and Stop."""
     from llama_cpp import Llama
 
     from kit.model.settings import default_model_path
@@ -297,7 +298,8 @@ def run(runs: int, tokens: int, threads: int, replies: int = 3) -> dict[str, Any
         measures = {"bare loop": bare, "in process": over_http(in_process_url)}
         measures["engine process, 4 workers"] = over_http(workers_url)
         measures["llama-server (the peer)"] = lambda users: users_round(peer_url, users, tokenize, peer)
-        rounds = alternating_rounds(measures, (1, 8), runs * replies)
+        # One user's replies are short and their rate the noisiest figure: three a round, in turns.
+        rounds = alternating_rounds(measures, (1, 1, 1, 8), runs * replies)
         family = _family(workers_pids[0])
         engine = engine_pid(family)
         memory = {"in process": rss_mb(_family(in_process_pids[0])), "engine process, 4 workers": rss_mb(family)}
@@ -359,8 +361,8 @@ def describe(results: dict[str, Any]) -> str:
     lines = [
         f"One model for every worker ({results['threads']} llama.cpp threads, {results['tokens']}-token greedy "
         f"replies, medians of {len(next(iter(results['rounds'].values())))} rounds, the set-ups up at once and "
-        "taking turns reply by reply; the machine was shared with other work, so compare the ratios, measured "
-        "seconds apart, rather than the absolute rates).",
+        "taking turns reply by reply, one user's figure in a round the median of three replies; the machine was "
+        "shared with other work, so compare the ratios, measured seconds apart, rather than the absolute rates).",
         "",
         "| set-up | 1 user tokens/s | 8 users tokens/s | gain | gain ÷ bare loop's | 1 user ÷ bare loop | "
         "1 user decoding ÷ bare loop's | 8 users first text max s |",

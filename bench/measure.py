@@ -138,16 +138,28 @@ def alternating_rounds(
 ) -> dict[str, list[dict[str, Figures]]]:
     """Every set-up measured with each number of users, `rounds` times over, the set-ups taking turns within a
     round (who goes first rotating): each one's figures come from the same minutes of a shared machine, whose speed
-    drifts by 20% from one minute to the next here. Per set-up: a list of rounds, each {"1": figures, ...}."""
+    drifts by 20% from one minute to the next here. A number of users that `users` names more than once is
+    measured that many times, in turns, and the round keeps each figure's median. Per set-up: a list of rounds,
+    each {"1": figures, ...}.
+
+    >>> calls = iter(range(100))
+    >>> measures = {"a": lambda users: {"x": next(calls)}, "b": lambda users: {"x": next(calls)}}
+    >>> alternating_rounds(measures, (1, 1, 1, 8), 1)["a"]
+    [{'1': {'x': 2}, '8': {'x': 6}}]
+    """
     names = list(measures)
     results: dict[str, list[dict[str, Figures]]] = {name: [] for name in names}
     for index in range(rounds):
         first = index % len(names)
         order = names[first:] + names[:first]
-        figures: dict[str, dict[str, Figures]] = {name: {} for name in names}
+        taken: dict[str, dict[str, list[Figures]]] = {name: {} for name in names}
         for count in users:
             for name in order:
-                figures[name][str(count)] = measures[name](count)
+                taken[name].setdefault(str(count), []).append(measures[name](count))
         for name in names:
-            results[name].append(figures[name])
+            results[name].append({count: _medians(repeats) for count, repeats in taken[name].items()})
     return results
+
+
+def _medians(repeats: list[Figures]) -> Figures:
+    return {key: statistics.median(figures[key] for figures in repeats) for key in repeats[0]}
