@@ -4,6 +4,7 @@ the consumer takes, and cancels itself when the consumer reads nothing for `stal
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -104,6 +105,17 @@ def test_grouped_receiving_of_a_fast_stream_wakes_once_a_window_not_once_an_item
     assert items.waits < 2 * len(received) + 2  # one wait a group (and a last one), not one per item
 
 
+def test_grouped_text_goes_with_the_first_item_after_the_window_not_at_a_timer() -> None:
+    items = Outbox(held=lambda item: isinstance(item, str))
+    groups = receive_grouped(items, CancelToken(), window_s=1.0, poll_s=5.0)
+    items.put("a")
+    started = time.monotonic()
+    assert next(groups) == ["a"]
+    items.put("b")  # within the window: it waits
+    threading.Timer(1.2, items.put, args=["c"]).start()  # after the window's end, before the timer's (2 s)
+    assert next(groups) == ["b", "c"] and 1.1 < time.monotonic() - started < 1.8
+
+
 class CountingOutbox(Outbox):
     """An Outbox that counts its reader's waits (get and collect)."""
 
@@ -113,9 +125,9 @@ class CountingOutbox(Outbox):
         self.waits += 1
         return super().get(timeout)
 
-    def collect(self, timeout: float) -> list[object]:
+    def collect(self, timeout: float, wake_after: float = math.inf) -> list[object]:
         self.waits += 1
-        return super().collect(timeout)
+        return super().collect(timeout, wake_after)
 
 
 def test_grouped_receiving_ends_when_cancelled_and_nothing_is_left() -> None:

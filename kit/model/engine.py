@@ -286,13 +286,10 @@ class Engine(ChatText):
     ) -> Iterator[dict[str, Any]]:
         """Take a place now (ServiceBusy before the first byte) and return the reply's chunks, which give the
         place back when they end: what a kit source calls (`RemoteEngine.open` is the same for a server).
-        `window_s`, the stream's coalescing window, is for an engine across a socket: here the stream's own
-        coalescer joins the text. Joining it before, woken once a window, cost 3% of one user's tokens/s (A/B, both
-        orders), although it took less CPU; likely because its timer wakes the thread in the middle of a decode, where a
-        token's arrival wakes it while the scheduler's Python runs between two decodes."""
+        With `window_s`, the stream's coalescing window, text is joined as `run` says before the pump's stages."""
         admission = self.admit(cancel, max_queue)
         try:
-            stream = self.stream(messages, cancel=cancel, reuse=reuse, **options)
+            stream = self.stream(messages, cancel=cancel, reuse=reuse, window_s=window_s or 0.0, **options)
         except BaseException:
             admission.release()
             raise

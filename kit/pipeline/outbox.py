@@ -4,7 +4,9 @@ wait: one wake-up per window instead of one per token for the thread that joins 
 from __future__ import annotations
 
 import contextlib
+import math
 import queue
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,32 +33,40 @@ class Outbox:
         self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # One mark per urgent item put, after the item (SimpleQueue's get with a timeout is one C-level wait).
         self._urgent: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._wake_after = math.inf  # from then on any item put wakes the reader (set while it collects)
 
     def put(self, item: Any) -> None:
         self._items.put(item)
-        if not self.held(item):
+        if not self.held(item) or time.monotonic() >= self._wake_after:
             self._urgent.put(None)
 
     def get(self, timeout: float | None = None) -> Any:
         """The next item, waiting up to `timeout` seconds (queue.Empty when none came)."""
         return self._items.get(timeout=timeout)
 
-    def collect(self, timeout: float) -> list[Any]:
-        """Everything queued within `timeout` seconds, or sooner once an urgent item is among it.
+    def collect(self, timeout: float, wake_after: float = math.inf) -> list[Any]:
+        """Everything queued within `timeout` seconds, or sooner once an urgent item is among it or, from the
+        time `wake_after` (time.monotonic), once any item is put: a reader joining text for a window is woken by
+        the first token after the window's end, when the producer (the engine's scheduler, between two decodes)
+        puts it, rather than by a timer in the middle of a decode.
 
         An urgent item's mark is put after the item: marks left from items already taken go first, then what is
         queued is taken, so an urgent item put after that wakes the wait and one put before it is in hand."""
-        while True:
-            try:
-                self._urgent.get_nowait()
-            except queue.Empty:
-                break
-        items = self._drain()
-        if all(self.held(item) for item in items):
-            with contextlib.suppress(queue.Empty):
-                self._urgent.get(timeout=max(timeout, 0.0))
-            items += self._drain()
-        return items
+        self._wake_after = wake_after
+        try:
+            while True:
+                try:
+                    self._urgent.get_nowait()
+                except queue.Empty:
+                    break
+            items = self._drain()
+            if all(self.held(item) for item in items) and not (items and time.monotonic() >= wake_after):
+                with contextlib.suppress(queue.Empty):
+                    self._urgent.get(timeout=max(timeout, 0.0))
+                items += self._drain()
+            return items
+        finally:
+            self._wake_after = math.inf
 
     def _drain(self) -> list[Any]:
         items = []
